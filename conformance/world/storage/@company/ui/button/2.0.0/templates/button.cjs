@@ -1,0 +1,3 @@
+module.exports = function merge(a, b) {
+  return Object.assign({}, a, b);
+};

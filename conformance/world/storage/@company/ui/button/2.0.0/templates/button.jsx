@@ -1,0 +1,1 @@
+export const Button = ({ children }) => <button>{children}</button>;

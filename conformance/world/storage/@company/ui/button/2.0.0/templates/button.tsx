@@ -1,0 +1,1 @@
+export const Button = (p: { label: string }) => <button>{p.label}</button>;

@@ -1,0 +1,250 @@
+//! The error catalogue (SPEC §12): every error the API can answer, mapped to its status, code
+//! and message in exactly one place. Handlers build an [`ApiError`]; the HTTP layer (server or
+//! Worker) only serializes it.
+
+use std::fmt;
+
+/// Every error code of SPEC §12.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    InvalidPath,
+    InvalidPreset,
+    InvalidNamespace,
+    MissingFile,
+    InvalidFileType,
+    MissingChecksum,
+    ChecksumMismatch,
+    InvalidArchive,
+    UploadFailed,
+    SchemaValidationFailed,
+    FileNotFound,
+    UnsafeFile,
+    UndeclaredFile,
+    UnsupportedMediaType,
+    Unauthorized,
+    InvalidToken,
+    TokenExpired,
+    ForbiddenNamespace,
+    NamespaceNotAllowed,
+    AnonymousUploadForbidden,
+    InsufficientPermissions,
+    NotFound,
+    NamespaceNotFound,
+    MethodNotAllowed,
+    VersionExists,
+    PayloadTooLarge,
+    RateLimitExceeded,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> u16 {
+        use ErrorKind::*;
+        match self {
+            InvalidPath
+            | InvalidPreset
+            | InvalidNamespace
+            | MissingFile
+            | InvalidFileType
+            | MissingChecksum
+            | ChecksumMismatch
+            | InvalidArchive
+            | UploadFailed
+            | SchemaValidationFailed
+            | FileNotFound
+            | UnsafeFile
+            | UndeclaredFile => 400,
+            Unauthorized | InvalidToken | TokenExpired => 401,
+            ForbiddenNamespace | NamespaceNotAllowed | AnonymousUploadForbidden | InsufficientPermissions => {
+                403
+            }
+            NotFound | NamespaceNotFound => 404,
+            MethodNotAllowed => 405,
+            VersionExists => 409,
+            PayloadTooLarge => 413,
+            UnsupportedMediaType => 415,
+            RateLimitExceeded => 429,
+            Internal => 500,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        use ErrorKind::*;
+        match self {
+            InvalidPath => "INVALID_PATH",
+            InvalidPreset => "INVALID_PRESET",
+            InvalidNamespace => "INVALID_NAMESPACE",
+            MissingFile => "MISSING_FILE",
+            InvalidFileType => "INVALID_FILE_TYPE",
+            MissingChecksum => "MISSING_CHECKSUM",
+            ChecksumMismatch => "CHECKSUM_MISMATCH",
+            InvalidArchive => "INVALID_ARCHIVE",
+            UploadFailed => "UPLOAD_FAILED",
+            SchemaValidationFailed => "SCHEMA_VALIDATION_FAILED",
+            FileNotFound => "FILE_NOT_FOUND",
+            UnsafeFile => "UNSAFE_FILE",
+            UndeclaredFile => "UNDECLARED_FILE",
+            UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Unauthorized => "UNAUTHORIZED",
+            InvalidToken => "INVALID_TOKEN",
+            TokenExpired => "TOKEN_EXPIRED",
+            ForbiddenNamespace => "FORBIDDEN_NAMESPACE",
+            NamespaceNotAllowed => "NAMESPACE_NOT_ALLOWED",
+            AnonymousUploadForbidden => "ANONYMOUS_UPLOAD_FORBIDDEN",
+            InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
+            NotFound => "NOT_FOUND",
+            NamespaceNotFound => "NAMESPACE_NOT_FOUND",
+            MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            VersionExists => "VERSION_EXISTS",
+            PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            RateLimitExceeded => "RATE_LIMIT_EXCEEDED",
+            Internal => "INTERNAL_SERVER_ERROR",
+        }
+    }
+}
+
+/// An error response: a kind and its exact message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.kind.status()
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.kind.code()
+    }
+
+    /// The JSON body `{"code": "...", "message": "..."}`.
+    pub fn body(&self) -> String {
+        serde_json::json!({ "code": self.code(), "message": self.message }).to_string()
+    }
+
+    // Constructors for the fixed messages of SPEC §12, so no handler spells one twice.
+
+    pub fn invalid_path() -> ApiError {
+        ApiError::new(ErrorKind::InvalidPath, "Invalid registry resource path")
+    }
+    pub fn invalid_preset() -> ApiError {
+        ApiError::new(
+            ErrorKind::InvalidPreset,
+            "Preset name must match ^[a-z0-9]+(?:-[a-z0-9]+)*$",
+        )
+    }
+    pub fn invalid_namespace() -> ApiError {
+        ApiError::new(
+            ErrorKind::InvalidNamespace,
+            "Namespace must match ^@[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?$",
+        )
+    }
+    pub fn not_found() -> ApiError {
+        ApiError::new(ErrorKind::NotFound, "Resource not found")
+    }
+    pub fn no_versions() -> ApiError {
+        ApiError::new(ErrorKind::NotFound, "No versions available")
+    }
+    pub fn schema_not_found() -> ApiError {
+        ApiError::new(ErrorKind::NotFound, "Schema not found")
+    }
+    pub fn route_not_found() -> ApiError {
+        ApiError::new(ErrorKind::NotFound, "Route not found")
+    }
+    pub fn namespace_not_found(ns: &str) -> ApiError {
+        ApiError::new(ErrorKind::NamespaceNotFound, format!("Namespace {ns} not found"))
+    }
+    pub fn method_not_allowed() -> ApiError {
+        ApiError::new(ErrorKind::MethodNotAllowed, "Method not allowed")
+    }
+    pub fn unauthorized_read() -> ApiError {
+        ApiError::new(ErrorKind::Unauthorized, "Authentication token is required")
+    }
+    pub fn unauthorized_upload() -> ApiError {
+        ApiError::new(
+            ErrorKind::Unauthorized,
+            "Authentication required for upload. Provide a namespace token or admin token via Authorization or X-Registry-Token.",
+        )
+    }
+    pub fn invalid_token() -> ApiError {
+        ApiError::new(ErrorKind::InvalidToken, "Provided token is invalid")
+    }
+    pub fn token_expired() -> ApiError {
+        ApiError::new(ErrorKind::TokenExpired, "Authentication token has expired")
+    }
+    pub fn forbidden_namespace() -> ApiError {
+        ApiError::new(ErrorKind::ForbiddenNamespace, "Namespace not allowed")
+    }
+    pub fn namespace_not_allowed(ns: &str) -> ApiError {
+        ApiError::new(
+            ErrorKind::NamespaceNotAllowed,
+            format!("Namespace {ns} is not allowed"),
+        )
+    }
+    pub fn anonymous_upload_forbidden() -> ApiError {
+        ApiError::new(
+            ErrorKind::AnonymousUploadForbidden,
+            "Anonymous namespaces do not allow uploads. Use an admin token or configure namespace tokens.",
+        )
+    }
+    pub fn insufficient_permissions(ns: &str) -> ApiError {
+        ApiError::new(
+            ErrorKind::InsufficientPermissions,
+            format!("Token does not have publish permission for namespace {ns}"),
+        )
+    }
+    pub fn rate_limited(retry_after_secs: u64) -> ApiError {
+        ApiError::new(
+            ErrorKind::RateLimitExceeded,
+            format!("Rate limit exceeded. Try again in {retry_after_secs}s"),
+        )
+    }
+    pub fn internal() -> ApiError {
+        ApiError::new(ErrorKind::Internal, "Internal server error")
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.status(), self.code(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_shape() {
+        let e = ApiError::namespace_not_found("@x");
+        assert_eq!(e.status(), 404);
+        let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"code": "NAMESPACE_NOT_FOUND", "message": "Namespace @x not found"})
+        );
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(ApiError::invalid_path().status(), 400);
+        assert_eq!(ApiError::token_expired().status(), 401);
+        assert_eq!(ApiError::forbidden_namespace().status(), 403);
+        assert_eq!(
+            ApiError::rate_limited(3).message,
+            "Rate limit exceeded. Try again in 3s"
+        );
+        assert_eq!(ApiError::internal().code(), "INTERNAL_SERVER_ERROR");
+    }
+}

@@ -1,0 +1,402 @@
+//! The URL grammar of the HTTP API (SPEC §4, §14), as a pure function from a raw request path
+//! to a [`Route`]. The server and the Worker both dispatch on it, and its
+//! [`template`](Route::template) is the bounded `route` label of the metrics.
+
+use crate::error::ApiError;
+use crate::names::{is_file_path, is_namespace, is_segment, is_version, normalize_file_path};
+
+/// The schema files `/schemas/<file>` may serve (SPEC §4).
+pub const SCHEMA_FILES: [&str; 3] = ["registry-item.json", "preset.json", "rack.json"];
+
+/// What a request path designates. Parse errors that belong to a known route are kept inside
+/// it, so that a wrong method is still answered 405 before the path is judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Metrics,
+    Namespaces,
+    NamespaceRegistries(Result<String, ApiError>),
+    Preset(Result<String, ApiError>),
+    Schema(Result<&'static str, ApiError>),
+    /// `POST /registries` (exactly that path).
+    Upload,
+    Registry(Result<RegistryResource, ApiError>),
+    NotFound,
+}
+
+/// A resource under `/registries/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryResource {
+    pub namespace: String,
+    pub segments: Vec<String>,
+    pub kind: ResourceKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceKind {
+    Versions,
+    Latest,
+    Version(String),
+    /// A template file; `path` is normalized (no leading `./`).
+    File {
+        version: String,
+        path: String,
+    },
+}
+
+/// `Cache-Control` tiers of SPEC §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheTier {
+    Short,
+    Immutable,
+    Day,
+    NoStore,
+}
+
+impl CacheTier {
+    pub fn header(self) -> &'static str {
+        match self {
+            CacheTier::Short => "public, max-age=60",
+            CacheTier::Immutable => "public, max-age=31536000, immutable",
+            CacheTier::Day => "public, max-age=86400",
+            CacheTier::NoStore => "no-store",
+        }
+    }
+}
+
+impl RegistryResource {
+    /// `@ns/seg1/seg2`: the registry's key prefix in storage (without trailing slash).
+    pub fn registry_key(&self) -> String {
+        crate::layout::registry_key(&self.namespace, &self.segments)
+    }
+
+    pub fn cache_tier(&self) -> CacheTier {
+        match self.kind {
+            ResourceKind::Versions | ResourceKind::Latest => CacheTier::Short,
+            ResourceKind::Version(_) | ResourceKind::File { .. } => CacheTier::Immutable,
+        }
+    }
+}
+
+impl Route {
+    /// Methods the path answers (the `Allow` header of a 405).
+    pub fn allowed_methods(&self) -> &'static str {
+        match self {
+            Route::Upload => "POST",
+            _ => "GET, HEAD",
+        }
+    }
+
+    /// Whether `method` is allowed on this route.
+    pub fn allows(&self, method: &str) -> bool {
+        match self {
+            Route::NotFound => true,
+            Route::Upload => method == "POST",
+            _ => method == "GET" || method == "HEAD",
+        }
+    }
+
+    /// The route template: a metrics label from a small fixed set, never the raw path.
+    pub fn template(&self) -> &'static str {
+        match self {
+            Route::Health => "/health",
+            Route::Metrics => "/metrics",
+            Route::Namespaces => "/namespaces",
+            Route::NamespaceRegistries(_) => "/namespaces/:namespace/registries",
+            Route::Preset(_) => "/presets/:name",
+            Route::Schema(_) => "/schemas/:file",
+            Route::Upload => "/registries",
+            Route::Registry(Ok(r)) => match r.kind {
+                ResourceKind::Versions => "/registries/:registry/versions",
+                ResourceKind::Latest => "/registries/:registry",
+                ResourceKind::Version(_) => "/registries/:registry/:version",
+                ResourceKind::File { .. } => "/registries/:registry/:version/files/*",
+            },
+            Route::Registry(Err(_)) => "/registries/*",
+            Route::NotFound => "unmatched",
+        }
+    }
+
+    pub fn cache_tier(&self) -> CacheTier {
+        match self {
+            Route::Namespaces | Route::NamespaceRegistries(_) => CacheTier::Short,
+            Route::Preset(_) | Route::Schema(_) => CacheTier::Day,
+            Route::Registry(Ok(r)) => r.cache_tier(),
+            _ => CacheTier::NoStore,
+        }
+    }
+}
+
+/// Route a raw request path (no query string; percent-escapes still in place).
+pub fn route(raw_path: &str) -> Route {
+    if raw_path == "/registries" {
+        return Route::Upload;
+    }
+    if let Some(rest) = raw_path.strip_prefix("/registries/") {
+        return Route::Registry(parse_registry_path(rest));
+    }
+    let parts: Vec<&str> = raw_path.split('/').filter(|p| !p.is_empty()).collect();
+    match parts.as_slice() {
+        ["health"] => Route::Health,
+        ["metrics"] => Route::Metrics,
+        ["namespaces"] => Route::Namespaces,
+        ["namespaces", ns, "registries"] => Route::NamespaceRegistries(
+            percent_decode(ns)
+                .filter(|ns| is_namespace(ns))
+                .ok_or_else(ApiError::invalid_namespace),
+        ),
+        ["presets", name] => Route::Preset(
+            percent_decode(name)
+                .filter(|n| is_segment(n))
+                .ok_or_else(ApiError::invalid_preset),
+        ),
+        ["schemas", file] => Route::Schema(
+            percent_decode(file)
+                .and_then(|f| SCHEMA_FILES.iter().copied().find(|s| *s == f))
+                .ok_or_else(ApiError::schema_not_found),
+        ),
+        ["registries"] => Route::Registry(Err(ApiError::invalid_path())),
+        _ => Route::NotFound,
+    }
+}
+
+/// Strict percent-decoding: `None` for a malformed escape or bytes that are not UTF-8.
+/// `+` stays a `+` (this is a path, not a form).
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let ok = i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit();
+            if !ok {
+                return None;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
+}
+
+/// Parse the part of the path after `/registries/` (SPEC §4 "Parsing `/registries/<rest>`").
+pub fn parse_registry_path(rest: &str) -> Result<RegistryResource, ApiError> {
+    let decoded = percent_decode(rest).ok_or_else(ApiError::invalid_path)?;
+    let parts: Vec<&str> = decoded.split('/').filter(|p| !p.is_empty()).collect();
+    let (&namespace, tail) = parts.split_first().ok_or_else(ApiError::invalid_path)?;
+    if !is_namespace(namespace) {
+        return Err(ApiError::invalid_path());
+    }
+    let pivot = tail.iter().position(|p| is_version(p));
+    let (segments, kind) = match pivot {
+        None => match tail {
+            [segs @ .., last] if *last == "versions" && !segs.is_empty() => (segs, ResourceKind::Versions),
+            [] => return Err(ApiError::invalid_path()),
+            segs => (segs, ResourceKind::Latest),
+        },
+        Some(0) => return Err(ApiError::invalid_path()),
+        Some(i) => {
+            let version = tail[i].to_owned();
+            let kind = match &tail[i + 1..] {
+                [] => ResourceKind::Version(version),
+                ["files", path @ ..] if !path.is_empty() => {
+                    let path = path.join("/");
+                    if !is_file_path(&path) {
+                        return Err(ApiError::invalid_path());
+                    }
+                    ResourceKind::File {
+                        version,
+                        path: normalize_file_path(&path).to_owned(),
+                    }
+                }
+                _ => return Err(ApiError::invalid_path()),
+            };
+            (&tail[..i], kind)
+        }
+    };
+    if !segments.iter().all(|s| is_segment(s)) {
+        return Err(ApiError::invalid_path());
+    }
+    Ok(RegistryResource {
+        namespace: namespace.to_owned(),
+        segments: segments.iter().map(|s| (*s).to_owned()).collect(),
+        kind,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(path: &str) -> Result<RegistryResource, ApiError> {
+        match route(path) {
+            Route::Registry(r) => r,
+            other => panic!("{path} routed to {other:?}"),
+        }
+    }
+
+    fn ok(path: &str) -> (String, Vec<String>, ResourceKind) {
+        let r = reg(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        (r.namespace, r.segments, r.kind)
+    }
+
+    fn segs(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn resource_kinds() {
+        assert_eq!(
+            ok("/registries/@rack/build/rollup/versions"),
+            ("@rack".into(), segs(&["build", "rollup"]), ResourceKind::Versions)
+        );
+        assert_eq!(ok("/registries/@rack/build/rollup").2, ResourceKind::Latest);
+        assert_eq!(
+            ok("/registries/@rack/versions"),
+            ("@rack".into(), segs(&["versions"]), ResourceKind::Latest)
+        );
+        assert_eq!(
+            ok("/registries/@rack/a/1.0.0").2,
+            ResourceKind::Version("1.0.0".into())
+        );
+        assert_eq!(
+            ok("/registries/@rack/a/1.0.0/").2,
+            ResourceKind::Version("1.0.0".into())
+        );
+        assert_eq!(
+            ok("/registries/@rack/a/1.0.0-rc.1+b.2/files/./templates/x.json").2,
+            ResourceKind::File {
+                version: "1.0.0-rc.1+b.2".into(),
+                path: "templates/x.json".into()
+            }
+        );
+        assert_eq!(
+            ok("/registries/%40rack//a///1.0.0/files/a+b@c").2,
+            ResourceKind::File {
+                version: "1.0.0".into(),
+                path: "a+b@c".into()
+            }
+        );
+        // The pivot is the first SemVer part; `versions` after a pivot is not a version list.
+        assert!(reg("/registries/@rack/a/1.0.0/versions").is_err());
+        // A version-looking segment after the pivot belongs to the file path.
+        assert_eq!(
+            ok("/registries/@rack/a/1.0.0/files/2.0.0/x").2,
+            ResourceKind::File {
+                version: "1.0.0".into(),
+                path: "2.0.0/x".into()
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_paths() {
+        for p in [
+            "/registries/",
+            "/registries//",
+            "/registries/@rack",
+            "/registries/rack/a",
+            "/registries/@Rack/a",
+            "/registries/@rack/1.0.0",
+            "/registries/@rack/A",
+            "/registries/@rack/a.b",
+            "/registries/@rack/a_b",
+            "/registries/@rack/../a",
+            "/registries/@rack/%2E%2E/a",
+            "/registries/@rack/a/%zz",
+            "/registries/@rack/a/%4",
+            "/registries/@rack/a/%",
+            "/registries/@rack/a/%FF",
+            "/registries/@rack/a/1.0.0/files",
+            "/registries/@rack/a/1.0.0/files/",
+            "/registries/@rack/a/1.0.0/other/x",
+            "/registries/@rack/a/1.0.0/files/../x",
+            "/registries/@rack/a/1.0.0/files/a/%2e%2e/b",
+            "/registries/@rack/a/1.0.0/files/a%3Fb",
+            "/registries/@rack/a/1.0.0/files/a%23b",
+            "/registries/@rack/a/1.0.0/files/a%5Cb",
+            "/registries/@rack/a/1.0.0/files/a%25b",
+            "/registries/@rack/a/1.0.0/files/a%00b",
+            "/registries/@rack/a/1.0.0/files/./",
+            "/registries/@rack/v1.0.0",
+            "/registries/@rack/a/01.0.0",
+            "/registries/@rack/a b",
+            "/registries/@rack/a%20b",
+            "/registries/@rack/a/1.0.0/files/a b",
+        ] {
+            assert_eq!(reg(p), Err(ApiError::invalid_path()), "{p}");
+        }
+    }
+
+    #[test]
+    fn top_level_routes() {
+        assert_eq!(route("/health"), Route::Health);
+        assert_eq!(route("/health/"), Route::Health);
+        assert_eq!(route("/metrics"), Route::Metrics);
+        assert_eq!(route("/namespaces"), Route::Namespaces);
+        assert_eq!(
+            route("/namespaces/%40rack/registries"),
+            Route::NamespaceRegistries(Ok("@rack".into()))
+        );
+        assert_eq!(
+            route("/namespaces/rack/registries"),
+            Route::NamespaceRegistries(Err(ApiError::invalid_namespace()))
+        );
+        assert_eq!(
+            route("/namespaces/%zz/registries"),
+            Route::NamespaceRegistries(Err(ApiError::invalid_namespace()))
+        );
+        assert_eq!(
+            route("/presets/node-library"),
+            Route::Preset(Ok("node-library".into()))
+        );
+        assert_eq!(
+            route("/presets/Node"),
+            Route::Preset(Err(ApiError::invalid_preset()))
+        );
+        assert_eq!(route("/schemas/rack.json"), Route::Schema(Ok("rack.json")));
+        assert_eq!(
+            route("/schemas/x.json"),
+            Route::Schema(Err(ApiError::schema_not_found()))
+        );
+        assert_eq!(route("/registries"), Route::Upload);
+        assert_eq!(route("/"), Route::NotFound);
+        assert_eq!(route("/presets"), Route::NotFound);
+        assert_eq!(route("/presets/a/b"), Route::NotFound);
+        assert_eq!(route("/nope"), Route::NotFound);
+    }
+
+    #[test]
+    fn methods_and_templates() {
+        assert!(route("/registries").allows("POST"));
+        assert!(!route("/registries").allows("GET"));
+        assert_eq!(route("/registries").allowed_methods(), "POST");
+        assert!(!route("/health").allows("POST"));
+        assert_eq!(
+            route("/registries/@a/b/1.0.0/files/x").template(),
+            "/registries/:registry/:version/files/*"
+        );
+        assert_eq!(
+            route("/registries/@a/b/1.0.0").cache_tier().header(),
+            "public, max-age=31536000, immutable"
+        );
+        assert_eq!(
+            route("/registries/@a/b").cache_tier().header(),
+            "public, max-age=60"
+        );
+        assert_eq!(route("/presets/a").cache_tier().header(), "public, max-age=86400");
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a+b").as_deref(), Some("a+b"));
+        assert_eq!(percent_decode("%40x").as_deref(), Some("@x"));
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%g0"), None);
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(percent_decode("%C3"), None);
+    }
+}

@@ -1,0 +1,442 @@
+//! Configuration (SPEC §10): command-line flags over the environment over `.env` over defaults.
+//!
+//! clap collects the raw strings (flags and environment variables alike, so `--help` lists both);
+//! every value is then parsed here by hand so that an invalid value stops startup with a message
+//! that names the *variable* and the accepted values, never a silent fallback.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use rack_core::auth::{parse_digest, Admin};
+
+/// Raw server settings as given on the command line or in the environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TCP port to listen on (0 picks a free one) [default: 8080]
+    #[arg(long, env = "PORT", hide_env_values = true)]
+    pub port: Option<String>,
+    /// Address to bind [default: 0.0.0.0]
+    #[arg(long, env = "HOST")]
+    pub host: Option<String>,
+    /// trace, debug, info, warn or error [default: info]
+    #[arg(long, env = "LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// json or pretty [default: json]
+    #[arg(long, env = "LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// false, true, or a positive hop count [default: false]
+    #[arg(long, env = "TRUST_PROXY")]
+    pub trust_proxy: Option<String>,
+    /// local, r2 or s3 [default: local]
+    #[arg(long, env = "STORAGE_BACKEND")]
+    pub storage_backend: Option<String>,
+    /// Storage root directory (local backend) [default: ./data]
+    #[arg(long, env = "STORAGE_ROOT")]
+    pub storage_root: Option<String>,
+    /// Directory served by /schemas [default: <STORAGE_ROOT>/schema]
+    #[arg(long, env = "SCHEMA_DIR")]
+    pub schema_dir: Option<String>,
+    /// Path of auth.json [default: ./config/auth.json]
+    #[arg(long, env = "AUTH_CONFIG_PATH")]
+    pub auth_config_path: Option<String>,
+    /// Path of webhooks.json [default: ./config/webhooks.json]
+    #[arg(long, env = "WEBHOOK_CONFIG_PATH")]
+    pub webhook_config_path: Option<String>,
+    /// Durable webhook outbox directory [default: <STORAGE_ROOT>/.webhooks]
+    #[arg(long, env = "WEBHOOK_OUTBOX_DIR")]
+    pub webhook_outbox_dir: Option<String>,
+    /// Admin token (prefer ADMIN_TOKEN_SHA256)
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Hex SHA-256 of the admin token
+    #[arg(long, env = "ADMIN_TOKEN_SHA256", hide_env_values = true)]
+    pub admin_token_sha256: Option<String>,
+    /// Audit log file (JSON lines) [default: stdout]
+    #[arg(long, env = "AUDIT_LOG_PATH")]
+    pub audit_log_path: Option<String>,
+    #[arg(long, env = "R2_BUCKET_NAME")]
+    pub r2_bucket_name: Option<String>,
+    #[arg(long, env = "R2_ACCOUNT_ID")]
+    pub r2_account_id: Option<String>,
+    #[arg(long, env = "R2_ACCESS_KEY_ID", hide_env_values = true)]
+    pub r2_access_key_id: Option<String>,
+    #[arg(long, env = "R2_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub r2_secret_access_key: Option<String>,
+    #[arg(long, env = "S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "S3_REGION")]
+    pub s3_region: Option<String>,
+    #[arg(long, env = "S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    #[arg(long, env = "S3_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+    #[arg(long, env = "S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+    /// Requests per client per window; 0 disables [default: 1200]
+    #[arg(long, env = "RATE_LIMIT_MAX")]
+    pub rate_limit_max: Option<String>,
+    /// Rate-limit window in seconds [default: 60]
+    #[arg(long, env = "RATE_LIMIT_WINDOW_SECONDS")]
+    pub rate_limit_window_seconds: Option<String>,
+    /// Largest accepted upload body in bytes [default: 104857600]
+    #[arg(long, env = "MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<String>,
+    /// Most entries in an uploaded archive [default: 10000]
+    #[arg(long, env = "MAX_ARCHIVE_ENTRIES")]
+    pub max_archive_entries: Option<String>,
+    /// Most bytes an uploaded archive may expand to [default: 536870912]
+    #[arg(long, env = "MAX_EXTRACTED_BYTES")]
+    pub max_extracted_bytes: Option<String>,
+    /// Largest accepted registry.json in bytes [default: 1048576]
+    #[arg(long, env = "MAX_MANIFEST_BYTES")]
+    pub max_manifest_bytes: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// How the client address of a request is found (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustProxy {
+    /// The socket address.
+    No,
+    /// The left-most `X-Forwarded-For` address.
+    All,
+    /// Skip `n - 1` trusted proxies from the right of `X-Forwarded-For`.
+    Hops(u32),
+}
+
+/// A secret that never shows in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Settings of an S3-compatible bucket (`r2` is S3 with a derived endpoint and region `auto`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketConfig {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    R2(BucketConfig),
+    S3(BucketConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub rate_limit_max: u64,
+    pub rate_limit_window: Duration,
+    pub max_upload_bytes: u64,
+    pub max_archive_entries: u64,
+    pub max_extracted_bytes: u64,
+    pub max_manifest_bytes: u64,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    pub log_level: tracing::Level,
+    pub log_format: LogFormat,
+    pub trust_proxy: TrustProxy,
+    pub backend: Backend,
+    pub storage_root: PathBuf,
+    pub schema_dir: PathBuf,
+    pub auth_config_path: PathBuf,
+    pub webhook_config_path: PathBuf,
+    pub webhook_outbox_dir: PathBuf,
+    pub admin: Admin,
+    pub audit_log_path: Option<PathBuf>,
+    pub limits: Limits,
+}
+
+/// A configuration error: names the variable, the bad value (unless secret) and what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        problem: problem.into(),
+    }
+}
+
+/// Blank values count as unset.
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn parse_u64(var: &'static str, v: &Option<String>, default: u64, min: u64) -> Result<u64, ConfigError> {
+    match given(v) {
+        None => Ok(default),
+        Some(s) => s
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n >= min)
+            .ok_or_else(|| err(var, format!("{s:?} is not an integer >= {min}"))),
+    }
+}
+
+fn required(var: &'static str, v: &Option<String>, backend: &str) -> Result<String, ConfigError> {
+    given(v)
+        .map(str::to_owned)
+        .ok_or_else(|| err(var, format!("is required when STORAGE_BACKEND={backend}")))
+}
+
+pub fn parse_trust_proxy(s: &str) -> Option<TrustProxy> {
+    match s.to_ascii_lowercase().as_str() {
+        "false" => Some(TrustProxy::No),
+        "true" => Some(TrustProxy::All),
+        n => n.parse::<u32>().ok().filter(|n| *n > 0).map(TrustProxy::Hops),
+    }
+}
+
+impl Config {
+    pub fn from_args(a: &ServeArgs) -> Result<Config, ConfigError> {
+        let port = match given(&a.port) {
+            None => 8080,
+            Some(s) => s
+                .parse::<u16>()
+                .map_err(|_| err("PORT", format!("{s:?} is not a port number (0-65535)")))?,
+        };
+        let host = match given(&a.host) {
+            None => IpAddr::from([0, 0, 0, 0]),
+            Some(s) => s.parse().map_err(|_| {
+                err(
+                    "HOST",
+                    format!("{s:?} is not an IP address (e.g. 0.0.0.0, 127.0.0.1, ::)"),
+                )
+            })?,
+        };
+        let log_level = match given(&a.log_level).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("info") => tracing::Level::INFO,
+            Some("trace") => tracing::Level::TRACE,
+            Some("debug") => tracing::Level::DEBUG,
+            Some("warn") => tracing::Level::WARN,
+            Some("error") => tracing::Level::ERROR,
+            Some(s) => {
+                return Err(err(
+                    "LOG_LEVEL",
+                    format!("{s:?} is not one of trace, debug, info, warn, error"),
+                ))
+            }
+        };
+        let log_format = match given(&a.log_format).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(s) => return Err(err("LOG_FORMAT", format!("{s:?} is not one of json, pretty"))),
+        };
+        let trust_proxy = match given(&a.trust_proxy) {
+            None => TrustProxy::No,
+            Some(s) => parse_trust_proxy(s).ok_or_else(|| {
+                err(
+                    "TRUST_PROXY",
+                    format!("{s:?} is not true, false or a positive hop count"),
+                )
+            })?,
+        };
+        let backend = match given(&a.storage_backend).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("local") => Backend::Local,
+            Some("r2") => {
+                let account = required("R2_ACCOUNT_ID", &a.r2_account_id, "r2")?;
+                Backend::R2(BucketConfig {
+                    bucket: required("R2_BUCKET_NAME", &a.r2_bucket_name, "r2")?,
+                    endpoint: format!("https://{account}.r2.cloudflarestorage.com"),
+                    region: "auto".into(),
+                    access_key_id: required("R2_ACCESS_KEY_ID", &a.r2_access_key_id, "r2")?,
+                    secret_access_key: Secret(required(
+                        "R2_SECRET_ACCESS_KEY",
+                        &a.r2_secret_access_key,
+                        "r2",
+                    )?),
+                })
+            }
+            Some("s3") => Backend::S3(BucketConfig {
+                endpoint: required("S3_ENDPOINT", &a.s3_endpoint, "s3")?,
+                region: given(&a.s3_region).unwrap_or("us-east-1").to_owned(),
+                bucket: required("S3_BUCKET", &a.s3_bucket, "s3")?,
+                access_key_id: required("S3_ACCESS_KEY_ID", &a.s3_access_key_id, "s3")?,
+                secret_access_key: Secret(required("S3_SECRET_ACCESS_KEY", &a.s3_secret_access_key, "s3")?),
+            }),
+            Some(s) => {
+                return Err(err(
+                    "STORAGE_BACKEND",
+                    format!("{s:?} is not one of local, r2, s3"),
+                ))
+            }
+        };
+        let storage_root = PathBuf::from(given(&a.storage_root).unwrap_or("./data"));
+        let schema_dir = given(&a.schema_dir)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| storage_root.join("schema"));
+        let webhook_outbox_dir = given(&a.webhook_outbox_dir)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| storage_root.join(".webhooks"));
+        let admin_sha = match given(&a.admin_token_sha256) {
+            None => None,
+            Some(s) => Some(parse_digest(s).ok_or_else(|| {
+                err(
+                    "ADMIN_TOKEN_SHA256",
+                    "is not a 64-character hex SHA-256 (value not shown)",
+                )
+            })?),
+        };
+        let admin = Admin::new(given(&a.admin_token), admin_sha);
+        let limits = Limits {
+            rate_limit_max: parse_u64("RATE_LIMIT_MAX", &a.rate_limit_max, 1200, 0)?,
+            rate_limit_window: Duration::from_secs(parse_u64(
+                "RATE_LIMIT_WINDOW_SECONDS",
+                &a.rate_limit_window_seconds,
+                60,
+                1,
+            )?),
+            max_upload_bytes: parse_u64("MAX_UPLOAD_BYTES", &a.max_upload_bytes, 100 * 1024 * 1024, 1)?,
+            max_archive_entries: parse_u64("MAX_ARCHIVE_ENTRIES", &a.max_archive_entries, 10_000, 1)?,
+            max_extracted_bytes: parse_u64(
+                "MAX_EXTRACTED_BYTES",
+                &a.max_extracted_bytes,
+                512 * 1024 * 1024,
+                1,
+            )?,
+            max_manifest_bytes: parse_u64("MAX_MANIFEST_BYTES", &a.max_manifest_bytes, 1024 * 1024, 1)?,
+        };
+        Ok(Config {
+            host,
+            port,
+            log_level,
+            log_format,
+            trust_proxy,
+            backend,
+            storage_root,
+            schema_dir,
+            auth_config_path: PathBuf::from(given(&a.auth_config_path).unwrap_or("./config/auth.json")),
+            webhook_config_path: PathBuf::from(
+                given(&a.webhook_config_path).unwrap_or("./config/webhooks.json"),
+            ),
+            webhook_outbox_dir,
+            admin,
+            audit_log_path: given(&a.audit_log_path).map(PathBuf::from),
+            limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(f: impl FnOnce(&mut ServeArgs)) -> Result<Config, ConfigError> {
+        let mut a = ServeArgs::default();
+        f(&mut a);
+        Config::from_args(&a)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = with(|_| {}).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.host.to_string(), "0.0.0.0");
+        assert_eq!(c.storage_root, PathBuf::from("./data"));
+        assert_eq!(c.schema_dir, PathBuf::from("./data/schema"));
+        assert_eq!(c.auth_config_path, PathBuf::from("./config/auth.json"));
+        assert_eq!(c.webhook_config_path, PathBuf::from("./config/webhooks.json"));
+        assert_eq!(c.trust_proxy, TrustProxy::No);
+        assert_eq!(c.backend, Backend::Local);
+        assert_eq!(c.limits.rate_limit_max, 1200);
+        assert_eq!(c.limits.max_upload_bytes, 104_857_600);
+        assert!(!c.admin.is_configured());
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        type Setter = Box<dyn Fn(&mut ServeArgs)>;
+        let cases: Vec<(&str, Setter)> = vec![
+            ("PORT", Box::new(|a| a.port = Some("80x".into()))),
+            ("PORT", Box::new(|a| a.port = Some("70000".into()))),
+            ("HOST", Box::new(|a| a.host = Some("localhost:1".into()))),
+            ("LOG_LEVEL", Box::new(|a| a.log_level = Some("loud".into()))),
+            ("LOG_FORMAT", Box::new(|a| a.log_format = Some("xml".into()))),
+            ("TRUST_PROXY", Box::new(|a| a.trust_proxy = Some("yes".into()))),
+            ("TRUST_PROXY", Box::new(|a| a.trust_proxy = Some("0".into()))),
+            (
+                "STORAGE_BACKEND",
+                Box::new(|a| a.storage_backend = Some("ftp".into())),
+            ),
+            ("S3_ENDPOINT", Box::new(|a| a.storage_backend = Some("s3".into()))),
+            (
+                "R2_ACCOUNT_ID",
+                Box::new(|a| a.storage_backend = Some("r2".into())),
+            ),
+            (
+                "RATE_LIMIT_MAX",
+                Box::new(|a| a.rate_limit_max = Some("-1".into())),
+            ),
+            (
+                "RATE_LIMIT_WINDOW_SECONDS",
+                Box::new(|a| a.rate_limit_window_seconds = Some("0".into())),
+            ),
+            (
+                "MAX_UPLOAD_BYTES",
+                Box::new(|a| a.max_upload_bytes = Some("lots".into())),
+            ),
+            (
+                "ADMIN_TOKEN_SHA256",
+                Box::new(|a| a.admin_token_sha256 = Some("abc".into())),
+            ),
+        ];
+        for (var, f) in cases {
+            let e = with(|a| f(a)).unwrap_err();
+            assert_eq!(e.var, var);
+            assert!(e.to_string().contains(var));
+        }
+    }
+
+    #[test]
+    fn trust_proxy_values() {
+        assert_eq!(parse_trust_proxy("TRUE"), Some(TrustProxy::All));
+        assert_eq!(parse_trust_proxy("false"), Some(TrustProxy::No));
+        assert_eq!(parse_trust_proxy("2"), Some(TrustProxy::Hops(2)));
+        assert_eq!(parse_trust_proxy("-1"), None);
+    }
+
+    #[test]
+    fn blank_admin_token_is_unset_and_secrets_stay_hidden() {
+        let c = with(|a| a.admin_token = Some("   ".into())).unwrap();
+        assert!(!c.admin.is_configured());
+        let c = with(|a| {
+            a.admin_token = Some("super-secret-admin".into());
+            a.storage_backend = Some("s3".into());
+            a.s3_endpoint = Some("http://127.0.0.1:9000".into());
+            a.s3_bucket = Some("b".into());
+            a.s3_access_key_id = Some("AK".into());
+            a.s3_secret_access_key = Some("very-secret-key".into());
+        })
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("super-secret-admin") && !dbg.contains("very-secret-key"),
+            "{dbg}"
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! Read handlers (SPEC §4). Each one is a thin translation: access decision from the core crate,
+//! one or two storage reads, a [`Reply`].
+
+use rack_core::auth::Ctx;
+use rack_core::layout::{self, VersionsFile};
+use rack_core::mime::content_type;
+use rack_core::names::{is_namespace, is_segment};
+use rack_core::route::{CacheTier, RegistryResource, ResourceKind};
+use rack_core::ApiError;
+use serde_json::json;
+
+use super::response::{ApiResult, ErrorReply, Reply};
+use crate::state::AppState;
+use crate::storage::{Object, StorageError};
+
+/// A storage failure is a 500 for the client and a log line (with the key) for the operator.
+pub fn internal(e: impl std::fmt::Display) -> ErrorReply {
+    tracing::error!(error = %e, "storage failure");
+    ErrorReply(ApiError::internal())
+}
+
+async fn get(state: &AppState, key: &str) -> Result<Option<Object>, ErrorReply> {
+    state.storage.get(key).await.map_err(internal)
+}
+
+/// Read and validate `versions.json`: `None` if absent; a corrupt file is a 500.
+async fn versions_file(
+    state: &AppState,
+    registry: &str,
+) -> Result<Option<(Object, VersionsFile)>, ErrorReply> {
+    let key = layout::versions_key(registry);
+    let Some(obj) = get(state, &key).await? else {
+        return Ok(None);
+    };
+    match VersionsFile::parse(&obj.body) {
+        Some(v) => Ok(Some((obj, v))),
+        None => Err(internal(format!("corrupt versions file {key:?}"))),
+    }
+}
+
+pub async fn registry(state: &AppState, ctx: &Ctx<'_>, res: RegistryResource) -> ApiResult {
+    ctx.read(&res.namespace)?;
+    let registry = res.registry_key();
+    let cache = res.cache_tier();
+    match &res.kind {
+        ResourceKind::Versions => {
+            let (obj, _) = versions_file(state, &registry)
+                .await?
+                .ok_or_else(ApiError::not_found)?;
+            Ok(Reply::ok(obj.body, "application/json", cache))
+        }
+        ResourceKind::Latest => {
+            let (_, versions) = versions_file(state, &registry)
+                .await?
+                .ok_or_else(ApiError::no_versions)?;
+            let latest = versions.latest().ok_or_else(ApiError::no_versions)?;
+            let obj = get(state, &layout::manifest_key(&registry, latest))
+                .await?
+                .ok_or_else(ApiError::not_found)?;
+            Ok(Reply::ok(obj.body, "application/json", cache))
+        }
+        ResourceKind::Version(v) => {
+            let obj = get(state, &layout::manifest_key(&registry, v))
+                .await?
+                .ok_or_else(ApiError::not_found)?;
+            Ok(Reply::ok(obj.body, "application/json", cache))
+        }
+        ResourceKind::File { version, path } => {
+            let obj = get(state, &layout::file_key(&registry, version, path))
+                .await?
+                .ok_or_else(ApiError::not_found)?;
+            Ok(Reply::ok(obj.body, content_type(path), cache))
+        }
+    }
+}
+
+pub async fn preset(state: &AppState, name: &str) -> ApiResult {
+    let obj = get(state, &layout::preset_key(name))
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Reply::ok(obj.body, "application/json", CacheTier::Day))
+}
+
+/// `/schemas/<file>` serves `<SCHEMA_DIR>/<file>` byte for byte (`file` is from the allowlist).
+pub async fn schema(state: &AppState, file: &'static str) -> ApiResult {
+    match tokio::fs::read(state.schema_dir.join(file)).await {
+        Ok(bytes) => Ok(Reply::ok(bytes, "application/json", CacheTier::Day)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Err(ApiError::schema_not_found().into())
+        }
+        Err(e) => Err(internal(format!("reading schema {file}: {e}"))),
+    }
+}
+
+pub async fn namespaces(state: &AppState, ctx: &Ctx<'_>) -> ApiResult {
+    let mut names = Vec::new();
+    let mut start: Option<String> = None;
+    loop {
+        let page = state
+            .storage
+            .list("", true, start.as_deref(), 1000)
+            .await
+            .map_err(internal)?;
+        for p in &page.prefixes {
+            let ns = p.trim_end_matches('/');
+            if is_namespace(ns) && ctx.lists(ns) {
+                names.push(ns.to_owned());
+            }
+        }
+        match page.next {
+            Some(n) => start = Some(n),
+            None => break,
+        }
+    }
+    names.sort();
+    Ok(Reply::json(&json!({ "namespaces": names }), CacheTier::Short))
+}
+
+pub async fn namespace_registries(state: &AppState, ctx: &Ctx<'_>, ns: &str) -> ApiResult {
+    ctx.read(ns)?;
+    // Registries are found only through directories named like registry segments: version
+    // directories and anything else that could never be addressed are not descended.
+    let found = state
+        .storage
+        .find_marked_dirs(&format!("{ns}/"), "versions.json", is_segment)
+        .await
+        .map_err(|e: StorageError| internal(e))?;
+    let registries = found.ok_or_else(|| ApiError::namespace_not_found(ns))?;
+    Ok(Reply::json(
+        &json!({ "namespace": ns, "registries": registries }),
+        CacheTier::Short,
+    ))
+}
+
+/// `/health`: the storage marker is read on every request, never cached.
+pub async fn health(state: &AppState) -> Reply {
+    let problem = match state.storage.head(layout::HEALTHCHECK_KEY).await {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(format!("storage marker {} not found", layout::HEALTHCHECK_KEY)),
+        Err(e) => {
+            tracing::error!(error = %e, "health check failed");
+            Some("storage marker unreadable".to_owned())
+        }
+    };
+    match problem {
+        None => Reply::json(
+            &json!({"status": "ok", "checks": {"storage": {"status": "ok"}}}),
+            CacheTier::NoStore,
+        ),
+        Some(error) => Reply {
+            status: http::StatusCode::SERVICE_UNAVAILABLE,
+            ..Reply::json(
+                &json!({"status": "error", "checks": {"storage": {"status": "error", "error": error}}}),
+                CacheTier::NoStore,
+            )
+        },
+    }
+}

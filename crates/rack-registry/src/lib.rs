@@ -1,0 +1,20 @@
+//! # rack-registry
+//!
+//! The Rack registry server as a library (the `rack-registry` binary is a thin `main` over it).
+//!
+//! - [`config`]: SPEC §10, flags over environment over `.env`, strict parsing;
+//! - [`storage`]: the backend trait (shaped for object stores) and the local-disk backend;
+//! - [`http`]: dispatch on the core crate's route grammar, read handlers, responses, request log;
+//! - [`server`]: startup (storage root preparation, policy loading) and graceful shutdown;
+//! - [`schemas`]: the JSON Schemas bundled in the binary.
+//!
+//! The rules themselves (URL grammar, auth decisions, layout, SemVer order) live in `rack-core`,
+//! which has no I/O and also compiles to WebAssembly for the edge Worker.
+
+pub mod auth_file;
+pub mod config;
+pub mod http;
+pub mod schemas;
+pub mod server;
+pub mod state;
+pub mod storage;

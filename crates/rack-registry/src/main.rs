@@ -1,0 +1,70 @@
+//! `rack-registry`: the command line (serve and operator tools) over the library.
+
+use clap::{Parser, Subcommand};
+
+use rack_registry::config::{Config, LogFormat, ServeArgs};
+use rack_registry::server;
+
+#[derive(Parser)]
+#[command(
+    name = "rack-registry",
+    version,
+    about = "Rack registry server",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::filter::LevelFilter::from_level(config.log_level);
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(filter)
+        .with_writer(std::io::stdout);
+    match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    // `.env` fills in what the real environment does not set; flags win over both.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(a)) => a,
+        None => cli.serve,
+    };
+    let config = match Config::from_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rack-registry: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rack-registry: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(server::run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("rack-registry: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

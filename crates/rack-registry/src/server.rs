@@ -1,0 +1,90 @@
+//! `rack-registry serve`: prepare storage, load the policy, bind, serve until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{Backend, Config};
+use crate::state::AppState;
+use crate::storage::{local::TMP_DIR, LocalStorage, Storage};
+use crate::{auth_file, http, schemas};
+
+/// Create a brand-new storage root with its health marker and the bundled schemas, so that a
+/// first run serves something; an existing root is never modified beyond clearing staging.
+fn prepare_local_root(root: &Path) -> Result<(), String> {
+    let describe = |e: std::io::Error| format!("storage root {}: {e}", root.display());
+    if !root.exists() {
+        std::fs::create_dir_all(root.join("schema")).map_err(describe)?;
+        std::fs::write(root.join(rack_core::layout::HEALTHCHECK_KEY), b"").map_err(describe)?;
+        for (name, body) in schemas::BUNDLED {
+            std::fs::write(root.join("schema").join(name), body).map_err(describe)?;
+        }
+        tracing::info!(root = %root.display(), "created a new storage root");
+    } else if !root.is_dir() {
+        return Err(format!("storage root {} is not a directory", root.display()));
+    }
+    // Leftovers of uploads interrupted by a crash: staging is empty outside an in-flight upload.
+    let tmp = root.join(TMP_DIR);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(describe)?;
+    }
+    Ok(())
+}
+
+pub async fn run(config: Config) -> Result<(), String> {
+    let storage: Arc<dyn Storage> = match &config.backend {
+        Backend::Local => {
+            prepare_local_root(&config.storage_root)?;
+            Arc::new(
+                LocalStorage::open(&config.storage_root)
+                    .map_err(|e| format!("storage root {}: {e}", config.storage_root.display()))?,
+            )
+        }
+        Backend::R2(_) | Backend::S3(_) => {
+            return Err("STORAGE_BACKEND: r2 and s3 are not available in this build yet; use local".into())
+        }
+    };
+    let policy = auth_file::load(&config.auth_config_path)?;
+    if !config.admin.is_configured() {
+        tracing::info!("no ADMIN_TOKEN set: only namespace tokens can publish");
+    }
+    let state = Arc::new(AppState::new(
+        storage.clone(),
+        policy,
+        config.admin.clone(),
+        config.schema_dir.clone(),
+        config.trust_proxy,
+    ));
+    let addr = SocketAddr::new(config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(storage = %storage.describe(), "listening on http://{local}");
+    let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received: finishing in-flight requests");
+}

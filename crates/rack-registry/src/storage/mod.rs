@@ -1,0 +1,165 @@
+//! The storage abstraction: a flat key space with `/`-separated keys, identical on disk and in a
+//! bucket (SPEC §3).
+//!
+//! The trait is shaped after what an object store can do (get with metadata, list by prefix with
+//! a delimiter and pagination, create-only put, compare-and-swap put, delete a prefix), so that
+//! the local disk and an S3 bucket are interchangeable behind `Arc<dyn Storage>`. Keys are
+//! validated by [`validate_key`] before any backend sees them: no backend ever resolves `..`, an
+//! absolute path, a backslash or a NUL.
+
+pub mod local;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use local::LocalStorage;
+
+/// Metadata of a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// An opaque version tag that changes whenever the object changes (file identity and
+    /// modification time on disk, the ETag in a bucket). Used for compare-and-swap and cache
+    /// validation; not a content hash.
+    pub version: String,
+}
+
+/// An object with its bytes.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub meta: ObjectMeta,
+    pub body: Bytes,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    /// Objects directly under the prefix (or at any depth, without a delimiter), sorted by key.
+    pub objects: Vec<ObjectMeta>,
+    /// With a delimiter: the "sub-directories", each ending in `/`, sorted.
+    pub prefixes: Vec<String>,
+    /// Pass back as `start_after` to get the next page.
+    pub next: Option<String>,
+}
+
+/// How a put treats an existing object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace whatever is there.
+    Overwrite,
+    /// Fail with [`StorageError::AlreadyExists`] if the key exists (create-only).
+    Create,
+    /// Compare-and-swap: succeed only if the current object has this version
+    /// ([`StorageError::PreconditionFailed`] otherwise).
+    IfVersion(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("invalid storage key {0:?}")]
+    InvalidKey(String),
+    #[error("object {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("object {0:?} changed concurrently")]
+    PreconditionFailed(String),
+    #[error("storage I/O error on {key:?}: {source}")]
+    Io {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+/// Which sub-directories a search descends into (by name).
+pub type DirFilter = fn(&str) -> bool;
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Validate a key (or a prefix ending in `/`): relative, `/`-separated, no empty, `.` or `..`
+/// segment, no backslash or NUL. Every key from a request or an archive passes here before it
+/// touches a backend.
+pub fn validate_key(key: &str) -> Result<()> {
+    let body = key.strip_suffix('/').unwrap_or(key);
+    let ok = !body.is_empty()
+        && !body.contains(['\\', '\0'])
+        && body.split('/').all(|s| !s.is_empty() && s != "." && s != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::InvalidKey(key.to_owned()))
+    }
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// The object at `key`, or `None`.
+    async fn get(&self, key: &str) -> Result<Option<Object>>;
+
+    /// The metadata of the object at `key`, or `None`.
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
+
+    /// List keys starting with `prefix` (empty for the root; otherwise ending in `/`). With
+    /// `delimiter`, keys below a further `/` are rolled up into `prefixes`. Results are sorted by
+    /// key; at most `limit` entries (objects plus prefixes) per page, after `start_after`.
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: bool,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage>;
+
+    /// Write an object according to `mode`; returns the new metadata.
+    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> Result<ObjectMeta>;
+
+    /// Delete every object under `prefix` (ending in `/`) or the single object `prefix`;
+    /// returns how many objects were deleted.
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64>;
+
+    /// The "directories" under `prefix` (ending in `/`) that hold an object named `marker`,
+    /// searched at any depth but only through sub-directories whose name passes `descend`.
+    /// Results are relative to `prefix`, without trailing `/`, sorted. `None` when nothing at all
+    /// is stored under `prefix`.
+    ///
+    /// The default walks with delimited listings; backends override it when they can do better.
+    async fn find_marked_dirs(
+        &self,
+        prefix: &str,
+        marker: &str,
+        descend: DirFilter,
+    ) -> Result<Option<Vec<String>>> {
+        let mut found = Vec::new();
+        let mut stack = vec![prefix.to_owned()];
+        let mut anything = false;
+        while let Some(dir) = stack.pop() {
+            let mut start: Option<String> = None;
+            loop {
+                let page = self.list(&dir, true, start.as_deref(), 1000).await?;
+                anything |= !page.objects.is_empty() || !page.prefixes.is_empty();
+                for o in &page.objects {
+                    if o.key.strip_prefix(&dir) == Some(marker) && dir.len() > prefix.len() {
+                        found.push(dir[prefix.len()..dir.len() - 1].to_owned());
+                    }
+                }
+                for p in &page.prefixes {
+                    let name = p[dir.len()..].trim_end_matches('/');
+                    if descend(name) {
+                        stack.push(p.clone());
+                    }
+                }
+                match page.next {
+                    Some(n) => start = Some(n),
+                    None => break,
+                }
+            }
+        }
+        found.sort();
+        Ok(anything.then_some(found))
+    }
+
+    /// A short description for logs (`local:/srv/rack`, `s3://bucket`).
+    fn describe(&self) -> String;
+}

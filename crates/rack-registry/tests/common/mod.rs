@@ -1,0 +1,255 @@
+//! Test harness: starts the real `rack-registry` binary on a real socket.
+//!
+//! Every integration test talks HTTP to a server process started here, against a storage root
+//! built from the shared fixtures plus the conformance world overlay (`conformance/world/`).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Admin token of the conformance world (see `conformance/world/world.json`).
+pub const ADMIN_TOKEN: &str = "admin-test-token-0123456789";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// `../shared/fixtures/rack-storage`, relative to the repository root.
+pub fn fixtures_root() -> PathBuf {
+    repo_root()
+        .join("../shared/fixtures/rack-storage")
+        .canonicalize()
+        .expect("shared fixtures")
+}
+
+pub fn world_dir() -> PathBuf {
+    repo_root().join("conformance/world")
+}
+
+/// Recursively copy `from` into `to` (files are made writable: fixtures are read-only).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let ty = entry.file_type().unwrap();
+        let dest = to.join(entry.file_name());
+        if ty.is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else if ty.is_file() {
+            std::fs::copy(entry.path(), &dest).unwrap();
+            let mut perms = std::fs::metadata(&dest).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            std::fs::set_permissions(&dest, perms).unwrap();
+        }
+    }
+}
+
+/// A fresh temporary directory holding `storage/` (fixtures + world overlay) and
+/// `config/auth.json` (the world's policy).
+pub struct World {
+    pub dir: tempfile::TempDir,
+}
+
+impl World {
+    pub fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(&fixtures_root(), &dir.path().join("storage"));
+        copy_tree(&world_dir().join("storage"), &dir.path().join("storage"));
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        std::fs::copy(world_dir().join("auth.json"), dir.path().join("config/auth.json")).unwrap();
+        World { dir }
+    }
+
+    /// An empty directory (no storage, no config): for first-run and config tests.
+    pub fn empty() -> World {
+        World {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+    pub fn auth_path(&self) -> PathBuf {
+        self.dir.path().join("config/auth.json")
+    }
+
+    /// Environment for a server on this world: ephemeral port on loopback, JSON logs.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("STORAGE_ROOT".into(), self.storage().display().to_string()),
+            ("AUTH_CONFIG_PATH".into(), self.auth_path().display().to_string()),
+            ("ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+        ]
+    }
+}
+
+/// A running server process; killed on drop.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    output: Arc<Mutex<String>>,
+}
+
+/// The server exited (or never said it was listening): its exit status and output.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub code: Option<i32>,
+    pub output: String,
+}
+
+fn command(cwd: &Path, env: &[(String, String)], args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rack-registry"));
+    cmd.current_dir(cwd)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("LOG_FORMAT", "json")
+        .env("RATE_LIMIT_MAX", "0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Server {
+    /// Start `rack-registry serve` in `cwd` with `env` (on top of loopback/ephemeral defaults).
+    pub fn start(cwd: &Path, env: &[(String, String)]) -> Server {
+        match Server::try_start(cwd, env) {
+            Ok(s) => s,
+            Err(f) => panic!("server failed to start (code {:?}):\n{}", f.code, f.output),
+        }
+    }
+
+    pub fn world(world: &World) -> Server {
+        Server::start(world.path(), &world.env())
+    }
+
+    pub fn try_start(cwd: &Path, env: &[(String, String)]) -> Result<Server, StartFailure> {
+        let mut child = command(cwd, env, &["serve"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rack-registry");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        for stream in [Box::new(stdout) as Box<dyn Read + Send>, Box::new(stderr)] {
+            let output = output.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    output.lock().unwrap().push_str(&line);
+                    output.lock().unwrap().push('\n');
+                    if let Some(i) = line.find("listening on http://") {
+                        let rest = &line[i + "listening on ".len()..];
+                        let url: String = rest
+                            .chars()
+                            .take_while(|c| !c.is_whitespace() && *c != '"')
+                            .collect();
+                        let _ = tx.send(url);
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(base) => return Ok(Server { child, base, output }),
+                Err(_) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        std::thread::sleep(Duration::from_millis(100));
+                        return Err(StartFailure {
+                            code: status.code(),
+                            output: output.lock().unwrap().clone(),
+                        });
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        return Err(StartFailure {
+                            code: None,
+                            output: output.lock().unwrap().clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Everything the process printed so far (stdout and stderr interleaved by line).
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Send SIGTERM and wait for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        unsafe_kill(self.child.id(), "TERM");
+        self.child.wait().unwrap()
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run a non-serving subcommand (or `serve` expected to fail) to completion, with a timeout.
+pub fn run_cli(cwd: &Path, env: &[(String, String)], args: &[&str]) -> (Option<i32>, String) {
+    let mut child = command(cwd, env, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rack-registry");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut out = String::new();
+            child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+            child.stderr.take().unwrap().read_to_string(&mut out).unwrap();
+            return (status.code(), out);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("rack-registry {args:?} did not exit within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Blocking HTTP client that never follows redirects.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
