@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod error;
 pub mod layout;
+pub mod manifest;
 pub mod mime;
 pub mod names;
 pub mod route;

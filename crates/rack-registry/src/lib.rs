@@ -14,6 +14,7 @@
 pub mod auth_file;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod schemas;
 pub mod server;
 pub mod state;

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{Backend, Config};
-use crate::state::AppState;
+use crate::metrics::Metrics;
+use crate::state::{AppState, PolicyCell};
 use crate::storage::{local::TMP_DIR, LocalStorage, Storage};
 use crate::{auth_file, http, schemas};
 
@@ -48,13 +49,15 @@ pub async fn run(config: Config) -> Result<(), String> {
     if !config.admin.is_configured() {
         tracing::info!("no ADMIN_TOKEN set: only namespace tokens can publish");
     }
-    let state = Arc::new(AppState::new(
-        storage.clone(),
-        policy,
-        config.admin.clone(),
-        config.schema_dir.clone(),
-        config.trust_proxy,
-    ));
+    let state = Arc::new(AppState {
+        storage: storage.clone(),
+        policy: PolicyCell::new(policy),
+        admin: config.admin.clone(),
+        schema_dir: config.schema_dir.clone(),
+        trust_proxy: config.trust_proxy,
+        limits: config.limits.clone(),
+        metrics: Metrics::new(),
+    });
     let addr = SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

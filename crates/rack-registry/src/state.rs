@@ -1,46 +1,47 @@
-//! The state shared by every request: storage, the auth policy, the admin token and a few
-//! settings. Handlers receive it explicitly (axum `State`), never through globals.
+//! The state shared by every request: storage, the auth policy, the admin token, metrics and a
+//! few settings. Handlers receive it explicitly (axum `State`), never through globals.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use rack_core::auth::{Admin, Policy};
 
-use crate::config::TrustProxy;
+use crate::config::{Limits, TrustProxy};
+use crate::metrics::Metrics;
 use crate::storage::Storage;
+
+/// The current auth policy, swapped whole when `auth.json` is reloaded; readers clone the `Arc`
+/// and never hold the lock across an await.
+#[derive(Default)]
+pub struct PolicyCell(RwLock<Arc<Policy>>);
+
+impl PolicyCell {
+    pub fn new(policy: Policy) -> PolicyCell {
+        PolicyCell(RwLock::new(Arc::new(policy)))
+    }
+
+    pub fn get(&self) -> Arc<Policy> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, policy: Policy) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+    }
+}
 
 pub struct AppState {
     pub storage: Arc<dyn Storage>,
-    /// Swapped whole when `auth.json` is reloaded; readers clone the `Arc` and never hold the lock.
-    policy: RwLock<Arc<Policy>>,
+    pub policy: PolicyCell,
     pub admin: Admin,
     pub schema_dir: PathBuf,
     pub trust_proxy: TrustProxy,
+    pub limits: Limits,
+    pub metrics: Metrics,
 }
 
 impl AppState {
-    pub fn new(
-        storage: Arc<dyn Storage>,
-        policy: Policy,
-        admin: Admin,
-        schema_dir: PathBuf,
-        trust_proxy: TrustProxy,
-    ) -> AppState {
-        AppState {
-            storage,
-            policy: RwLock::new(Arc::new(policy)),
-            admin,
-            schema_dir,
-            trust_proxy,
-        }
-    }
-
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn set_policy(&self, policy: Policy) {
-        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        self.policy.get()
     }
 }
 

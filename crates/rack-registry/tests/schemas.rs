@@ -11,10 +11,7 @@ const REGISTRY_ITEM_SCHEMA: &str = include_str!("../schemas/registry-item.json")
 const PRESET_SCHEMA: &str = include_str!("../schemas/preset.json");
 const RACK_SCHEMA: &str = include_str!("../schemas/rack.json");
 
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/rack-storage"
-);
+mod common;
 
 const DRAFT_2020_12: &str = "https://json-schema.org/draft/2020-12/schema";
 
@@ -45,7 +42,7 @@ fn errors(validator: &Validator, instance: &Value) -> Vec<String> {
 }
 
 fn fixtures_root() -> PathBuf {
-    let root = PathBuf::from(FIXTURES);
+    let root = common::fixtures_root();
     assert!(
         root.join(".healthcheck").is_file(),
         "fixture storage root not found at {}",

@@ -61,6 +61,16 @@ pub async fn log_requests(State(state): State<Arc<AppState>>, req: Request, next
         .get::<RouteTemplate>()
         .map(|r| r.0)
         .unwrap_or("unmatched");
+    let status = res.status().as_u16();
+    let seconds = start.elapsed().as_secs_f64();
+    state
+        .metrics
+        .http_duration
+        .with_label_values(&[method.as_str(), route, &status.to_string()])
+        .observe(seconds);
+    if let Some(kind) = res.extensions().get::<rack_core::ErrorKind>() {
+        state.metrics.observe_error(*kind);
+    }
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert("x-request-id", v);
     }
@@ -68,8 +78,8 @@ pub async fn log_requests(State(state): State<Arc<AppState>>, req: Request, next
         target: "rack_registry::request",
         method = %method,
         route,
-        status = res.status().as_u16(),
-        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        status,
+        duration_ms = seconds * 1000.0,
         request_id = %id,
         client = %client,
         "request"

@@ -73,6 +73,11 @@ async fn handle(state: &AppState, method: &Method, route: Route, headers: &Heade
     };
     let result = match route {
         Route::Health => Ok(reads::health(state).await),
+        Route::Metrics => Ok(response::Reply::ok(
+            state.metrics.render(),
+            "text/plain; version=0.0.4; charset=utf-8",
+            rack_core::route::CacheTier::NoStore,
+        )),
         Route::Registry(res) => match res {
             Ok(res) => reads::registry(state, &ctx, res).await,
             Err(e) => Err(e.into()),
@@ -91,7 +96,7 @@ async fn handle(state: &AppState, method: &Method, route: Route, headers: &Heade
             Err(e) => Err(e.into()),
         },
         // Not served yet: later issues add uploads and metrics.
-        Route::Upload | Route::Metrics | Route::NotFound => Err(ApiError::route_not_found().into()),
+        Route::Upload | Route::NotFound => Err(ApiError::route_not_found().into()),
     };
     match result {
         Ok(reply) => reply.respond(headers),

@@ -52,7 +52,8 @@ impl Reply {
     /// The response for a request with these headers: a 200 carries an `ETag`; a matching
     /// `If-None-Match` turns it into a 304 with `ETag` and `Cache-Control` and no body.
     pub fn respond(self, req_headers: &http::HeaderMap) -> Response {
-        if self.status != StatusCode::OK {
+        // Live answers (`/health`, `/metrics`) are never cached, so they get no validator.
+        if self.status != StatusCode::OK || self.cache == CacheTier::NoStore {
             return self.into_response();
         }
         let etag = etag_of(&self.body);
@@ -63,7 +64,10 @@ impl Reply {
             .any(|v| if_none_match(v, &etag));
         let etag_value = HeaderValue::from_str(&etag).expect("hex is a valid header value");
         if not_modified {
-            let mut res = Response::new(Body::empty());
+            // A body of unknown length: with `Body::empty()` the HTTP stack would add
+            // `Content-Length: 0` to a HEAD 304, which a GET 304 does not carry.
+            let nothing = futures::stream::empty::<Result<Bytes, std::convert::Infallible>>();
+            let mut res = Response::new(Body::from_stream(nothing));
             *res.status_mut() = StatusCode::NOT_MODIFIED;
             res.headers_mut().insert(header::ETAG, etag_value);
             res.headers_mut().insert(

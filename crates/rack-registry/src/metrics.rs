@@ -1,0 +1,169 @@
+//! Prometheus metrics (SPEC §8), on a registry owned by the application state (no globals, so
+//! several servers can live in one test process).
+//!
+//! Every label value comes from a small fixed set: route templates, status codes, outcome and
+//! error-code names. Never a raw path, a token or a client-supplied namespace.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use rack_core::ErrorKind;
+
+/// Buckets of `http_request_duration_seconds` (SPEC §8).
+pub const DURATION_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_duration: HistogramVec,
+    pub uploads: IntCounterVec,
+    pub webhook_deliveries: IntCounterVec,
+    pub rate_limited: IntCounter,
+    pub auth_failures: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request duration in seconds",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["method", "route", "status_code"],
+        )
+        .expect("valid histogram");
+        let uploads = IntCounterVec::new(
+            Opts::new("registry_uploads_total", "Upload attempts by outcome"),
+            &["outcome"],
+        )
+        .expect("valid counter");
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                "registry_webhook_deliveries_total",
+                "Webhook delivery attempts by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid counter");
+        let rate_limited = IntCounter::new(
+            "registry_rate_limited_total",
+            "Requests refused by the rate limiter",
+        )
+        .expect("valid counter");
+        let auth_failures = IntCounterVec::new(
+            Opts::new("registry_auth_failures_total", "Refused requests by error code"),
+            &["code"],
+        )
+        .expect("valid counter");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "registry_config_reloads_total",
+                "Configuration reloads by file and outcome",
+            ),
+            &["file", "outcome"],
+        )
+        .expect("valid counter");
+        for c in [
+            Box::new(http_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(uploads.clone()),
+            Box::new(webhook_deliveries.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(auth_failures.clone()),
+            Box::new(config_reloads.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process collector registered once");
+        // Known label values start at zero so that dashboards see the series before the first event.
+        for outcome in ["success", "failure"] {
+            uploads.with_label_values(&[outcome]);
+            webhook_deliveries.with_label_values(&[outcome]);
+        }
+        Metrics {
+            registry,
+            http_duration,
+            uploads,
+            webhook_deliveries,
+            rate_limited,
+            auth_failures,
+            config_reloads,
+        }
+    }
+
+    /// Count an error answer if it is an authentication or authorization failure.
+    pub fn observe_error(&self, kind: ErrorKind) {
+        use ErrorKind::*;
+        if matches!(
+            kind,
+            Unauthorized
+                | InvalidToken
+                | TokenExpired
+                | ForbiddenNamespace
+                | NamespaceNotAllowed
+                | AnonymousUploadForbidden
+                | InsufficientPermissions
+        ) {
+            self.auth_failures.with_label_values(&[kind.code()]).inc();
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encoding to memory");
+        String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_spec_series() {
+        let m = Metrics::new();
+        m.http_duration
+            .with_label_values(&["GET", "/health", "200"])
+            .observe(0.002);
+        m.observe_error(ErrorKind::InvalidToken);
+        m.observe_error(ErrorKind::NotFound);
+        let text = m.render();
+        for needle in [
+            "http_request_duration_seconds_bucket{method=\"GET\",route=\"/health\",status_code=\"200\",le=\"0.001\"} 0",
+            "le=\"0.005\"} 1",
+            "le=\"1\"}",
+            "le=\"10\"}",
+            "le=\"+Inf\"} 1",
+            "registry_auth_failures_total{code=\"INVALID_TOKEN\"} 1",
+            "registry_uploads_total{outcome=\"success\"} 0",
+            "registry_rate_limited_total 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(!text.contains("NOT_FOUND"));
+        #[cfg(target_os = "linux")]
+        for p in [
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(p), "missing {p}");
+        }
+    }
+}
