@@ -13,9 +13,14 @@
 
 pub mod auth_file;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod publish;
 pub mod schemas;
 pub mod server;
 pub mod state;
 pub mod storage;
+pub mod upload;
+pub mod validate;
+pub mod versions;

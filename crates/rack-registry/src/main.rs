@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
+    /// Pack a registry directory and upload it (or check it with --dry-run).
+    Publish(rack_registry::publish::PublishArgs),
 }
 
 fn init_tracing(config: &Config) {
@@ -42,6 +44,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(a)) => a,
+        Some(Command::Publish(a)) => return rack_registry::publish::run(a),
         None => cli.serve,
     };
     let config = match Config::from_args(&args) {

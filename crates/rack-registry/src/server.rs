@@ -8,6 +8,7 @@ use crate::config::{Backend, Config};
 use crate::metrics::Metrics;
 use crate::state::{AppState, PolicyCell};
 use crate::storage::{local::TMP_DIR, LocalStorage, Storage};
+use crate::versions::RegistryLocks;
 use crate::{auth_file, http, schemas};
 
 /// Create a brand-new storage root with its health marker and the bundled schemas, so that a
@@ -57,7 +58,17 @@ pub async fn run(config: Config) -> Result<(), String> {
         trust_proxy: config.trust_proxy,
         limits: config.limits.clone(),
         metrics: Metrics::new(),
+        staging_root: config.storage_root.join(TMP_DIR),
+        registry_locks: RegistryLocks::default(),
+        sinks: Vec::new(),
     });
+    match crate::versions::repair(state.storage.as_ref(), &state.registry_locks).await {
+        Ok(fixed) if !fixed.is_empty() => {
+            tracing::warn!(registries = ?fixed, "repaired versions.json of versions published before a crash")
+        }
+        Ok(_) => {}
+        Err(e) => return Err(format!("startup repair of versions.json failed: {e}")),
+    }
     let addr = SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

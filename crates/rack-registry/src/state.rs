@@ -7,8 +7,10 @@ use std::sync::{Arc, RwLock};
 use rack_core::auth::{Admin, Policy};
 
 use crate::config::{Limits, TrustProxy};
+use crate::events::PublishSink;
 use crate::metrics::Metrics;
 use crate::storage::Storage;
+use crate::versions::RegistryLocks;
 
 /// The current auth policy, swapped whole when `auth.json` is reloaded; readers clone the `Arc`
 /// and never hold the lock across an await.
@@ -37,6 +39,11 @@ pub struct AppState {
     pub trust_proxy: TrustProxy,
     pub limits: Limits,
     pub metrics: Metrics,
+    /// `<STORAGE_ROOT>/.tmp`: upload staging (same filesystem as the root, for atomic renames).
+    pub staging_root: PathBuf,
+    pub registry_locks: RegistryLocks,
+    /// Who hears about each publish (the webhook outbox).
+    pub sinks: Vec<Arc<dyn PublishSink>>,
 }
 
 impl AppState {

@@ -45,10 +45,15 @@ async fn dispatch(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: axum::body::Body,
 ) -> Response {
     let route = route(uri.path());
     let template = route.template();
-    let mut res = handle(&state, &method, route, &headers).await;
+    let mut res = if route == Route::Upload && method == Method::POST {
+        crate::upload::handle(&state, &headers, body).await
+    } else {
+        handle(&state, &method, route, &headers).await
+    };
     res.extensions_mut().insert(RouteTemplate(template));
     res
 }
@@ -95,7 +100,7 @@ async fn handle(state: &AppState, method: &Method, route: Route, headers: &Heade
             Ok(ns) => reads::namespace_registries(state, &ctx, &ns).await,
             Err(e) => Err(e.into()),
         },
-        // Not served yet: later issues add uploads and metrics.
+        // Uploads are dispatched before; NotFound was answered above.
         Route::Upload | Route::NotFound => Err(ApiError::route_not_found().into()),
     };
     match result {

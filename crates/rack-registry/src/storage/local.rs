@@ -184,6 +184,16 @@ fn write_temp(root: &Path, body: &[u8], key: &str) -> Result<tempfile::TempPath>
     Ok(tmp.into_temp_path())
 }
 
+fn fsync_dirs(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            fsync_dirs(&entry.path())?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
 fn sync_dir(dir: &Path) {
     // Durability of the rename itself; failure here is not fatal to correctness of the data.
     if let Ok(d) = std::fs::File::open(dir) {
@@ -360,6 +370,31 @@ impl Storage for LocalStorage {
             out.sort();
             Ok(anything.then_some(out))
         })
+    }
+
+    /// One `rename(2)` with `RENAME_NOREPLACE`: the version appears whole or not at all, and of
+    /// two racing uploads exactly one wins. Files were fsynced during extraction; directories
+    /// are fsynced here, the parent after the rename.
+    async fn publish_dir(&self, staged: &Path, dest: &str) -> Result<()> {
+        let target = self.path(dest)?;
+        let staged = staged.to_owned();
+        let key = dest.to_owned();
+        self.blocking(move |_| {
+            fsync_dirs(&staged).map_err(io_err(&key))?;
+            let parent = target.parent().expect("version has a parent");
+            std::fs::create_dir_all(parent).map_err(io_err(&key))?;
+            let cwd = rustix::fs::CWD;
+            match rustix::fs::renameat_with(cwd, &staged, cwd, &target, rustix::fs::RenameFlags::NOREPLACE) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::EXIST) | Err(rustix::io::Errno::NOTEMPTY) => {
+                    return Err(StorageError::AlreadyExists(key.clone()))
+                }
+                Err(e) => return Err(io_err(&key)(e.into())),
+            }
+            sync_dir(parent);
+            Ok(())
+        })
+        .await
     }
 
     fn describe(&self) -> String {

@@ -9,6 +9,8 @@
 
 pub mod local;
 
+use std::path::Path;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -71,6 +73,35 @@ pub enum StorageError {
     },
     #[error("storage error: {0}")]
     Backend(String),
+}
+
+/// Every regular file under a local directory, as `/`-separated relative paths, sorted.
+pub fn staged_files(dir: &Path) -> Result<Vec<String>> {
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let ft = entry.file_type()?;
+            if ft.is_dir() {
+                walk(&entry.path(), &child, out)?;
+            } else if ft.is_file() {
+                out.push(child);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, "", &mut out).map_err(|source| StorageError::Io {
+        key: dir.display().to_string(),
+        source,
+    })?;
+    out.sort();
+    Ok(out)
 }
 
 /// Which sub-directories a search descends into (by name).
@@ -158,6 +189,53 @@ pub trait Storage: Send + Sync + 'static {
         }
         found.sort();
         Ok(anything.then_some(found))
+    }
+
+    /// Make a staged version directory visible at `dest` (a key prefix without trailing `/`)
+    /// all at once; [`StorageError::AlreadyExists`] if a version is already there.
+    ///
+    /// The default, for object stores, uploads the template files first and `registry.json` last
+    /// with a create-only write (SPEC §11): the manifest is what makes a version exist, so readers
+    /// never see one whose files are missing. On failure the version's objects are removed (but
+    /// never those of a concurrent winner).
+    async fn publish_dir(&self, staged: &Path, dest: &str) -> Result<()> {
+        let files = staged_files(staged)?;
+        let manifest = format!("{dest}/registry.json");
+        if self.head(&manifest).await?.is_some() {
+            return Err(StorageError::AlreadyExists(manifest));
+        }
+        let upload = async {
+            for rel in files.iter().filter(|f| f.as_str() != "registry.json") {
+                let body = tokio::fs::read(staged.join(rel))
+                    .await
+                    .map_err(|source| StorageError::Io {
+                        key: rel.clone(),
+                        source,
+                    })?;
+                self.put(&format!("{dest}/{rel}"), Bytes::from(body), PutMode::Overwrite)
+                    .await?;
+            }
+            let body = tokio::fs::read(staged.join("registry.json"))
+                .await
+                .map_err(|source| StorageError::Io {
+                    key: manifest.clone(),
+                    source,
+                })?;
+            self.put(&manifest, Bytes::from(body), PutMode::Create)
+                .await
+                .map(|_| ())
+        };
+        match upload.await {
+            Ok(()) => Ok(()),
+            // Someone else's version: their files are theirs (same paths may have been
+            // overwritten with our bytes only if we raced before their manifest; the winner's
+            // manifest is what readers follow).
+            Err(e @ StorageError::AlreadyExists(_)) => Err(e),
+            Err(e) => {
+                let _ = self.delete_prefix(&format!("{dest}/")).await;
+                Err(e)
+            }
+        }
     }
 
     /// A short description for logs (`local:/srv/rack`, `s3://bucket`).

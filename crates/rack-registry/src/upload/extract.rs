@@ -1,0 +1,199 @@
+//! Safe extraction of an uploaded `.tar.gz` into staging (SPEC §5.1 check 6, §5.3).
+//!
+//! Runs on the blocking pool. Nothing is trusted: every entry path is normalized and refused if
+//! absolute or containing `..`; each regular file's declared size is compared with the remaining
+//! expansion budget *before* any of its bytes are written (a gzip bomb stops at the first entry
+//! that would cross the limit); the decompressed stream as a whole is capped too, so header
+//! padding or skipped data cannot run unbounded. Links, devices and fifos are recorded, never
+//! created; a file is created with `O_EXCL` inside a directory tree that holds nothing but what
+//! this function made, so nothing can redirect a write outside staging.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::path::Path;
+
+use rack_core::manifest::EntryKind;
+use rack_core::{ApiError, ErrorKind};
+use tar::EntryType;
+
+/// Extraction limits (SPEC §5.3; configurable).
+#[derive(Debug, Clone, Copy)]
+pub struct ExtractLimits {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+    pub max_manifest_bytes: u64,
+}
+
+/// What the archive held: normalized path (no `./`, no trailing `/`) to kind.
+pub type Entries = BTreeMap<String, EntryKind>;
+
+fn invalid(detail: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        ErrorKind::InvalidArchive,
+        format!("Uploaded file is not a valid tar.gz archive: {detail}"),
+    )
+}
+
+/// Normalize an entry path: drop `.` and empty segments; `None` if absolute or with `..`.
+fn normalize(raw: &str) -> Option<String> {
+    if raw.starts_with('/') {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for seg in raw.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => return None,
+            s => parts.push(s),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// A reader that fails once more than `left` bytes have been read through it.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(io::Error::other("archive expands past the configured limit"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Extract `package` into `dest` (which must not exist yet).
+pub fn extract(package: &Path, dest: &Path, limits: ExtractLimits) -> Result<Entries, ExtractError> {
+    std::fs::create_dir(dest).map_err(ExtractError::Io)?;
+    let file = std::fs::File::open(package).map_err(ExtractError::Io)?;
+    let mut magic = [0u8; 2];
+    {
+        let mut f = &file;
+        if f.read_exact(&mut magic).is_err() || magic != [0x1f, 0x8b] {
+            return Err(invalid("not gzip data").into());
+        }
+    }
+    let file = std::fs::File::open(package).map_err(ExtractError::Io)?;
+    let gz = flate2::read::GzDecoder::new(io::BufReader::new(file));
+    // Headers and padding take at most a few blocks per entry on top of the contents.
+    let cap = limits
+        .max_bytes
+        .saturating_add(limits.max_entries.saturating_mul(3 * 512))
+        .saturating_add(1 << 20);
+    let mut archive = tar::Archive::new(Capped { inner: gz, left: cap });
+    let mut entries = Entries::new();
+    let mut budget = limits.max_bytes;
+    let iter = archive.entries().map_err(|e| invalid(e))?;
+    for entry in iter {
+        let mut entry = entry.map_err(|e| invalid(e))?;
+        if entries.len() as u64 >= limits.max_entries {
+            return Err(invalid(format!("more than {} entries", limits.max_entries)).into());
+        }
+        let raw = entry.path_bytes();
+        let raw = std::str::from_utf8(&raw)
+            .map_err(|_| invalid("an entry name is not UTF-8"))?
+            .to_owned();
+        let path = normalize(&raw).ok_or_else(|| invalid(format!("unsafe entry path {raw:?}")))?;
+        let ty = entry.header().entry_type();
+        if matches!(ty, EntryType::XGlobalHeader) {
+            continue;
+        }
+        if path.is_empty() {
+            if ty.is_dir() {
+                continue; // the archive root itself (`./`)
+            }
+            return Err(invalid(format!("unsafe entry path {raw:?}")).into());
+        }
+        if entries.contains_key(&path) {
+            return Err(invalid(format!("duplicate entry {path}")).into());
+        }
+        let target = dest.join(&path);
+        let kind = match ty {
+            EntryType::Regular | EntryType::Continuous => {
+                let size = entry.header().size().map_err(|e| invalid(e))?;
+                if path == "registry.json" && size > limits.max_manifest_bytes {
+                    return Err(invalid(format!(
+                        "registry.json is larger than {} bytes",
+                        limits.max_manifest_bytes
+                    ))
+                    .into());
+                }
+                if size > budget {
+                    return Err(invalid(format!("archive expands past {} bytes", limits.max_bytes)).into());
+                }
+                write_file(&mut entry, &target, size).map_err(|e| match e.kind() {
+                    io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory => {
+                        ExtractError::Api(invalid(format!("conflicting entry {path}")))
+                    }
+                    _ => ExtractError::Api(invalid(e)),
+                })?;
+                budget -= size;
+                EntryKind::File
+            }
+            EntryType::Directory => {
+                std::fs::create_dir_all(&target)
+                    .map_err(|_| ExtractError::Api(invalid(format!("conflicting entry {path}"))))?;
+                EntryKind::Dir
+            }
+            EntryType::Symlink | EntryType::Link => {
+                let link = entry.link_name_bytes().unwrap_or_default();
+                let link = String::from_utf8_lossy(&link);
+                let escapes = link.starts_with('/') || link.split('/').any(|s| s == "..");
+                if escapes {
+                    return Err(invalid(format!("link {path} points outside the package")).into());
+                }
+                EntryKind::Special
+            }
+            _ => EntryKind::Special,
+        };
+        entries.insert(path, kind);
+    }
+    Ok(entries)
+}
+
+fn write_file(entry: &mut impl Read, target: &Path, size: u64) -> io::Result<()> {
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(target)?;
+    let written = io::copy(&mut entry.take(size), &mut out)?;
+    if written != size {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated entry"));
+    }
+    // Durable before the version becomes visible (the publish rename comes after).
+    out.sync_all()
+}
+
+pub enum ExtractError {
+    Api(ApiError),
+    Io(io::Error),
+}
+
+impl From<ApiError> for ExtractError {
+    fn from(e: ApiError) -> Self {
+        ExtractError::Api(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalization() {
+        assert_eq!(normalize("./registry.json").as_deref(), Some("registry.json"));
+        assert_eq!(normalize("././a//b/").as_deref(), Some("a/b"));
+        assert_eq!(normalize("./").as_deref(), Some(""));
+        assert_eq!(normalize("/etc/passwd"), None);
+        assert_eq!(normalize("a/../b"), None);
+        assert_eq!(normalize(".."), None);
+    }
+}
