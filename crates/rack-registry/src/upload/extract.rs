@@ -88,9 +88,9 @@ pub fn extract(package: &Path, dest: &Path, limits: ExtractLimits) -> Result<Ent
     let mut archive = tar::Archive::new(Capped { inner: gz, left: cap });
     let mut entries = Entries::new();
     let mut budget = limits.max_bytes;
-    let iter = archive.entries().map_err(|e| invalid(e))?;
+    let iter = archive.entries().map_err(invalid)?;
     for entry in iter {
-        let mut entry = entry.map_err(|e| invalid(e))?;
+        let mut entry = entry.map_err(invalid)?;
         if entries.len() as u64 >= limits.max_entries {
             return Err(invalid(format!("more than {} entries", limits.max_entries)).into());
         }
@@ -115,7 +115,7 @@ pub fn extract(package: &Path, dest: &Path, limits: ExtractLimits) -> Result<Ent
         let target = dest.join(&path);
         let kind = match ty {
             EntryType::Regular | EntryType::Continuous => {
-                let size = entry.header().size().map_err(|e| invalid(e))?;
+                let size = entry.header().size().map_err(invalid)?;
                 if path == "registry.json" && size > limits.max_manifest_bytes {
                     return Err(invalid(format!(
                         "registry.json is larger than {} bytes",
