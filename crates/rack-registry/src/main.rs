@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Pack a registry directory and upload it (or check it with --dry-run).
     Publish(rack_registry::publish::PublishArgs),
 }
@@ -43,7 +43,7 @@ fn main() -> std::process::ExitCode {
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Serve(a)) => a,
+        Some(Command::Serve(a)) => *a,
         Some(Command::Publish(a)) => return rack_registry::publish::run(a),
         None => cli.serve,
     };
