@@ -192,6 +192,17 @@ impl Server {
         }
     }
 
+    /// The server's process id (for RSS checks and SIGKILL crash tests).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL the process (a crash: no cleanup runs) and wait for it.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
