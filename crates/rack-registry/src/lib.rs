@@ -11,12 +11,14 @@
 //! The rules themselves (URL grammar, auth decisions, layout, SemVer order) live in `rack-core`,
 //! which has no I/O and also compiles to WebAssembly for the edge Worker.
 
+pub mod audit;
 pub mod auth_file;
 pub mod config;
 pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod publish;
+pub mod reload;
 pub mod schemas;
 pub mod server;
 pub mod state;

@@ -3,13 +3,22 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::audit::Audit;
 use crate::config::{Backend, Config};
 use crate::metrics::Metrics;
-use crate::state::{AppState, PolicyCell};
+use crate::reload::{self, Live};
+use crate::state::AppState;
 use crate::storage::{local::TMP_DIR, LocalStorage, Storage};
-use crate::versions::RegistryLocks;
+use crate::versions::{self, RegistryLocks};
 use crate::{auth_file, http, schemas};
+
+/// How often config files are checked for changes (SPEC §14: within 5 s).
+/// Publish journal, inside staging: see [`versions::JournalEntry`].
+pub const JOURNAL_DIR: &str = "journal";
+
+const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Create a brand-new storage root with its health marker and the bundled schemas, so that a
 /// first run serves something; an existing root is never modified beyond clearing staging.
@@ -24,11 +33,6 @@ fn prepare_local_root(root: &Path) -> Result<(), String> {
         tracing::info!(root = %root.display(), "created a new storage root");
     } else if !root.is_dir() {
         return Err(format!("storage root {} is not a directory", root.display()));
-    }
-    // Leftovers of uploads interrupted by a crash: staging is empty outside an in-flight upload.
-    let tmp = root.join(TMP_DIR);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(describe)?;
     }
     Ok(())
 }
@@ -46,28 +50,51 @@ pub async fn run(config: Config) -> Result<(), String> {
             return Err("STORAGE_BACKEND: r2 and s3 are not available in this build yet; use local".into())
         }
     };
-    let policy = auth_file::load(&config.auth_config_path)?;
+    let (policy, auth_content) = auth_file::load(&config.auth_config_path)?;
+    let audit = Arc::new(match &config.audit_log_path {
+        Some(p) => Audit::file(p).map_err(|e| format!("AUDIT_LOG_PATH {}: {e}", p.display()))?,
+        None => Audit::stdout(),
+    });
+    let metrics = Arc::new(Metrics::new());
+    let policy = Arc::new(Live::new(policy));
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    reload::spawn(
+        auth_file::watch(&config.auth_config_path, RELOAD_INTERVAL),
+        policy.clone(),
+        &auth_content,
+        metrics.clone(),
+        audit.clone(),
+        shutdown_rx.clone(),
+    );
     if !config.admin.is_configured() {
         tracing::info!("no ADMIN_TOKEN set: only namespace tokens can publish");
     }
     let state = Arc::new(AppState {
         storage: storage.clone(),
-        policy: PolicyCell::new(policy),
+        policy,
         admin: config.admin.clone(),
         schema_dir: config.schema_dir.clone(),
         trust_proxy: config.trust_proxy,
         limits: config.limits.clone(),
-        metrics: Metrics::new(),
+        metrics,
+        audit,
         staging_root: config.storage_root.join(TMP_DIR),
         registry_locks: RegistryLocks::default(),
         sinks: Vec::new(),
     });
-    match crate::versions::repair(state.storage.as_ref(), &state.registry_locks).await {
+    // Finish publishes that a crash interrupted, then drop every other leftover of staging:
+    // outside an in-flight upload it is empty.
+    let journal = state.staging_root.join(JOURNAL_DIR);
+    match versions::repair_journal(state.storage.as_ref(), &state.registry_locks, &journal).await {
         Ok(fixed) if !fixed.is_empty() => {
             tracing::warn!(registries = ?fixed, "repaired versions.json of versions published before a crash")
         }
         Ok(_) => {}
         Err(e) => return Err(format!("startup repair of versions.json failed: {e}")),
+    }
+    if state.staging_root.exists() {
+        std::fs::remove_dir_all(&state.staging_root)
+            .map_err(|e| format!("cannot clear staging {}: {e}", state.staging_root.display()))?;
     }
     let addr = SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -80,6 +107,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| format!("server error: {e}"))?;
+    let _ = shutdown_tx.send(true);
     tracing::info!("shut down cleanly");
     Ok(())
 }

@@ -2,43 +2,27 @@
 //! few settings. Handlers receive it explicitly (axum `State`), never through globals.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use rack_core::auth::{Admin, Policy};
 
+use crate::audit::Audit;
 use crate::config::{Limits, TrustProxy};
 use crate::events::PublishSink;
 use crate::metrics::Metrics;
+use crate::reload::Live;
 use crate::storage::Storage;
 use crate::versions::RegistryLocks;
 
-/// The current auth policy, swapped whole when `auth.json` is reloaded; readers clone the `Arc`
-/// and never hold the lock across an await.
-#[derive(Default)]
-pub struct PolicyCell(RwLock<Arc<Policy>>);
-
-impl PolicyCell {
-    pub fn new(policy: Policy) -> PolicyCell {
-        PolicyCell(RwLock::new(Arc::new(policy)))
-    }
-
-    pub fn get(&self) -> Arc<Policy> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn set(&self, policy: Policy) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
-    }
-}
-
 pub struct AppState {
     pub storage: Arc<dyn Storage>,
-    pub policy: PolicyCell,
+    pub policy: Arc<Live<Policy>>,
     pub admin: Admin,
     pub schema_dir: PathBuf,
     pub trust_proxy: TrustProxy,
     pub limits: Limits,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    pub audit: Arc<Audit>,
     /// `<STORAGE_ROOT>/.tmp`: upload staging (same filesystem as the root, for atomic renames).
     pub staging_root: PathBuf,
     pub registry_locks: RegistryLocks,

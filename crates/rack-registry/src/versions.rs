@@ -7,11 +7,12 @@
 //! serialized by a lock, so the swap rarely has to retry.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rack_core::layout::{self, VersionsFile};
-use rack_core::names::{is_namespace, is_segment, is_version};
+use rack_core::names::is_version;
 
 use crate::storage::{PutMode, Storage, StorageError};
 
@@ -83,50 +84,64 @@ pub async fn rebuild(
     }
 }
 
-/// Startup repair after a crash between "version visible" and "versions.json rewritten": every
-/// registry whose stored versions differ from its `versions.json` (or that has none) is rebuilt.
-/// Returns the registries repaired.
-pub async fn repair(storage: &dyn Storage, locks: &RegistryLocks) -> Result<Vec<String>, StorageError> {
+/// A record, kept while a publish is in flight, of the version being published: if the process
+/// dies between "version visible" and "versions.json rewritten", the next start finds the record
+/// and finishes the job. Only versions this server was publishing are repaired; whatever else an
+/// operator keeps in storage is served as it is.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct JournalEntry {
+    pub registry: String,
+    pub version: String,
+}
+
+/// Write a journal entry durably; returns its path (remove it once `versions.json` is written).
+pub async fn journal_begin(dir: &Path, entry: &JournalEntry) -> std::io::Result<PathBuf> {
+    let dir = dir.to_owned();
+    let body = serde_json::to_vec(entry).expect("serializable");
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{:016x}.json", rand::random::<u64>()));
+        let mut f = std::fs::File::create(&path)?;
+        std::io::Write::write_all(&mut f, &body)?;
+        f.sync_all()?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(path)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Startup repair from the journal: rebuild `versions.json` of every registry that had a publish
+/// in flight, then drop the records. Returns the registries repaired.
+pub async fn repair_journal(
+    storage: &dyn Storage,
+    locks: &RegistryLocks,
+    dir: &Path,
+) -> Result<Vec<String>, StorageError> {
     let mut repaired = Vec::new();
-    let mut stack: Vec<String> = Vec::new();
-    let root = storage.list("", true, None, usize::MAX).await?;
-    for p in root.prefixes {
-        if is_namespace(p.trim_end_matches('/')) {
-            stack.push(p);
-        }
-    }
-    while let Some(dir) = stack.pop() {
-        let page = storage.list(&dir, true, None, usize::MAX).await?;
-        let registry = dir.trim_end_matches('/');
-        let has_versions_file = page.objects.iter().any(|o| o.key.ends_with("/versions.json"));
-        let mut has_version_dir = false;
-        for p in &page.prefixes {
-            let name = p[dir.len()..].trim_end_matches('/');
-            if is_segment(name) {
-                stack.push(p.clone());
-            } else if is_version(name) {
-                has_version_dir = true;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>(),
+        Err(_) => return Ok(repaired),
+    };
+    for path in entries {
+        let entry: Option<JournalEntry> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(e) = entry {
+            let valid = crate::storage::validate_key(&e.registry).is_ok() && is_version(&e.version);
+            if valid
+                && storage
+                    .head(&layout::manifest_key(&e.registry, &e.version))
+                    .await?
+                    .is_some()
+            {
+                rebuild(storage, locks, &e.registry, None).await?;
+                repaired.push(e.registry);
             }
         }
-        if !has_version_dir && !has_versions_file {
-            continue;
-        }
-        let stored = VersionsFile::from_versions(stored_versions(storage, registry).await?);
-        let listed = match storage.get(&layout::versions_key(registry)).await? {
-            Some(o) => VersionsFile::parse(&o.body),
-            None => None,
-        };
-        let missing = listed
-            .as_ref()
-            .is_none_or(|l| stored.versions.iter().any(|v| !l.versions.contains(v)));
-        // A corrupt versions.json is left for the operator (it is a 500 and logged); only
-        // missing or incomplete lists are rebuilt.
-        let corrupt = has_versions_file && listed.is_none();
-        if missing && !corrupt && !stored.versions.is_empty() {
-            rebuild(storage, locks, registry, None).await?;
-            repaired.push(registry.to_owned());
-        }
+        let _ = std::fs::remove_file(&path);
     }
     repaired.sort();
+    repaired.dedup();
     Ok(repaired)
 }

@@ -45,7 +45,11 @@ fn request_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-pub async fn log_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+/// The client address of a request (per `TRUST_PROXY`), left in the request extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub IpAddr);
+
+pub async fn log_requests(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let peer = req
@@ -55,6 +59,7 @@ pub async fn log_requests(State(state): State<Arc<AppState>>, req: Request, next
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let client = client_ip(peer, req.headers(), state.trust_proxy);
     let id = request_id();
+    req.extensions_mut().insert(ClientIp(client));
     let mut res = next.run(req).await;
     let route = res
         .extensions()

@@ -7,6 +7,7 @@ pub mod logging;
 pub mod reads;
 pub mod response;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -16,6 +17,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Uri};
 use rack_core::auth::{extract_token, Credential, Ctx};
 use rack_core::route::{route, Route};
 use rack_core::ApiError;
+use serde_json::json;
 
 use crate::state::{now_ms, AppState};
 use response::ErrorReply;
@@ -45,20 +47,37 @@ async fn dispatch(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    client: Option<axum::Extension<logging::ClientIp>>,
     body: axum::body::Body,
 ) -> Response {
     let route = route(uri.path());
     let template = route.template();
+    let client = client.map(|c| c.0 .0).unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let mut res = if route == Route::Upload && method == Method::POST {
-        crate::upload::handle(&state, &headers, body).await
+        crate::upload::handle(&state, &headers, client, body).await
     } else {
-        handle(&state, &method, route, &headers).await
+        handle(&state, &method, route, &headers, client).await
     };
     res.extensions_mut().insert(RouteTemplate(template));
     res
 }
 
-async fn handle(state: &AppState, method: &Method, route: Route, headers: &HeaderMap) -> Response {
+/// The namespace a request is about, when its path names one (for the audit trail).
+fn route_namespace(route: &Route) -> Option<&str> {
+    match route {
+        Route::Registry(Ok(r)) => Some(&r.namespace),
+        Route::NamespaceRegistries(Ok(ns)) => Some(ns),
+        _ => None,
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    method: &Method,
+    route: Route,
+    headers: &HeaderMap,
+    client: IpAddr,
+) -> Response {
     if route == Route::NotFound {
         return ErrorReply(ApiError::route_not_found()).into_response();
     }
@@ -76,6 +95,7 @@ async fn handle(state: &AppState, method: &Method, route: Route, headers: &Heade
         credential: cred.as_ref(),
         now_ms: now_ms(),
     };
+    let namespace = route_namespace(&route).map(str::to_owned);
     let result = match route {
         Route::Health => Ok(reads::health(state).await),
         Route::Metrics => Ok(response::Reply::ok(
@@ -103,6 +123,18 @@ async fn handle(state: &AppState, method: &Method, route: Route, headers: &Heade
         // Uploads are dispatched before; NotFound was answered above.
         Route::Upload | Route::NotFound => Err(ApiError::route_not_found().into()),
     };
+    if let Err(ErrorReply(e)) = &result {
+        if matches!(e.status(), 401 | 403) {
+            state.audit.record(
+                "access_denied",
+                &[
+                    ("code", json!(e.code())),
+                    ("namespace", json!(namespace)),
+                    ("client", json!(client.to_string())),
+                ],
+            );
+        }
+    }
     match result {
         Ok(reply) => reply.respond(headers),
         Err(e) => e.into_response(),

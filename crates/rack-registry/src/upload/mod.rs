@@ -20,6 +20,8 @@ pub mod extract;
 pub mod receive;
 pub mod staging;
 
+use std::net::IpAddr;
+
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -31,9 +33,11 @@ use serde_json::json;
 
 use crate::events::PublishEvent;
 use crate::http::response::ErrorReply;
+use crate::server::JOURNAL_DIR;
 use crate::state::{now_ms, AppState};
 use crate::storage::StorageError;
 use crate::validate;
+use crate::versions::{self, JournalEntry};
 use extract::{ExtractError, ExtractLimits};
 use receive::ReceiveError;
 use staging::Staging;
@@ -60,11 +64,28 @@ fn refuse_early(e: ApiError, body: Body) -> Response {
     res
 }
 
-pub async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
+/// Record a failed upload (metrics and audit).
+fn failed(state: &AppState, client: IpAddr, code: &str, identity: Option<&Identity>) {
+    state.metrics.uploads.with_label_values(&["failure"]).inc();
+    state.audit.record(
+        "publish",
+        &[
+            ("outcome", json!("failure")),
+            ("code", json!(code)),
+            ("namespace", json!(identity.map(|i| &i.namespace))),
+            ("name", json!(identity.map(|i| &i.name))),
+            ("version", json!(identity.map(|i| &i.version))),
+            ("client", json!(client.to_string())),
+        ],
+    );
+}
+
+pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body: Body) -> Response {
     // Check 0: a token, before the body.
     let Some(cred) = crate::http::credential(headers) else {
-        state.metrics.uploads.with_label_values(&["failure"]).inc();
-        return refuse_early(ApiError::unauthorized_upload(), body);
+        let e = ApiError::unauthorized_upload();
+        failed(state, client, e.code(), None);
+        return refuse_early(e, body);
     };
     // Check 1: multipart.
     let content_type = headers
@@ -92,15 +113,24 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Respon
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared_len.is_some_and(|n| n > limit) {
-        state.metrics.uploads.with_label_values(&["failure"]).inc();
-        return refuse_early(receive::payload_too_large(limit), body);
+        let e = receive::payload_too_large(limit);
+        failed(state, client, e.code(), None);
+        return refuse_early(e, body);
     }
 
     let staging = match Staging::create(&state.staging_root).await {
         Ok(s) => s,
-        Err(e) => return internal(state, format!("cannot create staging directory: {e}")),
+        Err(e) => {
+            return internal(
+                state,
+                client,
+                None,
+                format!("cannot create staging directory: {e}"),
+            )
+        }
     };
-    let result = pipeline(state, &cred, body, boundary, &staging).await;
+    let mut identity = None;
+    let result = pipeline(state, &cred, body, boundary, &staging, &mut identity).await;
     staging.remove().await;
     match result {
         Ok((identity, principal)) => {
@@ -111,6 +141,17 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Respon
                 version = %identity.version,
                 by = principal_label(&principal),
                 "published"
+            );
+            state.audit.record(
+                "publish",
+                &[
+                    ("outcome", json!("success")),
+                    ("namespace", json!(identity.namespace)),
+                    ("name", json!(identity.name)),
+                    ("version", json!(identity.version)),
+                    ("by", json!(principal_label(&principal))),
+                    ("client", json!(client.to_string())),
+                ],
             );
             let body = json!({
                 "name": identity.name,
@@ -127,7 +168,7 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Respon
             res
         }
         Err(Failure::Api(e)) => {
-            state.metrics.uploads.with_label_values(&["failure"]).inc();
+            failed(state, client, e.code(), identity.as_ref());
             let mut res = ErrorReply(e.clone()).into_response();
             if e.kind == ErrorKind::PayloadTooLarge {
                 res.headers_mut()
@@ -135,7 +176,7 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Respon
             }
             res
         }
-        Err(Failure::Internal(msg)) => internal(state, msg),
+        Err(Failure::Internal(msg)) => internal(state, client, identity.as_ref(), msg),
     }
 }
 
@@ -148,8 +189,8 @@ fn principal_label(p: &Principal) -> String {
     }
 }
 
-fn internal(state: &AppState, msg: String) -> Response {
-    state.metrics.uploads.with_label_values(&["failure"]).inc();
+fn internal(state: &AppState, client: IpAddr, identity: Option<&Identity>, msg: String) -> Response {
+    failed(state, client, "INTERNAL_SERVER_ERROR", identity);
     tracing::error!(error = %msg, "upload failed");
     ErrorReply(ApiError::internal()).into_response()
 }
@@ -160,6 +201,7 @@ async fn pipeline(
     body: Body,
     boundary: String,
     staging: &Staging,
+    known: &mut Option<Identity>,
 ) -> Result<(Identity, Principal), Failure> {
     // Checks 2 to 5.
     let package = staging.package();
@@ -195,6 +237,7 @@ async fn pipeline(
         .await
         .map_err(|e| Failure::Internal(format!("reading staged registry.json: {e}")))?;
     let (doc, identity) = manifest::identity(&manifest_bytes)?;
+    *known = Some(identity.clone());
 
     // Checks 8 and 9.
     let policy = state.policy();
@@ -243,19 +286,28 @@ async fn pipeline(
         Ok(None) => {}
         Err(e) => return Err(Failure::Internal(e.to_string())),
     }
-    match state.storage.publish_dir(&tree, &dest).await {
-        Ok(()) => {}
-        Err(StorageError::AlreadyExists(_)) => return Err(exists(()).into()),
-        Err(e) => return Err(Failure::Internal(format!("publishing {dest}: {e}"))),
-    }
-    crate::versions::rebuild(
-        state.storage.as_ref(),
-        &state.registry_locks,
-        &registry,
-        Some(&identity.version),
-    )
-    .await
-    .map_err(|e| Failure::Internal(format!("updating versions of {registry}: {e}")))?;
+    let journal_entry = JournalEntry {
+        registry: registry.clone(),
+        version: identity.version.clone(),
+    };
+    let journal = versions::journal_begin(&state.staging_root.join(JOURNAL_DIR), &journal_entry)
+        .await
+        .map_err(|e| Failure::Internal(format!("writing the publish journal: {e}")))?;
+    let published = match state.storage.publish_dir(&tree, &dest).await {
+        Ok(()) => versions::rebuild(
+            state.storage.as_ref(),
+            &state.registry_locks,
+            &registry,
+            Some(&identity.version),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| Failure::Internal(format!("updating versions of {registry}: {e}"))),
+        Err(StorageError::AlreadyExists(_)) => Err(exists(()).into()),
+        Err(e) => Err(Failure::Internal(format!("publishing {dest}: {e}"))),
+    };
+    let _ = tokio::fs::remove_file(&journal).await;
+    published?;
 
     let event = PublishEvent {
         namespace: identity.namespace.clone(),
