@@ -57,6 +57,11 @@ fn fingerprint(content: &FileContent) -> Option<[u8; 32]> {
     content.as_ref().map(|c| Sha256::digest(c.as_bytes()).into())
 }
 
+/// Turns a file's content (or its absence) into a value, or says why it is refused.
+pub type Parser<T> = Box<dyn Fn(&FileContent) -> Result<T, String> + Send + Sync>;
+/// Runs after a new value went live.
+pub type OnChange<T> = Box<dyn Fn(&T) + Send + Sync>;
+
 /// What to watch and how to understand it.
 pub struct Watch<T> {
     /// Short name for logs and the `file` metric label (`auth`, `webhooks`).
@@ -64,9 +69,9 @@ pub struct Watch<T> {
     pub path: PathBuf,
     pub interval: Duration,
     /// Turn the file's content (or its absence) into a value, or say why it is refused.
-    pub parse: Box<dyn Fn(&FileContent) -> Result<T, String> + Send + Sync>,
+    pub parse: Parser<T>,
     /// Called after a new value went live (e.g. to log its rejected namespaces).
-    pub on_change: Option<Box<dyn Fn(&T) + Send + Sync>>,
+    pub on_change: Option<OnChange<T>>,
 }
 
 /// Spawn the watcher. `initial` is the content the live value was built from at startup.
