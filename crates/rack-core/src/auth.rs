@@ -172,6 +172,7 @@ pub enum PolicyError {
 pub struct Policy {
     namespaces: BTreeMap<String, NamespacePolicy>,
     rejected: Vec<Rejection>,
+    skipped: Vec<Rejection>,
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -212,10 +213,12 @@ pub fn parse_timestamp_ms(s: &str) -> Option<i64> {
     i64::try_from(dt.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
-/// Parse one entry: `Ok(None)` skips it (not an object, no usable token), `Err` rejects the
-/// namespace (a bad `expiresAt`).
-fn parse_entry(v: &Value) -> Result<Option<TokenEntry>, String> {
-    let Value::Object(obj) = v else { return Ok(None) };
+/// Parse one entry: `Ok(Err(reason))` skips it (not an object, no usable token), `Err` rejects
+/// the namespace (a bad `expiresAt`).
+fn parse_entry(v: &Value) -> Result<Result<TokenEntry, String>, String> {
+    let Value::Object(obj) = v else {
+        return Ok(Err(format!("entry is {}, not an object", json_type(v))));
+    };
     let expires_at_ms = parse_expires_at(obj.get("expiresAt"))?;
     let plain = obj
         .get("token")
@@ -230,10 +233,14 @@ fn parse_entry(v: &Value) -> Result<Option<TokenEntry>, String> {
             .and_then(parse_digest)
         {
             Some(d) => (d, true),
-            None => return Ok(None),
+            None => {
+                return Ok(Err(
+                    "no non-empty \"token\" string and no 64-hex \"tokenSha256\"".to_owned()
+                ))
+            }
         },
     };
-    Ok(Some(TokenEntry {
+    Ok(Ok(TokenEntry {
         digest,
         // Exactly `true`: "yes", 1 or "true" grant nothing.
         publish: obj.get("publish") == Some(&Value::Bool(true)),
@@ -243,7 +250,7 @@ fn parse_entry(v: &Value) -> Result<Option<TokenEntry>, String> {
     }))
 }
 
-fn parse_namespace(ns: &str, v: &Value) -> Result<NamespacePolicy, String> {
+fn parse_namespace(ns: &str, v: &Value, skipped: &mut Vec<Rejection>) -> Result<NamespacePolicy, String> {
     if !is_namespace(ns) {
         return Err("namespace does not match ^@[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?$".into());
     }
@@ -254,9 +261,14 @@ fn parse_namespace(ns: &str, v: &Value) -> Result<NamespacePolicy, String> {
         ));
     };
     let mut entries = Vec::new();
-    for item in items {
-        if let Some(e) = parse_entry(item)? {
-            entries.push(e);
+    let mut skips = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match parse_entry(item)? {
+            Ok(e) => entries.push(e),
+            Err(reason) => skips.push(Rejection {
+                namespace: ns.to_owned(),
+                reason: format!("entry #{}: {reason}", i + 1),
+            }),
         }
     }
     if !items.is_empty() && entries.is_empty() {
@@ -264,6 +276,7 @@ fn parse_namespace(ns: &str, v: &Value) -> Result<NamespacePolicy, String> {
             "no valid token entry (each needs a non-empty \"token\" or a 64-hex \"tokenSha256\")".into(),
         );
     }
+    skipped.extend(skips);
     Ok(NamespacePolicy { entries })
 }
 
@@ -280,7 +293,7 @@ impl Policy {
         };
         let mut policy = Policy::default();
         for (ns, value) in &map {
-            match parse_namespace(ns, value) {
+            match parse_namespace(ns, value, &mut policy.skipped) {
                 Ok(p) => {
                     policy.namespaces.insert(ns.clone(), p);
                 }
@@ -296,6 +309,11 @@ impl Policy {
     /// Namespaces refused by fail-closed parsing, with the reason.
     pub fn rejected(&self) -> &[Rejection] {
         &self.rejected
+    }
+
+    /// Entries skipped inside accepted namespaces, with the reason (`entry #n: ...`).
+    pub fn skipped(&self) -> &[Rejection] {
+        &self.skipped
     }
 
     pub fn namespace(&self, ns: &str) -> Option<&NamespacePolicy> {
@@ -478,6 +496,13 @@ mod tests {
             assert!(Policy::parse(bad).is_err(), "{bad:?}");
         }
         assert!(Policy::parse("{}").unwrap().namespace("@rack").is_none());
+        let skipped: Vec<_> = p.skipped().iter().map(|r| r.namespace.as_str()).collect();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let p = Policy::parse(r#"{"@a": [{"token": "t"}, 5, {"mark": "m"}]}"#).unwrap();
+        let reasons: Vec<_> = p.skipped().iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 2);
+        assert!(reasons[0].starts_with("entry #2: "), "{reasons:?}");
+        assert!(reasons[1].starts_with("entry #3: "), "{reasons:?}");
     }
 
     #[test]

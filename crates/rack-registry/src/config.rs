@@ -47,6 +47,18 @@ pub struct ServeArgs {
     /// Durable webhook outbox directory [default: <STORAGE_ROOT>/.webhooks]
     #[arg(long, env = "WEBHOOK_OUTBOX_DIR")]
     pub webhook_outbox_dir: Option<String>,
+    /// Attempts per webhook delivery, the first included [default: 4]
+    #[arg(long, env = "WEBHOOK_MAX_ATTEMPTS")]
+    pub webhook_max_attempts: Option<String>,
+    /// Delay before the first retry in ms; doubles on every retry [default: 2000]
+    #[arg(long, env = "WEBHOOK_BACKOFF_BASE_MS")]
+    pub webhook_backoff_base_ms: Option<String>,
+    /// Timeout of one delivery attempt in seconds [default: 30]
+    #[arg(long, env = "WEBHOOK_TIMEOUT_SECONDS")]
+    pub webhook_timeout_seconds: Option<String>,
+    /// Most webhook deliveries in flight at once [default: 8]
+    #[arg(long, env = "WEBHOOK_CONCURRENCY")]
+    pub webhook_concurrency: Option<String>,
     /// Admin token (prefer ADMIN_TOKEN_SHA256)
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -148,6 +160,30 @@ pub struct Limits {
     pub max_manifest_bytes: u64,
 }
 
+/// Webhook delivery policy (SPEC §7: 4 attempts, 2 s, 4 s, 8 s, 30 s per attempt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// Attempts per delivery, the first included (>= 1).
+    pub max_attempts: u32,
+    /// Delay after the first failed attempt; doubled after each further failure.
+    pub backoff_base: Duration,
+    /// Timeout of one attempt (connect, send, response).
+    pub timeout: Duration,
+    /// Most attempts in flight at once (>= 1).
+    pub concurrency: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            max_attempts: 4,
+            backoff_base: Duration::from_millis(2000),
+            timeout: Duration::from_secs(30),
+            concurrency: 8,
+        }
+    }
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -162,6 +198,7 @@ pub struct Config {
     pub auth_config_path: PathBuf,
     pub webhook_config_path: PathBuf,
     pub webhook_outbox_dir: PathBuf,
+    pub webhook: WebhookSettings,
     pub admin: Admin,
     pub audit_log_path: Option<PathBuf>,
     pub limits: Limits,
@@ -321,6 +358,24 @@ impl Config {
             )?,
             max_manifest_bytes: parse_u64("MAX_MANIFEST_BYTES", &a.max_manifest_bytes, 1024 * 1024, 1)?,
         };
+        let webhook = WebhookSettings {
+            max_attempts: parse_u64("WEBHOOK_MAX_ATTEMPTS", &a.webhook_max_attempts, 4, 1)?
+                .min(u32::MAX as u64) as u32,
+            backoff_base: Duration::from_millis(parse_u64(
+                "WEBHOOK_BACKOFF_BASE_MS",
+                &a.webhook_backoff_base_ms,
+                2000,
+                0,
+            )?),
+            timeout: Duration::from_secs(parse_u64(
+                "WEBHOOK_TIMEOUT_SECONDS",
+                &a.webhook_timeout_seconds,
+                30,
+                1,
+            )?),
+            concurrency: parse_u64("WEBHOOK_CONCURRENCY", &a.webhook_concurrency, 8, 1)?
+                .min(4096) as usize,
+        };
         Ok(Config {
             host,
             port,
@@ -335,6 +390,7 @@ impl Config {
                 given(&a.webhook_config_path).unwrap_or("./config/webhooks.json"),
             ),
             webhook_outbox_dir,
+            webhook,
             admin,
             audit_log_path: given(&a.audit_log_path).map(PathBuf::from),
             limits,
@@ -365,6 +421,9 @@ mod tests {
         assert_eq!(c.backend, Backend::Local);
         assert_eq!(c.limits.rate_limit_max, 1200);
         assert_eq!(c.limits.max_upload_bytes, 104_857_600);
+        assert_eq!(c.webhook, WebhookSettings::default());
+        assert_eq!(c.webhook.max_attempts, 4);
+        assert_eq!(c.webhook.backoff_base, Duration::from_secs(2));
         assert!(!c.admin.is_configured());
     }
 
@@ -403,6 +462,22 @@ mod tests {
             (
                 "ADMIN_TOKEN_SHA256",
                 Box::new(|a| a.admin_token_sha256 = Some("abc".into())),
+            ),
+            (
+                "WEBHOOK_MAX_ATTEMPTS",
+                Box::new(|a| a.webhook_max_attempts = Some("0".into())),
+            ),
+            (
+                "WEBHOOK_BACKOFF_BASE_MS",
+                Box::new(|a| a.webhook_backoff_base_ms = Some("fast".into())),
+            ),
+            (
+                "WEBHOOK_TIMEOUT_SECONDS",
+                Box::new(|a| a.webhook_timeout_seconds = Some("0".into())),
+            ),
+            (
+                "WEBHOOK_CONCURRENCY",
+                Box::new(|a| a.webhook_concurrency = Some("-3".into())),
             ),
         ];
         for (var, f) in cases {

@@ -23,6 +23,7 @@ pub mod schemas;
 pub mod server;
 pub mod state;
 pub mod storage;
+pub mod tokens;
 pub mod upload;
 pub mod validate;
 pub mod versions;

@@ -25,6 +25,11 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Pack a registry directory and upload it (or check it with --dry-run).
     Publish(rack_registry::publish::PublishArgs),
+    /// Print a new random token and its auth.json entry (only the hash).
+    Token(rack_registry::tokens::TokenArgs),
+    /// Operate on auth.json files.
+    #[command(subcommand)]
+    Auth(rack_registry::tokens::AuthCommand),
 }
 
 fn init_tracing(config: &Config) {
@@ -45,6 +50,8 @@ fn main() -> std::process::ExitCode {
     let args = match cli.command {
         Some(Command::Serve(a)) => *a,
         Some(Command::Publish(a)) => return rack_registry::publish::run(a),
+        Some(Command::Token(a)) => return rack_registry::tokens::run_token(a),
+        Some(Command::Auth(c)) => return rack_registry::tokens::run_auth(c),
         None => cli.serve,
     };
     let config = match Config::from_args(&args) {

@@ -208,6 +208,9 @@ fn local(what: &str, path: &Path, e: io::Error) -> Failure {
 
 /// Step 1: `<dir>/registry.json`, checked like the server checks the archive's (checks 6, 7).
 pub fn read_manifest(dir: &Path, limits: &Limits) -> Result<Manifest, Failure> {
+    if !dir.is_dir() {
+        return Err(Failure::Local(format!("{} is not a directory", dir.display())));
+    }
     let path = dir.join("registry.json");
     let meta = match std::fs::symlink_metadata(&path) {
         Ok(m) if m.file_type().is_file() => m,
@@ -404,6 +407,17 @@ pub fn endpoint(url: &str) -> String {
     format!("{}/registries", url.trim_end_matches('/'))
 }
 
+/// The base URL must be an absolute `http://` or `https://` URL.
+fn check_url(url: &str) -> Result<(), Failure> {
+    match reqwest::Url::parse(&endpoint(url)) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
+        Ok(_) => Err(Failure::Usage(format!(
+            "invalid --url {url:?}: expected http://host[:port] or https://host[:port]"
+        ))),
+        Err(e) => Err(Failure::Usage(format!("invalid --url {url:?}: {e}"))),
+    }
+}
+
 /// Step 6: upload `package`; the published path (`@ns/<segs>/<version>`) on success.
 pub async fn upload(url: &str, token: &str, package: &Package) -> Result<String, Failure> {
     use reqwest::multipart::{Form, Part};
@@ -498,9 +512,7 @@ fn publish(args: &PublishArgs) -> Result<(), Failure> {
                 .to_owned(),
         )
     })?;
-    if let Err(e) = reqwest::Url::parse(&endpoint(&args.url)) {
-        return Err(Failure::Usage(format!("invalid --url {:?}: {e}", args.url)));
-    }
+    check_url(&args.url)?;
     let package = prepare(&args.dir, &DEFAULT_LIMITS, false)?;
     eprintln!("uploading {} to {}", describe(&package), endpoint(&args.url));
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -693,6 +705,9 @@ mod tests {
         );
         std::fs::create_dir(dir.path().join("registry.json")).unwrap();
         assert_eq!(code(dry_run(dir.path())).1, "registry.json not found in package");
+        let missing = dry_run(&dir.path().join("nope")).unwrap_err();
+        assert!(matches!(missing, Failure::Local(_)), "{missing:?}");
+        assert_eq!(missing.exit_code(), 1);
     }
 
     #[test]
@@ -796,5 +811,9 @@ mod tests {
         }
         assert_eq!(endpoint("http://h:1/"), "http://h:1/registries");
         assert_eq!(endpoint("http://h:1/base"), "http://h:1/base/registries");
+        assert!(check_url("https://registry.example.com").is_ok());
+        for bad in ["localhost:8080", "registry.example.com", "ftp://h", "/x"] {
+            assert_eq!(check_url(bad).unwrap_err().exit_code(), 2, "{bad}");
+        }
     }
 }
