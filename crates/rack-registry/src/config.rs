@@ -101,6 +101,9 @@ pub struct ServeArgs {
     /// Most bytes an uploaded archive may expand to [default: 536870912]
     #[arg(long, env = "MAX_EXTRACTED_BYTES")]
     pub max_extracted_bytes: Option<String>,
+    /// Memory for the hot-object cache in bytes; 0 disables it [default: 67108864]
+    #[arg(long, env = "CACHE_MAX_BYTES")]
+    pub cache_max_bytes: Option<String>,
     /// Largest accepted registry.json in bytes [default: 1048576]
     #[arg(long, env = "MAX_MANIFEST_BYTES")]
     pub max_manifest_bytes: Option<String>,
@@ -158,6 +161,7 @@ pub struct Limits {
     pub max_archive_entries: u64,
     pub max_extracted_bytes: u64,
     pub max_manifest_bytes: u64,
+    pub cache_max_bytes: u64,
 }
 
 /// Webhook delivery policy (SPEC §7: 4 attempts, 2 s, 4 s, 8 s, 30 s per attempt).
@@ -357,6 +361,7 @@ impl Config {
                 1,
             )?,
             max_manifest_bytes: parse_u64("MAX_MANIFEST_BYTES", &a.max_manifest_bytes, 1024 * 1024, 1)?,
+            cache_max_bytes: parse_u64("CACHE_MAX_BYTES", &a.cache_max_bytes, 64 * 1024 * 1024, 0)?,
         };
         let webhook = WebhookSettings {
             max_attempts: parse_u64("WEBHOOK_MAX_ATTEMPTS", &a.webhook_max_attempts, 4, 1)?
@@ -373,8 +378,7 @@ impl Config {
                 30,
                 1,
             )?),
-            concurrency: parse_u64("WEBHOOK_CONCURRENCY", &a.webhook_concurrency, 8, 1)?
-                .min(4096) as usize,
+            concurrency: parse_u64("WEBHOOK_CONCURRENCY", &a.webhook_concurrency, 8, 1)?.min(4096) as usize,
         };
         Ok(Config {
             host,

@@ -13,11 +13,14 @@
 
 pub mod audit;
 pub mod auth_file;
+pub mod cache;
+pub mod compression;
 pub mod config;
 pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod publish;
+pub mod ratelimit;
 pub mod reload;
 pub mod schemas;
 pub mod server;
@@ -27,3 +30,4 @@ pub mod tokens;
 pub mod upload;
 pub mod validate;
 pub mod versions;
+pub mod webhooks;

@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::audit::Audit;
+use crate::cache::HotCache;
 use crate::config::{Backend, Config};
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::reload::{self, Live};
 use crate::state::AppState;
 use crate::storage::{local::TMP_DIR, LocalStorage, Storage};
 use crate::versions::{self, RegistryLocks};
-use crate::{auth_file, http, schemas};
+use crate::{auth_file, http, schemas, webhooks};
 
 /// How often config files are checked for changes (SPEC §14: within 5 s).
 /// Publish journal, inside staging: see [`versions::JournalEntry`].
@@ -51,6 +53,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         }
     };
     let (policy, auth_content) = auth_file::load(&config.auth_config_path)?;
+    let (webhook_config, webhook_content) = webhooks::load_config(&config.webhook_config_path)?;
     let audit = Arc::new(match &config.audit_log_path {
         Some(p) => Audit::file(p).map_err(|e| format!("AUDIT_LOG_PATH {}: {e}", p.display()))?,
         None => Audit::stdout(),
@@ -66,6 +69,22 @@ pub async fn run(config: Config) -> Result<(), String> {
         audit.clone(),
         shutdown_rx.clone(),
     );
+    let webhook_config = Arc::new(Live::new(webhook_config));
+    reload::spawn(
+        webhooks::watch(&config.webhook_config_path, RELOAD_INTERVAL),
+        webhook_config.clone(),
+        &webhook_content,
+        metrics.clone(),
+        audit.clone(),
+        shutdown_rx.clone(),
+    );
+    let (webhook_sink, webhook_worker) = webhooks::start(
+        webhook_config,
+        &config.webhook_outbox_dir,
+        config.webhook.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    )?;
     if !config.admin.is_configured() {
         tracing::info!("no ADMIN_TOKEN set: only namespace tokens can publish");
     }
@@ -77,10 +96,12 @@ pub async fn run(config: Config) -> Result<(), String> {
         trust_proxy: config.trust_proxy,
         limits: config.limits.clone(),
         metrics,
+        cache: HotCache::new(config.limits.cache_max_bytes),
+        rate_limiter: RateLimiter::new(config.limits.rate_limit_max, config.limits.rate_limit_window),
         audit,
         staging_root: config.storage_root.join(TMP_DIR),
         registry_locks: RegistryLocks::default(),
-        sinks: Vec::new(),
+        sinks: vec![webhook_sink as Arc<dyn crate::events::PublishSink>],
     });
     // Finish publishes that a crash interrupted, then drop every other leftover of staging:
     // outside an in-flight upload it is empty.
@@ -108,6 +129,8 @@ pub async fn run(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("server error: {e}"))?;
     let _ = shutdown_tx.send(true);
+    // Let in-flight webhook attempts settle (bounded); pending deliveries stay in the outbox.
+    let _ = webhook_worker.await;
     tracing::info!("shut down cleanly");
     Ok(())
 }

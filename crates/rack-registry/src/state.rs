@@ -7,9 +7,11 @@ use std::sync::Arc;
 use rack_core::auth::{Admin, Policy};
 
 use crate::audit::Audit;
+use crate::cache::HotCache;
 use crate::config::{Limits, TrustProxy};
 use crate::events::PublishSink;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::reload::Live;
 use crate::storage::Storage;
 use crate::versions::RegistryLocks;
@@ -22,6 +24,8 @@ pub struct AppState {
     pub trust_proxy: TrustProxy,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    pub cache: HotCache,
+    pub rate_limiter: RateLimiter,
     pub audit: Arc<Audit>,
     /// `<STORAGE_ROOT>/.tmp`: upload staging (same filesystem as the root, for atomic renames).
     pub staging_root: PathBuf,

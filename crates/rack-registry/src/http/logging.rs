@@ -8,9 +8,12 @@ use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
+use axum::response::IntoResponse;
 use axum::response::Response;
-use http::{HeaderMap, HeaderValue};
+use http::{header, HeaderMap, HeaderValue};
+use rack_core::ApiError;
 
+use super::response::ErrorReply;
 use super::RouteTemplate;
 use crate::config::TrustProxy;
 use crate::state::AppState;
@@ -60,7 +63,30 @@ pub async fn log_requests(State(state): State<Arc<AppState>>, mut req: Request, 
     let client = client_ip(peer, req.headers(), state.trust_proxy);
     let id = request_id();
     req.extensions_mut().insert(ClientIp(client));
-    let mut res = next.run(req).await;
+    // Every request to every route counts (SPEC §14), `/health` and `/metrics` included.
+    let decision = state
+        .rate_limiter
+        .enabled()
+        .then(|| state.rate_limiter.check(client, Instant::now()));
+    let mut res = match decision {
+        Some(d) if !d.allowed => {
+            state.metrics.rate_limited.inc();
+            let template = rack_core::route::route(req.uri().path()).template();
+            crate::upload::receive::drain(req.into_body());
+            let mut res = ErrorReply(ApiError::rate_limited(d.reset_secs)).into_response();
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(d.reset_secs));
+            res.extensions_mut().insert(RouteTemplate(template));
+            res
+        }
+        _ => next.run(req).await,
+    };
+    if let Some(d) = decision {
+        let h = res.headers_mut();
+        h.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
+        h.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
+        h.insert("x-ratelimit-reset", HeaderValue::from(d.reset_secs));
+    }
     let route = res
         .extensions()
         .get::<RouteTemplate>()

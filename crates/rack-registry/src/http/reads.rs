@@ -1,6 +1,8 @@
 //! Read handlers (SPEC §4). Each one is a thin translation: access decision from the core crate,
 //! one or two storage reads, a [`Reply`].
 
+use std::sync::Arc;
+
 use rack_core::auth::Ctx;
 use rack_core::layout::{self, VersionsFile};
 use rack_core::mime::content_type;
@@ -10,8 +12,9 @@ use rack_core::ApiError;
 use serde_json::json;
 
 use super::response::{ApiResult, ErrorReply, Reply};
+use crate::cache::Cached;
 use crate::state::AppState;
-use crate::storage::{Object, StorageError};
+use crate::storage::StorageError;
 
 /// A storage failure is a 500 for the client and a log line (with the key) for the operator.
 pub fn internal(e: impl std::fmt::Display) -> ErrorReply {
@@ -19,15 +22,20 @@ pub fn internal(e: impl std::fmt::Display) -> ErrorReply {
     ErrorReply(ApiError::internal())
 }
 
-async fn get(state: &AppState, key: &str) -> Result<Option<Object>, ErrorReply> {
-    state.storage.get(key).await.map_err(internal)
+/// The current object at `key`, through the hot cache (which revalidates against storage).
+async fn get(state: &AppState, key: &str) -> Result<Option<Arc<Cached>>, ErrorReply> {
+    state
+        .cache
+        .get(state.storage.as_ref(), key)
+        .await
+        .map_err(internal)
 }
 
 /// Read and validate `versions.json`: `None` if absent; a corrupt file is a 500.
 async fn versions_file(
     state: &AppState,
     registry: &str,
-) -> Result<Option<(Object, VersionsFile)>, ErrorReply> {
+) -> Result<Option<(Arc<Cached>, VersionsFile)>, ErrorReply> {
     let key = layout::versions_key(registry);
     let Some(obj) = get(state, &key).await? else {
         return Ok(None);
@@ -47,7 +55,7 @@ pub async fn registry(state: &AppState, ctx: &Ctx<'_>, res: RegistryResource) ->
             let (obj, _) = versions_file(state, &registry)
                 .await?
                 .ok_or_else(ApiError::not_found)?;
-            Ok(Reply::ok(obj.body, "application/json", cache))
+            Ok(Reply::object(obj, "application/json", cache))
         }
         ResourceKind::Latest => {
             let (_, versions) = versions_file(state, &registry)
@@ -57,19 +65,19 @@ pub async fn registry(state: &AppState, ctx: &Ctx<'_>, res: RegistryResource) ->
             let obj = get(state, &layout::manifest_key(&registry, latest))
                 .await?
                 .ok_or_else(ApiError::not_found)?;
-            Ok(Reply::ok(obj.body, "application/json", cache))
+            Ok(Reply::object(obj, "application/json", cache))
         }
         ResourceKind::Version(v) => {
             let obj = get(state, &layout::manifest_key(&registry, v))
                 .await?
                 .ok_or_else(ApiError::not_found)?;
-            Ok(Reply::ok(obj.body, "application/json", cache))
+            Ok(Reply::object(obj, "application/json", cache))
         }
         ResourceKind::File { version, path } => {
             let obj = get(state, &layout::file_key(&registry, version, path))
                 .await?
                 .ok_or_else(ApiError::not_found)?;
-            Ok(Reply::ok(obj.body, content_type(path), cache))
+            Ok(Reply::object(obj, content_type(path), cache))
         }
     }
 }
@@ -78,7 +86,7 @@ pub async fn preset(state: &AppState, name: &str) -> ApiResult {
     let obj = get(state, &layout::preset_key(name))
         .await?
         .ok_or_else(ApiError::not_found)?;
-    Ok(Reply::ok(obj.body, "application/json", CacheTier::Day))
+    Ok(Reply::object(obj, "application/json", CacheTier::Day))
 }
 
 /// `/schemas/<file>` serves `<SCHEMA_DIR>/<file>` byte for byte (`file` is from the allowlist).

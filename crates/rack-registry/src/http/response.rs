@@ -1,20 +1,29 @@
 //! Turning results into HTTP responses: the one place where an [`ApiError`] becomes a status,
-//! a JSON body and `Cache-Control: no-store`.
+//! a JSON body and `Cache-Control: no-store`, and where a successful read gets its `ETag`, its
+//! `304`, and its content encoding.
+
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{header, HeaderValue, StatusCode};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use rack_core::mime::is_compressible;
 use rack_core::route::CacheTier;
 use rack_core::ApiError;
 use sha2::{Digest, Sha256};
 
-/// A successful read: bytes, their type and cache tier.
+use crate::cache::Cached;
+use crate::compression::{self, Encoding, MIN_COMPRESS_BYTES};
+
+/// A successful read: bytes, their type and cache tier, and the cache entry they came from
+/// (which carries the precomputed ETag and compressed variants).
 pub struct Reply {
     pub status: StatusCode,
     pub body: Bytes,
     pub content_type: &'static str,
     pub cache: CacheTier,
+    pub object: Option<Arc<Cached>>,
 }
 
 impl Reply {
@@ -24,6 +33,18 @@ impl Reply {
             body: body.into(),
             content_type,
             cache,
+            object: None,
+        }
+    }
+
+    /// A stored object, served with its cached validator and variants.
+    pub fn object(object: Arc<Cached>, content_type: &'static str, cache: CacheTier) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            body: object.body.clone(),
+            content_type,
+            cache,
+            object: Some(object),
         }
     }
 
@@ -39,45 +60,99 @@ pub fn etag_of(body: &[u8]) -> String {
     format!("\"{}\"", hex::encode(&digest[..16]))
 }
 
+/// The content part of a tag: without `W/` and without an encoding suffix (`-gzip`...), so that
+/// a client holding any representation of the same bytes revalidates successfully.
+fn tag_base(tag: &str) -> &str {
+    let t = tag.trim();
+    let t = t.strip_prefix("W/").unwrap_or(t).trim_matches('"');
+    ["-br", "-zstd", "-gzip"]
+        .iter()
+        .find_map(|s| t.strip_suffix(s))
+        .unwrap_or(t)
+}
+
 /// Whether an `If-None-Match` header value matches `etag` (weak comparison, as RFC 9110 wants
 /// for `If-None-Match`; `*` matches any current representation).
 pub fn if_none_match(header_value: &str, etag: &str) -> bool {
+    let want = tag_base(etag);
     header_value
         .split(',')
         .map(str::trim)
-        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+        .any(|t| t == "*" || (!t.is_empty() && tag_base(t) == want))
+}
+
+fn with_suffix(etag: &str, enc: Option<Encoding>) -> String {
+    match enc {
+        None => etag.to_owned(),
+        Some(e) => format!("{}{}\"", &etag[..etag.len() - 1], e.etag_suffix()),
+    }
 }
 
 impl Reply {
     /// The response for a request with these headers: a 200 carries an `ETag`; a matching
-    /// `If-None-Match` turns it into a 304 with `ETag` and `Cache-Control` and no body.
-    pub fn respond(self, req_headers: &http::HeaderMap) -> Response {
+    /// `If-None-Match` turns it into a 304 with `ETag` and `Cache-Control` and no body; the body
+    /// is compressed when the type is worth it and the client accepts an encoding we offer.
+    pub fn respond(self, req_headers: &HeaderMap) -> Response {
         // Live answers (`/health`, `/metrics`) are never cached, so they get no validator.
         if self.status != StatusCode::OK || self.cache == CacheTier::NoStore {
             return self.into_response();
         }
-        let etag = etag_of(&self.body);
+        let base_etag = match &self.object {
+            Some(o) => o.etag.clone(),
+            None => etag_of(&self.body),
+        };
+        let varies = is_compressible(self.content_type) && self.body.len() >= MIN_COMPRESS_BYTES;
+        let encoding = varies
+            .then(|| {
+                req_headers
+                    .get(header::ACCEPT_ENCODING)
+                    .and_then(|v| v.to_str().ok())
+            })
+            .flatten()
+            .and_then(compression::negotiate);
+        let etag = with_suffix(&base_etag, encoding);
+        let etag_value = HeaderValue::from_str(&etag).expect("hex is a valid header value");
         let not_modified = req_headers
             .get_all(header::IF_NONE_MATCH)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| if_none_match(v, &etag));
-        let etag_value = HeaderValue::from_str(&etag).expect("hex is a valid header value");
-        if not_modified {
+        let mut res = if not_modified {
             // A body of unknown length: with `Body::empty()` the HTTP stack would add
             // `Content-Length: 0` to a HEAD 304, which a GET 304 does not carry.
             let nothing = futures::stream::empty::<Result<Bytes, std::convert::Infallible>>();
             let mut res = Response::new(Body::from_stream(nothing));
             *res.status_mut() = StatusCode::NOT_MODIFIED;
-            res.headers_mut().insert(header::ETAG, etag_value);
             res.headers_mut().insert(
                 header::CACHE_CONTROL,
                 HeaderValue::from_static(self.cache.header()),
             );
-            return res;
-        }
-        let mut res = self.into_response();
+            res
+        } else {
+            match encoding {
+                None => self.into_response(),
+                Some(enc) => {
+                    let encoded = match &self.object {
+                        Some(o) => o.encoded(enc),
+                        None => Bytes::from(compression::compress(enc, &self.body)),
+                    };
+                    let mut res = Reply {
+                        body: encoded,
+                        object: None,
+                        ..self
+                    }
+                    .into_response();
+                    res.headers_mut()
+                        .insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc.header()));
+                    res
+                }
+            }
+        };
         res.headers_mut().insert(header::ETAG, etag_value);
+        if varies {
+            res.headers_mut()
+                .insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+        }
         res
     }
 }
@@ -110,13 +185,9 @@ impl From<ApiError> for ErrorReply {
 impl IntoResponse for ErrorReply {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut res = Reply {
-            status,
-            body: Bytes::from(self.0.body()),
-            content_type: "application/json",
-            cache: CacheTier::NoStore,
-        }
-        .into_response();
+        let mut res = Reply::ok(Bytes::from(self.0.body()), "application/json", CacheTier::NoStore);
+        res.status = status;
+        let mut res = res.into_response();
         res.extensions_mut().insert(self.0.kind);
         res
     }
@@ -140,5 +211,12 @@ mod tests {
         assert!(if_none_match("*", &a));
         assert!(!if_none_match("\"x\"", &a));
         assert!(!if_none_match("", &a));
+        let gz = with_suffix(&a, Some(Encoding::Gzip));
+        assert!(gz.ends_with("-gzip\""));
+        assert!(
+            if_none_match(&gz, &a),
+            "any representation of the same bytes revalidates"
+        );
+        assert!(if_none_match(&a, &gz));
     }
 }

@@ -307,6 +307,9 @@ async fn pipeline(
         Err(e) => Err(Failure::Internal(format!("publishing {dest}: {e}"))),
     };
     let _ = tokio::fs::remove_file(&journal).await;
+    state
+        .cache
+        .invalidate(&rack_core::layout::versions_key(&registry));
     published?;
 
     let event = PublishEvent {

@@ -138,7 +138,9 @@ mod tests {
     use super::*;
 
     fn hook(extra: &str) -> String {
-        format!(r#"{{"webhooks":[{{"url":"http://127.0.0.1:9/h","secret":"hook-secret-xyz","events":["uploaded"],"enabled":true{extra}}}]}}"#)
+        format!(
+            r#"{{"webhooks":[{{"url":"http://127.0.0.1:9/h","secret":"hook-secret-xyz","events":["uploaded"],"enabled":true{extra}}}]}}"#
+        )
     }
 
     #[test]
