@@ -202,6 +202,36 @@ impl ApiError {
             format!("Token does not have publish permission for namespace {ns}"),
         )
     }
+    pub fn invalid_archive(detail: impl fmt::Display) -> ApiError {
+        ApiError::new(
+            ErrorKind::InvalidArchive,
+            format!("Uploaded file is not a valid tar.gz archive: {detail}"),
+        )
+    }
+    pub fn too_many_entries(limit: u64) -> ApiError {
+        ApiError::invalid_archive(format_args!("more than {limit} entries"))
+    }
+    pub fn expands_past(limit: u64) -> ApiError {
+        ApiError::invalid_archive(format_args!("archive expands past {limit} bytes"))
+    }
+    pub fn manifest_too_large(limit: u64) -> ApiError {
+        ApiError::invalid_archive(format_args!("registry.json is larger than {limit} bytes"))
+    }
+    pub fn manifest_not_found() -> ApiError {
+        ApiError::new(ErrorKind::UploadFailed, "registry.json not found in package")
+    }
+    pub fn payload_too_large(limit: u64) -> ApiError {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("Upload exceeds the maximum allowed size of {limit} bytes"),
+        )
+    }
+    pub fn schema_validation_failed(errors: &str) -> ApiError {
+        ApiError::new(
+            ErrorKind::SchemaValidationFailed,
+            format!("Schema validation failed: {errors}"),
+        )
+    }
     pub fn rate_limited(retry_after_secs: u64) -> ApiError {
         ApiError::new(
             ErrorKind::RateLimitExceeded,

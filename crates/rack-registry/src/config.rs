@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Args;
 use rack_core::auth::{parse_digest, Admin};
+use rack_core::limits;
 
 /// Raw server settings as given on the command line or in the environment.
 #[derive(Debug, Clone, Default, Args)]
@@ -352,15 +353,30 @@ impl Config {
                 60,
                 1,
             )?),
-            max_upload_bytes: parse_u64("MAX_UPLOAD_BYTES", &a.max_upload_bytes, 100 * 1024 * 1024, 1)?,
-            max_archive_entries: parse_u64("MAX_ARCHIVE_ENTRIES", &a.max_archive_entries, 10_000, 1)?,
+            max_upload_bytes: parse_u64(
+                "MAX_UPLOAD_BYTES",
+                &a.max_upload_bytes,
+                limits::MAX_UPLOAD_BYTES,
+                1,
+            )?,
+            max_archive_entries: parse_u64(
+                "MAX_ARCHIVE_ENTRIES",
+                &a.max_archive_entries,
+                limits::MAX_ARCHIVE_ENTRIES,
+                1,
+            )?,
             max_extracted_bytes: parse_u64(
                 "MAX_EXTRACTED_BYTES",
                 &a.max_extracted_bytes,
                 512 * 1024 * 1024,
                 1,
             )?,
-            max_manifest_bytes: parse_u64("MAX_MANIFEST_BYTES", &a.max_manifest_bytes, 1024 * 1024, 1)?,
+            max_manifest_bytes: parse_u64(
+                "MAX_MANIFEST_BYTES",
+                &a.max_manifest_bytes,
+                limits::MAX_MANIFEST_BYTES,
+                1,
+            )?,
             cache_max_bytes: parse_u64("CACHE_MAX_BYTES", &a.cache_max_bytes, 64 * 1024 * 1024, 0)?,
         };
         let webhook = WebhookSettings {

@@ -55,7 +55,7 @@ use std::time::Duration;
 
 use clap::Args;
 use rack_core::manifest::{check_entries, declared_files, identity, EntryKind, Identity};
-use rack_core::{ApiError, ErrorKind};
+use rack_core::ApiError;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -88,10 +88,10 @@ pub struct Limits {
 }
 
 pub const DEFAULT_LIMITS: Limits = Limits {
-    upload_bytes: 100 * 1024 * 1024,
-    extracted_bytes: 512 * 1024 * 1024,
-    manifest_bytes: 1024 * 1024,
-    entries: 10_000,
+    upload_bytes: rack_core::limits::MAX_UPLOAD_BYTES,
+    extracted_bytes: rack_core::limits::MAX_EXTRACTED_BYTES,
+    manifest_bytes: rack_core::limits::MAX_MANIFEST_BYTES,
+    entries: rack_core::limits::MAX_ARCHIVE_ENTRIES,
 };
 
 /// Why a publish failed, and so the exit status.
@@ -195,13 +195,6 @@ impl Package {
     }
 }
 
-fn invalid_archive(detail: impl fmt::Display) -> ApiError {
-    ApiError::new(
-        ErrorKind::InvalidArchive,
-        format!("Uploaded file is not a valid tar.gz archive: {detail}"),
-    )
-}
-
 fn local(what: &str, path: &Path, e: io::Error) -> Failure {
     Failure::Local(format!("cannot {what} {}: {e}", path.display()))
 }
@@ -219,11 +212,7 @@ pub fn read_manifest(dir: &Path, limits: &Limits) -> Result<Manifest, Failure> {
         Err(e) => return Err(local("read", &path, e)),
     };
     if meta.len() > limits.manifest_bytes {
-        return Err(invalid_archive(format_args!(
-            "registry.json is larger than {} bytes",
-            limits.manifest_bytes
-        ))
-        .into());
+        return Err(ApiError::manifest_too_large(limits.manifest_bytes).into());
     }
     let bytes = std::fs::read(&path).map_err(|e| local("read", &path, e))?;
     let (doc, identity) = identity(&bytes)?;
@@ -231,7 +220,7 @@ pub fn read_manifest(dir: &Path, limits: &Limits) -> Result<Manifest, Failure> {
 }
 
 fn not_found_manifest() -> ApiError {
-    ApiError::new(ErrorKind::UploadFailed, "registry.json not found in package")
+    ApiError::manifest_not_found()
 }
 
 /// The archive paths of a manifest: `registry.json` first, then every declared file, sorted
@@ -313,17 +302,11 @@ fn is_executable(_meta: &std::fs::Metadata) -> bool {
 /// Step 3a: the extraction limits of SPEC §5.3 (check 6), before anything is read.
 pub fn check_limits(files: &[SourceFile], limits: &Limits) -> Result<(), ApiError> {
     if files.len() as u64 > limits.entries {
-        return Err(invalid_archive(format_args!(
-            "more than {} entries",
-            limits.entries
-        )));
+        return Err(ApiError::too_many_entries(limits.entries));
     }
     let expanded: u64 = files.iter().map(|f| f.size).sum();
     if expanded > limits.extracted_bytes {
-        return Err(invalid_archive(format_args!(
-            "archive expands past {} bytes",
-            limits.extracted_bytes
-        )));
+        return Err(ApiError::expands_past(limits.extracted_bytes));
     }
     Ok(())
 }
@@ -354,13 +337,7 @@ pub fn checksum(bytes: &[u8]) -> String {
 /// Step 3c: the upload limit (check 2).
 pub fn check_upload_size(len: u64, limits: &Limits) -> Result<(), ApiError> {
     if len > limits.upload_bytes {
-        return Err(ApiError::new(
-            ErrorKind::PayloadTooLarge,
-            format!(
-                "Upload exceeds the maximum allowed size of {} bytes",
-                limits.upload_bytes
-            ),
-        ));
+        return Err(ApiError::payload_too_large(limits.upload_bytes));
     }
     Ok(())
 }
@@ -370,11 +347,7 @@ pub fn check_schema(doc: &Value) -> Result<(), Failure> {
     let schema = crate::validate::registry_item_schema(None).map_err(Failure::Local)?;
     match crate::validate::validate(&schema, doc).map_err(Failure::Local)? {
         Ok(()) => Ok(()),
-        Err(errors) => Err(ApiError::new(
-            ErrorKind::SchemaValidationFailed,
-            format!("Schema validation failed: {errors}"),
-        )
-        .into()),
+        Err(errors) => Err(ApiError::schema_validation_failed(&errors).into()),
     }
 }
 

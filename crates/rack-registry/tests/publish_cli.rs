@@ -236,23 +236,32 @@ fn no_token_is_a_usage_error_before_packing() {
 fn network_errors_are_clear_and_non_zero() {
     let cwd = tempfile::tempdir().unwrap();
     let dir = example_dir();
-    // Port 9 (discard) on loopback: nothing listens there in the test environment.
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
     let (code, out) = publish(
         cwd.path(),
         &[],
-        &[
-            "--url",
-            "http://127.0.0.1:9",
-            "--token",
-            "t",
-            dir.to_str().unwrap(),
-        ],
+        &["--url", &url, "--token", "t", dir.to_str().unwrap()],
     );
     assert_eq!(code, Some(3), "{out}");
     assert!(
-        out.contains("upload to http://127.0.0.1:9/registries failed"),
+        out.contains(&format!("upload to {url}/registries failed")),
         "{out}"
     );
+    assert!(out.contains("onnection refused"), "{out}");
+    // A URL without a scheme is a usage error, before anything is read.
+    let (code, out) = publish(
+        cwd.path(),
+        &[],
+        &["--url", "localhost:8080", "--token", "t", "/nonexistent"],
+    );
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("invalid --url"), "{out}");
 }
 
 // ---- round trips through a real server -------------------------------------------------------

@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use rack_core::manifest::EntryKind;
-use rack_core::{ApiError, ErrorKind};
+use rack_core::ApiError;
 use tar::EntryType;
 
 /// Extraction limits (SPEC §5.3; configurable).
@@ -28,10 +28,7 @@ pub struct ExtractLimits {
 pub type Entries = BTreeMap<String, EntryKind>;
 
 fn invalid(detail: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        ErrorKind::InvalidArchive,
-        format!("Uploaded file is not a valid tar.gz archive: {detail}"),
-    )
+    ApiError::invalid_archive(detail)
 }
 
 /// Normalize an entry path: drop `.` and empty segments; `None` if absolute or with `..`.
@@ -92,7 +89,7 @@ pub fn extract(package: &Path, dest: &Path, limits: ExtractLimits) -> Result<Ent
     for entry in iter {
         let mut entry = entry.map_err(invalid)?;
         if entries.len() as u64 >= limits.max_entries {
-            return Err(invalid(format!("more than {} entries", limits.max_entries)).into());
+            return Err(ApiError::too_many_entries(limits.max_entries).into());
         }
         let raw = entry.path_bytes();
         let raw = std::str::from_utf8(&raw)
@@ -117,14 +114,10 @@ pub fn extract(package: &Path, dest: &Path, limits: ExtractLimits) -> Result<Ent
             EntryType::Regular | EntryType::Continuous => {
                 let size = entry.header().size().map_err(invalid)?;
                 if path == "registry.json" && size > limits.max_manifest_bytes {
-                    return Err(invalid(format!(
-                        "registry.json is larger than {} bytes",
-                        limits.max_manifest_bytes
-                    ))
-                    .into());
+                    return Err(ApiError::manifest_too_large(limits.max_manifest_bytes).into());
                 }
                 if size > budget {
-                    return Err(invalid(format!("archive expands past {} bytes", limits.max_bytes)).into());
+                    return Err(ApiError::expands_past(limits.max_bytes).into());
                 }
                 write_file(&mut entry, &target, size).map_err(|e| match e.kind() {
                     io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory => {
@@ -143,8 +136,13 @@ pub fn extract(package: &Path, dest: &Path, limits: ExtractLimits) -> Result<Ent
             EntryType::Symlink | EntryType::Link => {
                 let link = entry.link_name_bytes().unwrap_or_default();
                 let link = String::from_utf8_lossy(&link);
-                let escapes = link.starts_with('/') || link.split('/').any(|s| s == "..");
-                if escapes {
+                // A symlink resolves from its own directory, a hardlink from the archive root.
+                let base = if ty == EntryType::Symlink {
+                    path.rsplit_once('/').map_or("", |(d, _)| d)
+                } else {
+                    ""
+                };
+                if !link_stays_inside(base, &link) {
                     return Err(invalid(format!("link {path} points outside the package")).into());
                 }
                 EntryKind::Special
@@ -154,6 +152,27 @@ pub fn extract(package: &Path, dest: &Path, limits: ExtractLimits) -> Result<Ent
         entries.insert(path, kind);
     }
     Ok(entries)
+}
+
+/// Whether a link target, resolved lexically from `base` (a directory inside the package),
+/// stays inside the package. Absolute targets never do.
+fn link_stays_inside(base: &str, target: &str) -> bool {
+    if target.starts_with('/') {
+        return false;
+    }
+    let mut depth: Vec<&str> = base.split('/').filter(|s| !s.is_empty()).collect();
+    for seg in target.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                if depth.pop().is_none() {
+                    return false;
+                }
+            }
+            s => depth.push(s),
+        }
+    }
+    true
 }
 
 fn write_file(entry: &mut impl Read, target: &Path, size: u64) -> io::Result<()> {
@@ -195,5 +214,15 @@ mod tests {
         assert_eq!(normalize("/etc/passwd"), None);
         assert_eq!(normalize("a/../b"), None);
         assert_eq!(normalize(".."), None);
+    }
+
+    #[test]
+    fn links() {
+        assert!(link_stays_inside("templates", "../registry.json"));
+        assert!(link_stays_inside("", "templates/a"));
+        assert!(link_stays_inside("a/b", "../../c"));
+        assert!(!link_stays_inside("a/b", "../../../c"));
+        assert!(!link_stays_inside("", "../etc/passwd"));
+        assert!(!link_stays_inside("templates", "/etc/passwd"));
     }
 }

@@ -113,7 +113,7 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared_len.is_some_and(|n| n > limit) {
-        let e = receive::payload_too_large(limit);
+        let e = ApiError::payload_too_large(limit);
         failed(state, client, e.code(), None);
         return refuse_early(e, body);
     }
@@ -231,7 +231,7 @@ async fn pipeline(
 
     // Check 7.
     if entries.get("registry.json") != Some(&EntryKind::File) {
-        return Err(ApiError::new(ErrorKind::UploadFailed, "registry.json not found in package").into());
+        return Err(ApiError::manifest_not_found().into());
     }
     let manifest_bytes = tokio::fs::read(tree.join("registry.json"))
         .await
@@ -252,11 +252,7 @@ async fn pipeline(
     // Check 10.
     let schema = validate::registry_item_schema(Some(&state.schema_dir)).map_err(Failure::Internal)?;
     if let Err(errors) = validate::validate(&schema, &doc).map_err(Failure::Internal)? {
-        return Err(ApiError::new(
-            ErrorKind::SchemaValidationFailed,
-            format!("Schema validation failed: {errors}"),
-        )
-        .into());
+        return Err(ApiError::schema_validation_failed(&errors).into());
     }
     // The schema (bundled or the operator's) should have ensured these; the storage key is
     // built from them, so they are checked again here regardless.

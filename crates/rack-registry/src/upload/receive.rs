@@ -74,13 +74,6 @@ impl Received {
     }
 }
 
-pub fn payload_too_large(limit: u64) -> ApiError {
-    ApiError::new(
-        ErrorKind::PayloadTooLarge,
-        format!("Upload exceeds the maximum allowed size of {limit} bytes"),
-    )
-}
-
 /// Read and discard what is left of a refused body, bounded in time and bytes, in the background.
 pub fn drain(body: Body) {
     tokio::spawn(async move {
@@ -157,7 +150,7 @@ pub async fn receive(
 
     let result = parse(rx, boundary, package).await;
     if too_large.load(Ordering::SeqCst) {
-        return Err(ReceiveError::Api(payload_too_large(limit)));
+        return Err(ReceiveError::Api(ApiError::payload_too_large(limit)));
     }
     result
 }
