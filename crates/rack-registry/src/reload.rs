@@ -18,6 +18,9 @@ use serde_json::json;
 use crate::audit::Audit;
 use crate::metrics::Metrics;
 
+/// How long to wait before reading a file again when it does not parse.
+const SETTLE: Duration = Duration::from_millis(250);
+
 /// A value that can be swapped whole while readers hold the previous one.
 pub struct Live<T>(RwLock<Arc<T>>);
 
@@ -101,12 +104,27 @@ pub fn spawn<T: Send + Sync + 'static>(
                 }
                 Err(_) => continue,
             };
+            let mut content = content;
+            let mut parsed = (watch.parse)(&content);
+            if parsed.is_err() && fingerprint(&content) != last {
+                // An editor writing in place may have been caught half-way (truncated, then
+                // written): look again shortly before refusing, so that a good edit is never
+                // counted as a refused one.
+                tokio::time::sleep(SETTLE).await;
+                let path = watch.path.clone();
+                if let Ok(Ok(again)) = tokio::task::spawn_blocking(move || read(&path)).await {
+                    if again != content {
+                        parsed = (watch.parse)(&again);
+                        content = again;
+                    }
+                }
+            }
             let fp = fingerprint(&content);
             if fp == last {
                 continue;
             }
             last = fp;
-            match (watch.parse)(&content) {
+            match parsed {
                 Ok(value) => {
                     if let Some(f) = &watch.on_change {
                         f(&value);
@@ -200,7 +218,7 @@ mod tests {
         std::fs::rename(&tmp, &path).unwrap();
         assert!(wait_for(3).await, "atomic replace");
         std::fs::write(&path, "not a number").unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(*live.get(), 3, "broken edit keeps the last good value");
         assert!(metrics
             .render()

@@ -98,14 +98,12 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
         .then(|| multer::parse_boundary(content_type).ok())
         .flatten();
     let Some(boundary) = boundary else {
-        state.metrics.uploads.with_label_values(&["failure"]).inc();
-        return refuse_early(
-            ApiError::new(
-                ErrorKind::UnsupportedMediaType,
-                "Content-Type must be multipart/form-data",
-            ),
-            body,
+        let e = ApiError::new(
+            ErrorKind::UnsupportedMediaType,
+            "Content-Type must be multipart/form-data",
         );
+        failed(state, client, e.code(), None);
+        return refuse_early(e, body);
     };
     // Check 2, early: a declared length over the limit is refused without reading.
     let limit = state.limits.max_upload_bytes;

@@ -5,7 +5,7 @@
 //! - [`config`]: `webhooks.json`, parsed and validated (pure). It is live-reloaded with the same
 //!   mechanism as `auth.json` ([`crate::reload`]): a broken edit is refused and the last good
 //!   configuration stays in force.
-//! - [`outbox`]: one fsynced JSON file per pending delivery. [`Webhooks::accept`] (a
+//! - [`outbox`]: one fsynced JSON file per pending delivery. `Webhooks::accept` (the
 //!   [`PublishSink`], awaited before the upload answers 201) builds the deliveries of an event
 //!   (`uploaded` then `version.created`, to every enabled webhook subscribed to each), writes
 //!   them to the outbox and hands them to the worker. Nothing is sent inline, so an upload never
@@ -191,24 +191,29 @@ impl PublishSink for Webhooks {
         if batch.is_empty() {
             return;
         }
+        // Persisting and handing over happen together in one blocking task, which runs to
+        // completion even if the upload's future is dropped (client gone) while awaiting it: a
+        // written delivery always reaches the worker too.
         let outbox = self.outbox.clone();
-        let to_write = batch.clone();
-        let persisted = tokio::task::spawn_blocking(move || outbox.write_all(&to_write)).await;
-        match persisted {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(
-                error = %e,
-                dir = %self.outbox.dir().display(),
-                deliveries = batch.len(),
-                "cannot write webhook deliveries to the outbox: they are kept in memory only and lost if the server stops"
-            ),
-            Err(e) => tracing::error!(error = %e, "webhook outbox write task failed"),
-        }
-        for d in batch {
-            tracing::debug!(delivery = %d.id, event = %d.event, webhook = d.webhook, "webhook delivery queued");
-            // A closed channel means the worker stopped (shutdown): the file is picked up on
-            // the next start.
-            let _ = self.tx.send(d);
+        let tx = self.tx.clone();
+        let handover = tokio::task::spawn_blocking(move || {
+            if let Err(e) = outbox.write_all(&batch) {
+                tracing::error!(
+                    error = %e,
+                    dir = %outbox.dir().display(),
+                    deliveries = batch.len(),
+                    "cannot write webhook deliveries to the outbox: they are kept in memory only and lost if the server stops"
+                );
+            }
+            for d in batch {
+                tracing::debug!(delivery = %d.id, event = %d.event, webhook = d.webhook, "webhook delivery queued");
+                // A closed channel means the worker stopped (shutdown): the file is picked up
+                // on the next start.
+                let _ = tx.send(d);
+            }
+        });
+        if let Err(e) = handover.await {
+            tracing::error!(error = %e, "webhook outbox write task failed");
         }
     }
 }
