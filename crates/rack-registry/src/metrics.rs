@@ -12,6 +12,17 @@ use rack_core::ErrorKind;
 /// Buckets of `http_request_duration_seconds` (SPEC §8).
 pub const DURATION_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 
+/// The errors counted by `registry_auth_failures_total{code}`.
+const AUTH_FAILURES: [ErrorKind; 7] = [
+    ErrorKind::Unauthorized,
+    ErrorKind::InvalidToken,
+    ErrorKind::TokenExpired,
+    ErrorKind::ForbiddenNamespace,
+    ErrorKind::NamespaceNotAllowed,
+    ErrorKind::AnonymousUploadForbidden,
+    ErrorKind::InsufficientPermissions,
+];
+
 pub struct Metrics {
     registry: Registry,
     pub http_duration: HistogramVec,
@@ -84,7 +95,15 @@ impl Metrics {
         // Known label values start at zero so that dashboards see the series before the first event.
         for outcome in ["success", "failure"] {
             uploads.with_label_values(&[outcome]);
+            for file in ["auth", "webhooks"] {
+                config_reloads.with_label_values(&[file, outcome]);
+            }
+        }
+        for outcome in ["success", "retry", "failure"] {
             webhook_deliveries.with_label_values(&[outcome]);
+        }
+        for kind in AUTH_FAILURES {
+            auth_failures.with_label_values(&[kind.code()]);
         }
         Metrics {
             registry,
@@ -99,17 +118,7 @@ impl Metrics {
 
     /// Count an error answer if it is an authentication or authorization failure.
     pub fn observe_error(&self, kind: ErrorKind) {
-        use ErrorKind::*;
-        if matches!(
-            kind,
-            Unauthorized
-                | InvalidToken
-                | TokenExpired
-                | ForbiddenNamespace
-                | NamespaceNotAllowed
-                | AnonymousUploadForbidden
-                | InsufficientPermissions
-        ) {
+        if AUTH_FAILURES.contains(&kind) {
             self.auth_failures.with_label_values(&[kind.code()]).inc();
         }
     }
@@ -150,6 +159,8 @@ mod tests {
             "le=\"10\"}",
             "le=\"+Inf\"} 1",
             "registry_auth_failures_total{code=\"INVALID_TOKEN\"} 1",
+            "registry_auth_failures_total{code=\"TOKEN_EXPIRED\"} 0",
+            "registry_config_reloads_total{file=\"auth\",outcome=\"failure\"} 0",
             "registry_uploads_total{outcome=\"success\"} 0",
             "registry_rate_limited_total 0",
         ] {
