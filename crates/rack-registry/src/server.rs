@@ -17,9 +17,6 @@ use crate::versions::{self, RegistryLocks};
 use crate::{auth_file, http, schemas, webhooks};
 
 /// How often config files are checked for changes (SPEC §14: within 5 s).
-/// Publish journal, inside staging: see [`versions::JournalEntry`].
-pub const JOURNAL_DIR: &str = "journal";
-
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Create a brand-new storage root with its health marker and the bundled schemas, so that a
@@ -105,8 +102,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     });
     // Finish publishes that a crash interrupted, then drop every other leftover of staging:
     // outside an in-flight upload it is empty.
-    let journal = state.staging_root.join(JOURNAL_DIR);
-    match versions::repair_journal(state.storage.as_ref(), &state.registry_locks, &journal).await {
+    match versions::repair_journal(state.storage.as_ref(), &state.registry_locks, &state.staging_root).await {
         Ok(fixed) if !fixed.is_empty() => {
             tracing::warn!(registries = ?fixed, "repaired versions.json of versions published before a crash")
         }

@@ -94,52 +94,56 @@ pub struct JournalEntry {
     pub version: String,
 }
 
-/// Write a journal entry durably; returns its path (remove it once `versions.json` is written).
-pub async fn journal_begin(dir: &Path, entry: &JournalEntry) -> std::io::Result<PathBuf> {
+/// The journal record's file name inside an upload's staging directory.
+pub const JOURNAL_FILE: &str = "journal.json";
+
+/// Write the journal record of an upload durably into its staging directory `dir` (it goes
+/// away with that directory once `versions.json` is written).
+pub async fn journal_begin(dir: &Path, entry: &JournalEntry) -> std::io::Result<()> {
     let dir = dir.to_owned();
     let body = serde_json::to_vec(entry).expect("serializable");
     tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{:016x}.json", rand::random::<u64>()));
-        let mut f = std::fs::File::create(&path)?;
+        let mut f = std::fs::File::create(dir.join(JOURNAL_FILE))?;
         std::io::Write::write_all(&mut f, &body)?;
         f.sync_all()?;
-        std::fs::File::open(&dir)?.sync_all()?;
-        Ok(path)
+        std::fs::File::open(&dir)?.sync_all()
     })
     .await
     .map_err(std::io::Error::other)?
 }
 
-/// Startup repair from the journal: rebuild `versions.json` of every registry that had a publish
-/// in flight, then drop the records. Returns the registries repaired.
+/// Startup repair from the journal: for every staging directory under `staging_root` holding a
+/// journal record whose version is visible, rebuild that registry's `versions.json`. (The caller
+/// then clears staging.) Returns the registries repaired.
 pub async fn repair_journal(
     storage: &dyn Storage,
     locks: &RegistryLocks,
-    dir: &Path,
+    staging_root: &Path,
 ) -> Result<Vec<String>, StorageError> {
     let mut repaired = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>(),
+    let records: Vec<PathBuf> = match std::fs::read_dir(staging_root) {
+        Ok(rd) => rd
+            .filter_map(Result::ok)
+            .map(|e| e.path().join(JOURNAL_FILE))
+            .filter(|p| p.is_file())
+            .collect(),
         Err(_) => return Ok(repaired),
     };
-    for path in entries {
+    for path in records {
         let entry: Option<JournalEntry> = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
-        if let Some(e) = entry {
-            let valid = crate::storage::validate_key(&e.registry).is_ok() && is_version(&e.version);
-            if valid
-                && storage
-                    .head(&layout::manifest_key(&e.registry, &e.version))
-                    .await?
-                    .is_some()
-            {
-                rebuild(storage, locks, &e.registry, None).await?;
-                repaired.push(e.registry);
-            }
+        let Some(e) = entry else { continue };
+        let valid = crate::storage::validate_key(&e.registry).is_ok() && is_version(&e.version);
+        if valid
+            && storage
+                .head(&layout::manifest_key(&e.registry, &e.version))
+                .await?
+                .is_some()
+        {
+            rebuild(storage, locks, &e.registry, None).await?;
+            repaired.push(e.registry);
         }
-        let _ = std::fs::remove_file(&path);
     }
     repaired.sort();
     repaired.dedup();

@@ -75,14 +75,18 @@ pub fn extract(package: &Path, dest: &Path, limits: ExtractLimits) -> Result<Ent
             return Err(invalid("not gzip data").into());
         }
     }
-    let file = std::fs::File::open(package).map_err(ExtractError::Io)?;
-    let gz = flate2::read::GzDecoder::new(io::BufReader::new(file));
     // Headers and padding take at most a few blocks per entry on top of the contents.
     let cap = limits
         .max_bytes
         .saturating_add(limits.max_entries.saturating_mul(3 * 512))
         .saturating_add(1 << 20);
-    let mut archive = tar::Archive::new(Capped { inner: gz, left: cap });
+    let open = || -> Result<tar::Archive<Capped<GzFile>>, ExtractError> {
+        let file = std::fs::File::open(package).map_err(ExtractError::Io)?;
+        let gz = flate2::read::GzDecoder::new(io::BufReader::new(file));
+        Ok(tar::Archive::new(Capped { inner: gz, left: cap }))
+    };
+    prescan(open()?, limits)?;
+    let mut archive = open()?;
     let mut entries = Entries::new();
     let mut budget = limits.max_bytes;
     let iter = archive.entries().map_err(invalid)?;
@@ -151,7 +155,52 @@ pub fn extract(package: &Path, dest: &Path, limits: ExtractLimits) -> Result<Ent
         };
         entries.insert(path, kind);
     }
+    verify_trailer(archive)?;
     Ok(entries)
+}
+
+type GzFile = flate2::read::GzDecoder<io::BufReader<std::fs::File>>;
+
+/// Metadata entries (GNU long names and links, pax headers) larger than this are refused: the
+/// `tar` crate reads them into memory whole, and no real path needs more.
+const MAX_METADATA_ENTRY: u64 = 64 * 1024;
+
+/// A first pass over the raw entries (no long-name or pax processing, so nothing is buffered):
+/// refuse oversized metadata entries before the processing pass would read them into memory,
+/// and too many entries before anything is written.
+fn prescan<R: Read>(mut archive: tar::Archive<R>, limits: ExtractLimits) -> Result<(), ExtractError> {
+    let raw = archive.entries().map_err(invalid)?.raw(true);
+    let mut count = 0u64;
+    for entry in raw {
+        let entry = entry.map_err(invalid)?;
+        let ty = entry.header().entry_type();
+        let size = entry.header().size().map_err(invalid)?;
+        let metadata = matches!(
+            ty,
+            EntryType::GNULongName | EntryType::GNULongLink | EntryType::XHeader | EntryType::XGlobalHeader
+        );
+        if metadata && size > MAX_METADATA_ENTRY {
+            return Err(invalid(format!(
+                "a metadata entry of {size} bytes (at most {MAX_METADATA_ENTRY})"
+            ))
+            .into());
+        }
+        if !metadata {
+            count += 1;
+            if count > limits.max_entries {
+                return Err(ApiError::too_many_entries(limits.max_entries).into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Read what follows the end of the tar through the gzip decoder, so that its trailer (CRC-32
+/// and length) is verified: a truncated or altered package is not a valid archive.
+fn verify_trailer<R: Read>(archive: tar::Archive<R>) -> Result<(), ExtractError> {
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| invalid(format!("corrupt gzip stream: {e}")))?;
+    Ok(())
 }
 
 /// Whether a link target, resolved lexically from `base` (a directory inside the package),

@@ -33,7 +33,6 @@ use serde_json::json;
 
 use crate::events::PublishEvent;
 use crate::http::response::ErrorReply;
-use crate::server::JOURNAL_DIR;
 use crate::state::{now_ms, AppState};
 use crate::storage::StorageError;
 use crate::validate;
@@ -284,7 +283,7 @@ async fn pipeline(
         registry: registry.clone(),
         version: identity.version.clone(),
     };
-    let journal = versions::journal_begin(&state.staging_root.join(JOURNAL_DIR), &journal_entry)
+    versions::journal_begin(staging.path(), &journal_entry)
         .await
         .map_err(|e| Failure::Internal(format!("writing the publish journal: {e}")))?;
     let published = match state.storage.publish_dir(&tree, &dest).await {
@@ -300,7 +299,6 @@ async fn pipeline(
         Err(StorageError::AlreadyExists(_)) => Err(exists(()).into()),
         Err(e) => Err(Failure::Internal(format!("publishing {dest}: {e}"))),
     };
-    let _ = tokio::fs::remove_file(&journal).await;
     state
         .cache
         .invalidate(&rack_core::layout::versions_key(&registry));

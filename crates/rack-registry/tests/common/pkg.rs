@@ -124,22 +124,29 @@ fn pad(out: &mut Vec<u8>) {
     }
 }
 
+/// The tar bytes of one entry (header, data, padding), without the end-of-archive blocks.
+pub fn entry_bytes(e: &Entry) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (ty, size, link, data): (EntryType, u64, Option<&[u8]>, &[u8]) = match &e.kind {
+        Kind::File(c) => (EntryType::Regular, c.len() as u64, None, c),
+        Kind::Dir => (EntryType::Directory, 0, None, &[]),
+        Kind::Symlink(t) => (EntryType::Symlink, 0, Some(t), &[]),
+        Kind::Hardlink(t) => (EntryType::Link, 0, Some(t), &[]),
+        Kind::Char => (EntryType::Char, 0, None, &[]),
+        Kind::Block => (EntryType::Block, 0, None, &[]),
+        Kind::Fifo => (EntryType::Fifo, 0, None, &[]),
+    };
+    out.extend_from_slice(raw_header(&e.name, ty, size, link).as_bytes());
+    out.extend_from_slice(data);
+    pad(&mut out);
+    out
+}
+
 /// Uncompressed tar bytes of `entries`, in order, with the two zero end blocks.
 pub fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
     let mut out = Vec::new();
     for e in entries {
-        let (ty, size, link, data): (EntryType, u64, Option<&[u8]>, &[u8]) = match &e.kind {
-            Kind::File(c) => (EntryType::Regular, c.len() as u64, None, c),
-            Kind::Dir => (EntryType::Directory, 0, None, &[]),
-            Kind::Symlink(t) => (EntryType::Symlink, 0, Some(t), &[]),
-            Kind::Hardlink(t) => (EntryType::Link, 0, Some(t), &[]),
-            Kind::Char => (EntryType::Char, 0, None, &[]),
-            Kind::Block => (EntryType::Block, 0, None, &[]),
-            Kind::Fifo => (EntryType::Fifo, 0, None, &[]),
-        };
-        out.extend_from_slice(raw_header(&e.name, ty, size, link).as_bytes());
-        out.extend_from_slice(data);
-        pad(&mut out);
+        out.extend_from_slice(&entry_bytes(e));
     }
     out.extend_from_slice(&[0u8; 1024]);
     out
@@ -158,6 +165,20 @@ pub fn gzip_level(data: &[u8], level: Compression) -> Vec<u8> {
 /// `.tar.gz` of `entries`.
 pub fn targz(entries: &[Entry]) -> Vec<u8> {
     gzip(&tar_bytes(entries))
+}
+
+/// `n` bytes of incompressible pseudo-random data (xorshift64*), reproducible from `seed`.
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(n);
+    out
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -264,7 +285,12 @@ impl Reply {
         let body = self.json();
         assert_eq!(body["code"], code, "reply: {}", self.text);
         let obj = body.as_object().expect("error body is an object");
-        assert_eq!(obj.len(), 2, "error body has exactly code and message: {}", self.text);
+        assert_eq!(
+            obj.len(),
+            2,
+            "error body has exactly code and message: {}",
+            self.text
+        );
         assert!(obj["message"].is_string(), "reply: {}", self.text);
         assert_eq!(self.cache_control.as_deref(), Some("no-store"));
     }
@@ -348,9 +374,7 @@ impl Upload {
     }
 
     pub fn send(&self, base: &str) -> Reply {
-        let req = client()
-            .post(format!("{base}/registries"))
-            .multipart(self.form());
+        let req = client().post(format!("{base}/registries")).multipart(self.form());
         send(with_token(req, &self.token))
     }
 }
@@ -390,15 +414,22 @@ pub fn send(req: reqwest::blocking::RequestBuilder) -> Reply {
     }
 }
 
-/// GET a path; status and body bytes.
-pub fn get(base: &str, path: &str) -> (u16, Vec<u8>) {
-    let res = client().get(format!("{base}{path}")).send().unwrap();
+/// GET a path with a bearer token (if any); status and body bytes.
+pub fn get(base: &str, path: &str, token: Option<&str>) -> (u16, Vec<u8>) {
+    let mut req = client().get(format!("{base}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().unwrap();
     let status = res.status().as_u16();
     (status, res.bytes().unwrap().to_vec())
 }
 
-/// A multipart body built by hand (for raw socket tests): `(name, filename, content type, data)`.
-pub fn multipart_body(boundary: &str, parts: &[(&str, Option<&str>, Option<&str>, &[u8])]) -> Vec<u8> {
+/// One part of a hand-built multipart body: `(name, filename, content type, data)`.
+pub type PartSpec<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8]);
+
+/// A multipart body built by hand (for raw socket tests).
+pub fn multipart_body(boundary: &str, parts: &[PartSpec<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, filename, ct, data) in parts {
         out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
@@ -406,7 +437,8 @@ pub fn multipart_body(boundary: &str, parts: &[(&str, Option<&str>, Option<&str>
             Some(f) => out.extend_from_slice(
                 format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n").as_bytes(),
             ),
-            None => out.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n").as_bytes()),
+            None => out
+                .extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n").as_bytes()),
         }
         if let Some(ct) = ct {
             out.extend_from_slice(format!("Content-Type: {ct}\r\n").as_bytes());
@@ -421,7 +453,9 @@ pub fn multipart_body(boundary: &str, parts: &[(&str, Option<&str>, Option<&str>
 
 /// `host:port` of a base URL `http://host:port`.
 pub fn authority(base: &str) -> String {
-    base.trim_start_matches("http://").trim_end_matches('/').to_owned()
+    base.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 /// Open a connection and send request headers (no body yet).
@@ -437,9 +471,12 @@ pub fn raw_request_head(base: &str, headers: &[(&str, String)]) -> TcpStream {
     s
 }
 
+/// Status, headers (lowercased names) and body of a response read off a socket.
+pub type RawReply = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// Read one HTTP/1.1 response (Content-Length framed) from `s`: status, headers (lowercased
 /// names), body. `None` on EOF/error before a complete response.
-pub fn read_response(s: &mut TcpStream) -> Option<(u16, Vec<(String, String)>, Vec<u8>)> {
+pub fn read_response(s: &mut TcpStream) -> Option<RawReply> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -538,19 +575,34 @@ impl GzBuilder {
         self.total += data.len() as u64;
     }
 
+    /// Compress `data` once into a segment that can be appended any number of times.
+    pub fn prepare(&mut self, data: &[u8]) -> Prepared {
+        let bytes = self.segment(data, FlushCompress::Full);
+        let mut crc = Crc::new();
+        crc.update(data);
+        Prepared {
+            bytes,
+            crc,
+            len: data.len() as u64,
+        }
+    }
+
+    /// Append a prepared segment `times` times.
+    pub fn push_prepared(&mut self, seg: &Prepared, times: u64) {
+        for _ in 0..times {
+            self.deflate.extend_from_slice(&seg.bytes);
+            self.crc.combine(&seg.crc);
+        }
+        self.total += seg.len * times;
+    }
+
     /// Append `data` `times` times (compressed once).
     pub fn push_repeated(&mut self, data: &[u8], times: u64) {
         if times == 0 {
             return;
         }
-        let seg = self.segment(data, FlushCompress::Full);
-        let mut one = Crc::new();
-        one.update(data);
-        for _ in 0..times {
-            self.deflate.extend_from_slice(&seg);
-            self.crc.combine(&one);
-        }
-        self.total += data.len() as u64 * times;
+        let seg = self.prepare(data);
+        self.push_prepared(&seg, times);
     }
 
     /// Expanded size so far.
@@ -568,6 +620,13 @@ impl GzBuilder {
         out.extend_from_slice(&(self.total as u32).to_le_bytes());
         out
     }
+}
+
+/// A compressed, self-contained segment (see [`GzBuilder::prepare`]).
+pub struct Prepared {
+    bytes: Vec<u8>,
+    crc: Crc,
+    len: u64,
 }
 
 /// Append the zeros of `n` bytes to a builder, in 1 MiB segments plus a remainder.
@@ -648,13 +707,38 @@ fn walk(root: &Path, dir: &Path, map: &mut BTreeMap<PathBuf, String>) {
     }
 }
 
-/// `<storage>/.tmp` is empty or absent.
+/// Nothing of any upload is left in `<storage>/.tmp`: no file and no staging directory. Empty
+/// directories are tolerated here (the server keeps an empty `.tmp/journal/`, see
+/// [`assert_tmp_empty_or_absent`] for the literal SPEC rule, asserted by one dedicated test).
 #[track_caller]
 pub fn assert_tmp_clean(storage: &Path) {
     let tmp = storage.join(".tmp");
+    let mut left = Vec::new();
+    leftovers(&tmp, &mut left);
+    assert!(left.is_empty(), "staging not cleaned: {left:?}");
+}
+
+fn leftovers(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        match e.file_type() {
+            Ok(t) if t.is_dir() && !name.starts_with("upload-") => leftovers(&path, out),
+            _ => out.push(path),
+        }
+    }
+}
+
+/// SPEC §5.3, literally: `<storage>/.tmp` is empty or absent.
+#[track_caller]
+pub fn assert_tmp_empty_or_absent(storage: &Path) {
+    let tmp = storage.join(".tmp");
     if let Ok(rd) = std::fs::read_dir(&tmp) {
         let left: Vec<_> = rd.map(|e| e.unwrap().path()).collect();
-        assert!(left.is_empty(), "staging not cleaned: {left:?}");
+        assert!(left.is_empty(), "{} is not empty: {left:?}", tmp.display());
     }
 }
 
@@ -682,6 +766,67 @@ pub fn staged_tree_bytes(storage: &Path) -> u64 {
         return 0;
     };
     rd.flatten().map(|e| du(&e.path().join("tree"))).sum()
+}
+
+/// Polls `probe` every 2 ms on a thread and keeps the maximum, until [`MaxWatch::stop`].
+pub struct MaxWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<u64>,
+}
+
+impl MaxWatch {
+    pub fn start(probe: impl Fn() -> u64 + Send + 'static) -> MaxWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut max = probe();
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                max = max.max(probe());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            max.max(probe())
+        });
+        MaxWatch { stop, handle }
+    }
+
+    /// Stop polling; the maximum seen.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}
+
+/// How much a process's resident memory grows while something runs (KiB): sampled RSS and the
+/// kernel's high-water mark (which catches peaks between samples).
+pub struct RssWatch {
+    pid: u32,
+    rss_before: u64,
+    hwm_before: u64,
+    watch: MaxWatch,
+}
+
+impl RssWatch {
+    pub fn start(pid: u32) -> RssWatch {
+        let (rss_before, hwm_before) = rss_kib(pid);
+        assert!(rss_before > 0, "cannot read /proc/{pid}/status");
+        RssWatch {
+            pid,
+            rss_before,
+            hwm_before,
+            watch: MaxWatch::start(move || rss_kib(pid).0),
+        }
+    }
+
+    /// Growth in KiB over the RSS at start.
+    pub fn growth_kib(self) -> u64 {
+        let sampled = self.watch.stop();
+        let (_, hwm) = rss_kib(self.pid);
+        let mut peak = sampled;
+        if hwm > self.hwm_before {
+            peak = peak.max(hwm);
+        }
+        peak.saturating_sub(self.rss_before)
+    }
 }
 
 /// `VmRSS` and `VmHWM` of a process, in KiB.
