@@ -10,6 +10,8 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
+use rack_core::layout::VersionsFile;
+
 use crate::compression::{compress, Encoding};
 use crate::http::response::etag_of;
 use crate::storage::{Object, Storage, StorageError};
@@ -23,16 +25,30 @@ pub struct Cached {
     pub body: Bytes,
     pub etag: String,
     variants: [OnceLock<Bytes>; 3],
+    /// For a `versions.json`: its parsed form, so that *latest* does not parse it per request.
+    versions: OnceLock<Option<VersionsFile>>,
 }
 
 impl Cached {
     pub fn new(obj: Object) -> Cached {
+        Cached::from_bytes(obj.body, obj.meta.version)
+    }
+
+    pub fn from_bytes(body: Bytes, version: String) -> Cached {
         Cached {
-            etag: etag_of(&obj.body),
-            version: obj.meta.version,
-            body: obj.body,
+            etag: etag_of(&body),
+            version,
+            body,
             variants: Default::default(),
+            versions: OnceLock::new(),
         }
+    }
+
+    /// The body parsed as `versions.json` (parsed once per cached object; `None` if corrupt).
+    pub fn versions_file(&self) -> Option<&VersionsFile> {
+        self.versions
+            .get_or_init(|| VersionsFile::parse(&self.body))
+            .as_ref()
     }
 
     /// The body in `enc`, compressed on first use and kept.
@@ -98,6 +114,39 @@ impl HotCache {
 
     pub fn is_empty(&self) -> bool {
         self.inner.is_empty()
+    }
+}
+
+/// A listing result and its rendering.
+type RenderedListing = (Arc<[String]>, Arc<Cached>);
+
+/// Rendered namespace listings, reused while storage returns the very same result (the local
+/// backend hands back the same shared list while its cached walk is current), so an unchanged
+/// listing is not serialized, hashed and compressed again on every request.
+#[derive(Default)]
+pub struct ListingCache {
+    inner: std::sync::Mutex<std::collections::HashMap<String, RenderedListing>>,
+}
+
+impl ListingCache {
+    pub fn get_or_render(
+        &self,
+        ns: &str,
+        found: &Arc<[String]>,
+        render: impl FnOnce() -> Bytes,
+    ) -> Arc<Cached> {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((list, cached)) = map.get(ns) {
+            if Arc::ptr_eq(list, found) {
+                return cached.clone();
+            }
+        }
+        let cached = Arc::new(Cached::from_bytes(render(), String::new()));
+        if map.len() >= 1024 {
+            map.clear();
+        }
+        map.insert(ns.to_owned(), (found.clone(), cached.clone()));
+        cached
     }
 }
 

@@ -32,15 +32,22 @@ enum Command {
     Auth(rack_registry::tokens::AuthCommand),
 }
 
-fn init_tracing(config: &Config) {
+/// Logs go to stdout through a buffering writer thread, so a request never waits on a
+/// `write(2)` (lines are never dropped: a full buffer applies backpressure). The guard flushes
+/// on exit.
+fn init_tracing(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stdout());
     let filter = tracing_subscriber::filter::LevelFilter::from_level(config.log_level);
     let builder = tracing_subscriber::fmt()
         .with_max_level(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(writer);
     match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
         LogFormat::Pretty => builder.init(),
     }
+    guard
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,7 +68,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_tracing(&config);
+    let _log_guard = init_tracing(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::audit::Audit;
-use crate::cache::HotCache;
+use crate::cache::{HotCache, ListingCache};
 use crate::config::{Backend, Config};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -94,6 +94,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         limits: config.limits.clone(),
         metrics,
         cache: HotCache::new(config.limits.cache_max_bytes),
+        listings: ListingCache::default(),
         rate_limiter: RateLimiter::new(config.limits.rate_limit_max, config.limits.rate_limit_window),
         audit,
         staging_root: config.storage_root.join(TMP_DIR),

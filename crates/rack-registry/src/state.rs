@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rack_core::auth::{Admin, Policy};
 
 use crate::audit::Audit;
-use crate::cache::HotCache;
+use crate::cache::{HotCache, ListingCache};
 use crate::config::{Limits, TrustProxy};
 use crate::events::PublishSink;
 use crate::metrics::Metrics;
@@ -25,6 +25,7 @@ pub struct AppState {
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     pub cache: HotCache,
+    pub listings: ListingCache,
     pub rate_limiter: RateLimiter,
     pub audit: Arc<Audit>,
     /// `<STORAGE_ROOT>/.tmp`: upload staging (same filesystem as the root, for atomic renames).

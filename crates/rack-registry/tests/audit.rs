@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use common::{client, Server, World, ADMIN_TOKEN};
 use pkg::Upload;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 /// A token whose entry is only its hash (`tokenSha256`), with publish rights.
 const HASHED_PUBLISHER: &str = "audit-hashed-publisher-secret-4e1b";
@@ -23,9 +22,7 @@ const BASIC_SECRET: &str = "audit-basic-secret-19de";
 /// Added by a live reload.
 const RELOADED: &str = "audit-reloaded-token-a5a5";
 
-fn sha256_hex(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
-}
+use common::sha256_hex;
 
 /// The conformance world's `auth.json` plus a hashed publisher in `@company`.
 fn world() -> World {

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant, SystemTime};
 use common::{client, copy_tree, Server, World, ADMIN_TOKEN};
 use pkg::Upload;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 /// Config reloads must take effect within this (SPEC §14).
 const RELOAD_DEADLINE: Duration = Duration::from_secs(5);
@@ -23,9 +22,7 @@ const RELOAD_DEADLINE: Duration = Duration::from_secs(5);
 /// A registry every test namespace gets a copy of (from the fixtures' `@rack`).
 const REGISTRY: &str = "build/rollup";
 
-fn sha256_hex(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
-}
+use common::{sha256_hex, world_tokens};
 
 /// A world with `auth` as its `auth.json` and a copy of `@rack/build/rollup` under each of
 /// `namespaces`.
@@ -159,34 +156,6 @@ const TOKENS: &[&str] = &[
     "second-admin-secret-b81f",
     "not-a-sha256-but-maybe-a-secret",
 ];
-
-/// Every non-blank `token` of the conformance world's `auth.json` (trimmed), except one that
-/// its author also wrote into a `mark` ("trimmed to company-padded-token"; marks are logged).
-fn world_tokens() -> Vec<String> {
-    let text = std::fs::read_to_string(common::world_dir().join("auth.json")).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    let entries: Vec<&Value> = v
-        .as_object()
-        .unwrap()
-        .values()
-        .flat_map(|e| match e {
-            Value::Array(a) => a.iter().collect(),
-            other => vec![other],
-        })
-        .collect();
-    let field = |name: &'static str| {
-        entries
-            .iter()
-            .filter_map(move |e| e.get(name).and_then(Value::as_str))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-    };
-    let marks: Vec<&str> = field("mark").collect();
-    field("token")
-        .filter(|t| !marks.iter().any(|m| m.contains(t)))
-        .map(str::to_owned)
-        .collect()
-}
 
 /// The output (server log, audit lines) contains none of `secrets`, none of this file's tokens,
 /// none of the conformance world's tokens, not the admin token, nor any of their SHA-256 in

@@ -11,7 +11,6 @@ mod common;
 #[path = "common/http.rs"]
 mod http;
 #[path = "common/pkg.rs"]
-#[allow(clippy::type_complexity)] // in the shared helper, not in this file
 mod pkg;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -668,10 +668,7 @@ fn accepted_values_start_the_server() {
     }
 }
 
-fn sha256_hex(s: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
-}
+use common::sha256_hex;
 
 /// Is `token` the admin? `@secret` is stored in the world but undeclared: only the admin lists it.
 fn is_admin(base: &str, token: &str) -> bool {

@@ -8,11 +8,8 @@ mod pkg;
 use common::{client, copy_tree, run_cli, Server, World, ADMIN_TOKEN};
 use pkg::Upload;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
-fn sha256_hex(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
-}
+use common::{auth_json_tokens, sha256_hex};
 
 /// Run a subcommand in a scratch directory with an empty environment.
 fn cli(args: &[&str]) -> (Option<i32>, String) {
@@ -80,7 +77,7 @@ const TOKENS: &[&str] = &[
 /// prefixed token on its own.
 #[track_caller]
 fn assert_no_secrets(text: &str, secrets: &[&str]) {
-    let world = world_tokens(&std::fs::read_to_string(common::world_dir().join("auth.json")).unwrap());
+    let world = auth_json_tokens(&std::fs::read_to_string(common::world_dir().join("auth.json")).unwrap());
     let all = secrets
         .iter()
         .copied()
@@ -424,35 +421,8 @@ fn auth_check_of_the_conformance_world_names_every_rejection() {
         assert!(line_with(&report, ns, &["reject"]).is_some(), "{ns}:\n{report}");
     }
     let text = std::fs::read_to_string(world.auth_path()).unwrap();
-    let secrets = world_tokens(&text);
+    let secrets = auth_json_tokens(&text);
     assert!(secrets.len() > 10);
     let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
     assert_no_secrets(&report, &refs);
-}
-
-/// Every non-blank string `token` in an `auth.json`, trimmed, except those that an operator wrote
-/// into a `mark` (the world has the mark "trimmed to company-padded-token"; marks are printed).
-fn world_tokens(text: &str) -> Vec<String> {
-    let v: Value = serde_json::from_str(text).unwrap();
-    let entries: Vec<&Value> = v
-        .as_object()
-        .unwrap()
-        .values()
-        .flat_map(|e| match e {
-            Value::Array(a) => a.iter().collect(),
-            other => vec![other],
-        })
-        .collect();
-    let field = |name: &'static str| {
-        entries
-            .iter()
-            .filter_map(move |e| e.get(name).and_then(Value::as_str))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-    };
-    let marks: Vec<&str> = field("mark").collect();
-    field("token")
-        .filter(|t| !marks.iter().any(|m| m.contains(t)))
-        .map(str::to_owned)
-        .collect()
 }

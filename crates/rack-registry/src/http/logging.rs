@@ -97,7 +97,7 @@ pub async fn log_requests(State(state): State<Arc<AppState>>, mut req: Request, 
     state
         .metrics
         .http_duration
-        .with_label_values(&[method.as_str(), route, &status.to_string()])
+        .with_label_values(&[method.as_str(), route, res.status().as_str()])
         .observe(seconds);
     if let Some(kind) = res.extensions().get::<rack_core::ErrorKind>() {
         state.metrics.observe_error(*kind);

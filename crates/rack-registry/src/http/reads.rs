@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use rack_core::auth::Ctx;
 use rack_core::layout::{self, VersionsFile};
 use rack_core::mime::content_type;
@@ -40,7 +41,7 @@ async fn versions_file(
     let Some(obj) = get(state, &key).await? else {
         return Ok(None);
     };
-    match VersionsFile::parse(&obj.body) {
+    match obj.versions_file().cloned() {
         Some(v) => Ok(Some((obj, v))),
         None => Err(internal(format!("corrupt versions file {key:?}"))),
     }
@@ -139,10 +140,10 @@ pub async fn namespace_registries(state: &AppState, ctx: &Ctx<'_>, ns: &str) -> 
         .await
         .map_err(|e: StorageError| internal(e))?;
     let registries = found.ok_or_else(|| ApiError::namespace_not_found(ns))?;
-    Ok(Reply::json(
-        &json!({ "namespace": ns, "registries": registries }),
-        CacheTier::Short,
-    ))
+    let cached = state.listings.get_or_render(ns, &registries, || {
+        Bytes::from(json!({ "namespace": ns, "registries": &registries[..] }).to_string())
+    });
+    Ok(Reply::object(cached, "application/json", CacheTier::Short))
 }
 
 /// `/health`: the storage marker is read on every request, never cached.

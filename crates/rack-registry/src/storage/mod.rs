@@ -10,6 +10,7 @@
 pub mod local;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -153,7 +154,8 @@ pub trait Storage: Send + Sync + 'static {
     /// The "directories" under `prefix` (ending in `/`) that hold an object named `marker`,
     /// searched at any depth but only through sub-directories whose name passes `descend`.
     /// Results are relative to `prefix`, without trailing `/`, sorted. `None` when nothing at all
-    /// is stored under `prefix`.
+    /// is stored under `prefix`. (Shared, so that an unchanged result can be recognized by
+    /// pointer and its rendering reused.)
     ///
     /// The default walks with delimited listings; backends override it when they can do better.
     async fn find_marked_dirs(
@@ -161,7 +163,7 @@ pub trait Storage: Send + Sync + 'static {
         prefix: &str,
         marker: &str,
         descend: DirFilter,
-    ) -> Result<Option<Vec<String>>> {
+    ) -> Result<Option<Arc<[String]>>> {
         let mut found = Vec::new();
         let mut stack = vec![prefix.to_owned()];
         let mut anything = false;
@@ -188,7 +190,7 @@ pub trait Storage: Send + Sync + 'static {
             }
         }
         found.sort();
-        Ok(anything.then_some(found))
+        Ok(anything.then(|| Arc::from(found)))
     }
 
     /// Make a staged version directory visible at `dest` (a key prefix without trailing `/`)

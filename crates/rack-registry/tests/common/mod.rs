@@ -264,3 +264,42 @@ pub fn client() -> reqwest::blocking::Client {
         .build()
         .unwrap()
 }
+
+/// Lowercase hex SHA-256 (how `tokenSha256` entries and `ADMIN_TOKEN_SHA256` spell a token).
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+/// Every non-blank string `token` of an `auth.json` text, trimmed, except those an operator also
+/// wrote into a `mark` (the world has the mark "trimmed to company-padded-token"; marks are
+/// printed and logged by design).
+pub fn auth_json_tokens(text: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+    let entries: Vec<&serde_json::Value> = v
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|e| match e {
+            serde_json::Value::Array(a) => a.iter().collect(),
+            other => vec![other],
+        })
+        .collect();
+    let field = |name: &'static str| {
+        entries
+            .iter()
+            .filter_map(move |e| e.get(name).and_then(serde_json::Value::as_str))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    };
+    let marks: Vec<&str> = field("mark").collect();
+    field("token")
+        .filter(|t| !marks.iter().any(|m| m.contains(t)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The tokens of the conformance world's `auth.json` (see [`auth_json_tokens`]).
+pub fn world_tokens() -> Vec<String> {
+    auth_json_tokens(&std::fs::read_to_string(world_dir().join("auth.json")).unwrap())
+}
