@@ -24,11 +24,7 @@ pub struct Audit {
 
 /// RFC 3339 timestamp with milliseconds, UTC.
 pub fn timestamp() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    now.format(&fmt).unwrap_or_default()
+    crate::clock::format_timestamp(time::OffsetDateTime::now_utc())
 }
 
 impl Audit {

@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod auth_file;
 pub mod cache;
+pub mod clock;
 pub mod compression;
 pub mod config;
 pub mod events;

@@ -42,9 +42,4 @@ impl AppState {
 }
 
 /// Current time in unix milliseconds, for expiry decisions.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;

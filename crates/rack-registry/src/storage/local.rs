@@ -558,7 +558,8 @@ mod tests {
             s.find_marked_dirs("@a/", "versions.json", is_seg).await.unwrap()
         };
         assert_eq!(&list(s.clone()).await.unwrap()[..], ["x"]);
-        assert_eq!(&list(s.clone()).await.unwrap()[..],
+        assert_eq!(
+            &list(s.clone()).await.unwrap()[..],
             ["x"],
             "served from the cached walk"
         );

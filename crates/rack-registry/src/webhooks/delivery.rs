@@ -25,24 +25,7 @@ struct Payload<'a> {
     path: &'a str,
 }
 
-/// `2026-11-26T05:42:24.682Z`: ISO 8601, UTC, milliseconds.
-pub fn format_timestamp(at: time::OffsetDateTime) -> String {
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    at.to_offset(time::UtcOffset::UTC)
-        .format(&fmt)
-        .unwrap_or_default()
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn epoch_ms(at: time::OffsetDateTime) -> i64 {
-    (at.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-pub fn now_ms() -> i64 {
-    epoch_ms(time::OffsetDateTime::now_utc())
-}
+pub use crate::clock::{epoch_ms, format_timestamp, now_ms};
 
 /// `<epoch ms>-<6 random base36 characters>` (SPEC §14 allows 1 to 6).
 pub fn delivery_id(ms: i64) -> String {

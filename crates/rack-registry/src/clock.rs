@@ -1,0 +1,34 @@
+//! Wall-clock helpers shared by expiry checks, webhooks and the audit trail.
+
+/// Milliseconds since the Unix epoch.
+pub fn epoch_ms(at: time::OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    epoch_ms(time::OffsetDateTime::now_utc())
+}
+
+/// `2026-11-26T05:42:24.682Z`: ISO 8601 / RFC 3339, UTC, milliseconds.
+pub fn format_timestamp(at: time::OffsetDateTime) -> String {
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    at.to_offset(time::UtcOffset::UTC)
+        .format(&fmt)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats() {
+        let at = time::macros::datetime!(2026-11-26 05:42:24.682 +01:00);
+        assert_eq!(super::format_timestamp(at), "2026-11-26T04:42:24.682Z");
+        assert_eq!(
+            super::epoch_ms(time::macros::datetime!(1970-01-01 00:00:01 UTC)),
+            1000
+        );
+    }
+}
