@@ -21,12 +21,21 @@ pub fn repo_root() -> PathBuf {
         .unwrap()
 }
 
-/// `../shared/fixtures/rack-storage`, relative to the repository root.
+/// The shared fixture storage root: `$RACK_FIXTURES` if set, else
+/// `../shared/fixtures/rack-storage` next to the repository, else `/work/shared/...` (a clone
+/// made elsewhere, e.g. by CI in a temporary directory).
 pub fn fixtures_root() -> PathBuf {
-    repo_root()
-        .join("../shared/fixtures/rack-storage")
-        .canonicalize()
-        .expect("shared fixtures")
+    let candidates = [
+        std::env::var_os("RACK_FIXTURES").map(PathBuf::from),
+        Some(repo_root().join("../shared/fixtures/rack-storage")),
+        Some(PathBuf::from("/work/shared/fixtures/rack-storage")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.join(".healthcheck").is_file())
+        .and_then(|p| p.canonicalize().ok())
+        .expect("shared fixtures not found: set RACK_FIXTURES to the rack-storage directory")
 }
 
 pub fn world_dir() -> PathBuf {
