@@ -32,17 +32,15 @@ async fn get(state: &AppState, key: &str) -> Result<Option<Arc<Cached>>, ErrorRe
         .map_err(internal)
 }
 
-/// Read and validate `versions.json`: `None` if absent; a corrupt file is a 500.
-async fn versions_file(
-    state: &AppState,
-    registry: &str,
-) -> Result<Option<(Arc<Cached>, VersionsFile)>, ErrorReply> {
+/// Read and validate `versions.json`: `None` if absent; a corrupt file is a 500. The parsed
+/// form lives in the cache entry ([`Cached::versions_file`]).
+async fn versions_file(state: &AppState, registry: &str) -> Result<Option<Arc<Cached>>, ErrorReply> {
     let key = layout::versions_key(registry);
     let Some(obj) = get(state, &key).await? else {
         return Ok(None);
     };
-    match obj.versions_file().cloned() {
-        Some(v) => Ok(Some((obj, v))),
+    match obj.versions_file() {
+        Some(_) => Ok(Some(obj)),
         None => Err(internal(format!("corrupt versions file {key:?}"))),
     }
 }
@@ -53,16 +51,19 @@ pub async fn registry(state: &AppState, ctx: &Ctx<'_>, res: RegistryResource) ->
     let cache = res.cache_tier();
     match &res.kind {
         ResourceKind::Versions => {
-            let (obj, _) = versions_file(state, &registry)
+            let obj = versions_file(state, &registry)
                 .await?
                 .ok_or_else(ApiError::not_found)?;
             Ok(Reply::object(obj, "application/json", cache))
         }
         ResourceKind::Latest => {
-            let (_, versions) = versions_file(state, &registry)
+            let versions = versions_file(state, &registry)
                 .await?
                 .ok_or_else(ApiError::no_versions)?;
-            let latest = versions.latest().ok_or_else(ApiError::no_versions)?;
+            let latest = versions
+                .versions_file()
+                .and_then(VersionsFile::latest)
+                .ok_or_else(ApiError::no_versions)?;
             let obj = get(state, &layout::manifest_key(&registry, latest))
                 .await?
                 .ok_or_else(ApiError::not_found)?;
