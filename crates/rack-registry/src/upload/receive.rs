@@ -76,19 +76,21 @@ impl Received {
 
 /// Read and discard what is left of a refused body, bounded in time and bytes, in the background.
 pub fn drain(body: Body) {
-    tokio::spawn(async move {
-        let mut stream = body.into_data_stream();
-        let mut seen = 0u64;
-        let _ = tokio::time::timeout(DRAIN_FOR, async {
-            while let Some(Ok(chunk)) = stream.next().await {
-                seen += chunk.len() as u64;
-                if seen > DRAIN_MAX_BYTES {
-                    break;
-                }
+    tokio::spawn(drain_stream(body.into_data_stream()));
+}
+
+/// Read and discard a body stream for at most [`DRAIN_FOR`] and [`DRAIN_MAX_BYTES`].
+async fn drain_stream(mut stream: axum::body::BodyDataStream) {
+    let mut seen = 0u64;
+    let _ = tokio::time::timeout(DRAIN_FOR, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len() as u64;
+            if seen > DRAIN_MAX_BYTES {
+                break;
             }
-        })
-        .await;
-    });
+        }
+    })
+    .await;
 }
 
 #[derive(Debug)]
@@ -125,24 +127,12 @@ pub async fn receive(
                 let _ = tx.send(Err(TooLarge)).await;
                 drop(tx);
                 // Keep reading so that the client can finish and read the 413.
-                let _ = tokio::time::timeout(DRAIN_FOR, async {
-                    let mut drained = 0u64;
-                    while let Some(Ok(c)) = stream.next().await {
-                        drained += c.len() as u64;
-                        if drained > DRAIN_MAX_BYTES {
-                            break;
-                        }
-                    }
-                })
-                .await;
+                drain_stream(stream).await;
                 return;
             }
             if tx.send(Ok(chunk)).await.is_err() {
                 // The parser stopped early (malformed body): drain like any refused body.
-                let _ = tokio::time::timeout(DRAIN_FOR, async {
-                    while let Some(Ok(_)) = stream.next().await {}
-                })
-                .await;
+                drain_stream(stream).await;
                 return;
             }
         }
