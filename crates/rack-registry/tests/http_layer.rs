@@ -54,16 +54,10 @@ const RESOURCES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-fn start_with(extra: &[(&str, &str)]) -> (World, Server) {
-    let world = World::new();
-    let server = serve(&world, extra);
-    (world, server)
-}
+use common::start_with;
 
 fn serve(world: &World, extra: &[(&str, &str)]) -> Server {
-    let mut env = world.env();
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    Server::start(world.path(), &env)
+    Server::start(world.path(), &world.env_with(extra))
 }
 
 fn hdrs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

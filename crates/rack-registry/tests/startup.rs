@@ -112,19 +112,7 @@ fn spawn(
     env: &[(String, String)],
     args: &[&str],
 ) -> (Child, Arc<Mutex<String>>, mpsc::Receiver<String>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rack-registry"));
-    cmd.current_dir(cwd)
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("LOG_FORMAT", "json")
-        .env("RATE_LIMIT_MAX", "0");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
+    let mut child = common::command(cwd, env, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

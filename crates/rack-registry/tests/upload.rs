@@ -18,19 +18,7 @@ use serde_json::{json, Value};
 const PUBLISH: &str = "company-publish-token";
 const READ: &str = "company-read-token";
 
-fn start() -> (World, Server) {
-    let world = World::new();
-    let server = Server::world(&world);
-    (world, server)
-}
-
-fn start_with(extra: &[(&str, &str)]) -> (World, Server) {
-    let world = World::new();
-    let mut env = world.env();
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let server = Server::start(world.path(), &env);
-    (world, server)
-}
+use common::{start, start_with};
 
 /// Send an upload that must be refused: exact status/code/message, and nothing left behind.
 #[track_caller]

@@ -18,17 +18,7 @@ const PUBLISH: &str = "company-publish-token";
 const READ: &str = "company-read-token";
 const MIB: usize = 1 << 20;
 
-fn start_with(extra: &[(&str, &str)]) -> (World, Server) {
-    let world = World::new();
-    let server = Server::start(world.path(), &env(&world, extra));
-    (world, server)
-}
-
-fn env(world: &World, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut env = world.env();
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    env
-}
+use common::start_with;
 
 fn racer(version: &str, tag: &str) -> Vec<u8> {
     let mut m = pkg::manifest(
@@ -216,7 +206,7 @@ fn versions_of(world: &World, registry: &str) -> Option<Value> {
 #[test]
 fn crash_mid_upload_leaves_nothing_and_retry_succeeds() {
     let world = World::new();
-    let env = env(&world, &[("MAX_UPLOAD_BYTES", "209715200")]);
+    let env = world.env_with(&[("MAX_UPLOAD_BYTES", "209715200")]);
     let server = Server::start(world.path(), &env);
     let (package, content) = big_package("1.0.0");
     let (head, body) = raw_upload(&package);
@@ -266,7 +256,7 @@ fn crash_mid_upload_leaves_nothing_and_retry_succeeds() {
 #[test]
 fn crash_around_publish_is_all_or_nothing() {
     let world = World::new();
-    let env = env(&world, &[]);
+    let env = world.env_with(&[]);
     let content = pkg::noise(4 * MIB, 9);
     let m = pkg::manifest(
         "@company",
@@ -364,7 +354,7 @@ fn crash_around_publish_is_all_or_nothing() {
 #[test]
 fn startup_repairs_versions_json_after_a_crash_before_it_was_written() {
     let world = World::new();
-    let env = env(&world, &[]);
+    let env = world.env_with(&[]);
     let server = Server::start(world.path(), &env);
     for v in ["1.0.0", "1.1.0"] {
         let reply = Upload::new(racer(v, v)).bearer(PUBLISH).send(&server.base);
@@ -401,7 +391,7 @@ fn startup_repairs_versions_json_after_a_crash_before_it_was_written() {
 #[test]
 fn next_publish_relists_versions_missing_from_versions_json() {
     let world = World::new();
-    let env = env(&world, &[]);
+    let env = world.env_with(&[]);
     let server = Server::start(world.path(), &env);
     for v in ["1.0.0", "1.1.0"] {
         let reply = Upload::new(racer(v, v)).bearer(PUBLISH).send(&server.base);

@@ -20,19 +20,7 @@ const PUBLISH: &str = "company-publish-token";
 const ARCHIVE_PREFIX: &str = "Uploaded file is not a valid tar.gz archive: ";
 const MIB: u64 = 1 << 20;
 
-fn start() -> (World, Server) {
-    let world = World::new();
-    let server = Server::world(&world);
-    (world, server)
-}
-
-fn start_with(extra: &[(&str, &str)]) -> (World, Server) {
-    let world = World::new();
-    let mut env = world.env();
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let server = Server::start(world.path(), &env);
-    (world, server)
-}
+use common::{start, start_with};
 
 /// `registry.json` of `@company/build/evil@1.0.0` declaring `templates/a.txt`.
 fn manifest_entry() -> Entry {

@@ -94,6 +94,13 @@ impl World {
         self.dir.path().join("config/auth.json")
     }
 
+    /// [`World::env`] plus `extra` (later entries win).
+    pub fn env_with(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env = self.env();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    }
+
     /// Environment for a server on this world: ephemeral port on loopback, JSON logs.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
@@ -118,7 +125,21 @@ pub struct StartFailure {
     pub output: String,
 }
 
-fn command(cwd: &Path, env: &[(String, String)], args: &[&str]) -> Command {
+/// A fresh world and a server on it.
+pub fn start() -> (World, Server) {
+    start_with(&[])
+}
+
+/// A fresh world and a server on it with `extra` environment on top of [`World::env`].
+pub fn start_with(extra: &[(&str, &str)]) -> (World, Server) {
+    let world = World::new();
+    let server = Server::start(world.path(), &world.env_with(extra));
+    (world, server)
+}
+
+/// The binary with the harness defaults (loopback, ephemeral port, JSON logs, no rate limit,
+/// nothing else from the environment) plus `env`.
+pub fn command(cwd: &Path, env: &[(String, String)], args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rack-registry"));
     cmd.current_dir(cwd)
         .args(args)
