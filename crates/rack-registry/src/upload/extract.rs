@@ -85,6 +85,7 @@ pub fn extract(package: &Path, dest: &Path, limits: ExtractLimits) -> Result<Ent
         let gz = flate2::read::GzDecoder::new(io::BufReader::new(file));
         Ok(tar::Archive::new(Capped { inner: gz, left: cap }))
     };
+    // The entry limit and metadata sizes are enforced here, before anything is written.
     prescan(open()?, limits)?;
     let mut archive = open()?;
     let mut entries = Entries::new();
@@ -92,9 +93,6 @@ pub fn extract(package: &Path, dest: &Path, limits: ExtractLimits) -> Result<Ent
     let iter = archive.entries().map_err(invalid)?;
     for entry in iter {
         let mut entry = entry.map_err(invalid)?;
-        if entries.len() as u64 >= limits.max_entries {
-            return Err(ApiError::too_many_entries(limits.max_entries).into());
-        }
         let raw = entry.path_bytes();
         let raw = std::str::from_utf8(&raw)
             .map_err(|_| invalid("an entry name is not UTF-8"))?

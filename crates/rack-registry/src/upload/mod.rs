@@ -266,16 +266,16 @@ async fn pipeline(
 
     // Check 13, then publish (which re-checks atomically: of two racing uploads one wins).
     let registry = identity.registry_key();
-    let exists = |_| {
+    let exists = || {
         ApiError::new(
             ErrorKind::VersionExists,
             format!("Registry {registry}@{} already exists", identity.version),
         )
     };
     let dest = identity.version_path();
-    let manifest_key = format!("{dest}/registry.json");
+    let manifest_key = rack_core::layout::manifest_key(&registry, &identity.version);
     match state.storage.head(&manifest_key).await {
-        Ok(Some(_)) => return Err(exists(()).into()),
+        Ok(Some(_)) => return Err(exists().into()),
         Ok(None) => {}
         Err(e) => return Err(Failure::Internal(e.to_string())),
     }
@@ -296,7 +296,7 @@ async fn pipeline(
         .await
         .map(|_| ())
         .map_err(|e| Failure::Internal(format!("updating versions of {registry}: {e}"))),
-        Err(StorageError::AlreadyExists(_)) => Err(exists(()).into()),
+        Err(StorageError::AlreadyExists(_)) => Err(exists().into()),
         Err(e) => Err(Failure::Internal(format!("publishing {dest}: {e}"))),
     };
     state
