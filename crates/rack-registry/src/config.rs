@@ -108,6 +108,9 @@ pub struct ServeArgs {
     /// Largest accepted registry.json in bytes [default: 1048576]
     #[arg(long, env = "MAX_MANIFEST_BYTES")]
     pub max_manifest_bytes: Option<String>,
+    /// Threads serving HTTP connections [default: the number of CPUs available]
+    #[arg(long, env = "HTTP_WORKERS")]
+    pub http_workers: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +210,8 @@ pub struct Config {
     pub admin: Admin,
     pub audit_log_path: Option<PathBuf>,
     pub limits: Limits,
+    /// Threads serving HTTP connections, each with its own event loop.
+    pub http_workers: usize,
 }
 
 /// A configuration error: names the variable, the bad value (unless secret) and what is accepted.
@@ -396,7 +401,10 @@ impl Config {
             )?),
             concurrency: parse_u64("WEBHOOK_CONCURRENCY", &a.webhook_concurrency, 8, 1)?.min(4096) as usize,
         };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let http_workers = parse_u64("HTTP_WORKERS", &a.http_workers, cpus, 1)?.min(1024) as usize;
         Ok(Config {
+            http_workers,
             host,
             port,
             log_level,

@@ -19,6 +19,7 @@ pub mod compression;
 pub mod config;
 pub mod events;
 pub mod http;
+pub mod logsink;
 pub mod metrics;
 pub mod publish;
 pub mod ratelimit;

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 
 use rack_registry::config::{Config, LogFormat, ServeArgs};
-use rack_registry::server;
+use rack_registry::{logsink, server};
 
 #[derive(Parser)]
 #[command(
@@ -32,19 +32,19 @@ enum Command {
     Auth(rack_registry::tokens::AuthCommand),
 }
 
-/// Logs go to stdout through a buffering writer thread, so a request never waits on a
-/// `write(2)` (lines are never dropped: a full buffer applies backpressure). The guard flushes
-/// on exit.
-fn init_tracing(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stdout());
+/// Logs go to stdout through a batching writer thread ([`logsink`]), so a request never waits
+/// on a `write(2)` (lines are never dropped). The guard writes out what is pending on exit.
+fn init_tracing(config: &Config) -> logsink::Guard {
+    let (writer, guard) = logsink::start(std::io::stdout());
     let filter = tracing_subscriber::filter::LevelFilter::from_level(config.log_level);
     let builder = tracing_subscriber::fmt()
         .with_max_level(filter)
-        .with_writer(writer);
+        .with_writer(writer.clone());
     match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => {
+            logsink::set_json_lines(writer.clone());
+            builder.json().flatten_event(true).with_current_span(false).init()
+        }
         LogFormat::Pretty => builder.init(),
     }
     guard

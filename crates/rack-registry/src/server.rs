@@ -119,12 +119,15 @@ pub async fn run(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(storage = %storage.describe(), "listening on http://{local}");
-    let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    tracing::info!(storage = %storage.describe(), workers = config.http_workers, "listening on http://{local}");
+    http::serve::serve(
+        listener,
+        http::router(state),
+        config.http_workers,
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|e| format!("server error: {e}"))?;
     let _ = shutdown_tx.send(true);
     // Let in-flight webhook attempts settle (bounded); pending deliveries stay in the outbox.
     let _ = webhook_worker.await;

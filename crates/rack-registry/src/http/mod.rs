@@ -6,14 +6,16 @@
 pub mod logging;
 pub mod reads;
 pub mod response;
+pub mod serve;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use http::{header, HeaderMap, HeaderValue, Method, Uri};
+use http::{header, HeaderMap, HeaderValue, Method};
 use rack_core::auth::{extract_token, Credential, Ctx};
 use rack_core::route::{route, Route};
 use rack_core::ApiError;
@@ -22,18 +24,8 @@ use serde_json::json;
 use crate::state::{now_ms, AppState};
 use response::ErrorReply;
 
-/// The route template of a request, left in the response extensions for the request log.
-#[derive(Clone, Copy)]
-pub struct RouteTemplate(pub &'static str);
-
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .fallback(dispatch)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            logging::log_requests,
-        ))
-        .with_state(state)
+    Router::new().fallback(entry).with_state(state)
 }
 
 /// The presented token, if any (SPEC §6): hashed at once, never kept in clear.
@@ -42,23 +34,31 @@ pub fn credential(headers: &HeaderMap) -> Option<Credential> {
     extract_token(get(header::AUTHORIZATION.as_str()), get("x-registry-token")).map(Credential::new)
 }
 
-async fn dispatch(
-    State(state): State<Arc<AppState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    client: Option<axum::Extension<logging::ClientIp>>,
-    body: axum::body::Body,
-) -> Response {
-    let route = route(uri.path());
+/// Every request: client address and rate limit (every route counts, SPEC §14), dispatch on the
+/// route, then what every answer gets ([`logging::finish`]). One function rather than a
+/// middleware stack: the request is taken apart once, without copying its headers.
+async fn entry(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let start = Instant::now();
+    let (parts, body) = req.into_parts();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let client = logging::client_ip(peer, &parts.headers, state.trust_proxy);
+    let route = route(parts.uri.path());
     let template = route.template();
-    let client = client.map(|c| c.0 .0).unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let mut res = if route == Route::Upload && method == Method::POST {
-        crate::upload::handle(&state, &headers, client, body).await
-    } else {
-        handle(&state, &method, route, &headers, client).await
+    let decision = state
+        .rate_limiter
+        .enabled()
+        .then(|| state.rate_limiter.check(client, start));
+    let mut res = match decision {
+        Some(d) if !d.allowed => logging::rate_limited(&state, d, body),
+        _ if route == Route::Upload && parts.method == Method::POST => {
+            crate::upload::handle(&state, &parts.headers, client, body).await
+        }
+        _ => handle(&state, &parts.method, route, &parts.headers, client).await,
     };
-    res.extensions_mut().insert(RouteTemplate(template));
+    logging::finish(&state, &parts.method, template, client, decision, start, &mut res);
     res
 }
 

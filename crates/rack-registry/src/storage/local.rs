@@ -402,11 +402,13 @@ impl Storage for LocalStorage {
         let dir = self.path(prefix)?;
         let key = prefix.to_owned();
         let walk_key: WalkKey = (key.clone(), marker.to_owned(), descend as usize);
-        // One synchronous walk instead of a blocking task per directory, and none at all while
-        // the previous walk is still current.
-        tokio::task::block_in_place(|| {
-            let cached = self
-                .walks
+        let walks = self.walks.clone();
+        let marker = marker.to_owned();
+        // One blocking task for the whole walk (not one per directory), and no walk at all
+        // while the previous one is still current (checking that is a stat per directory,
+        // which is blocking work too).
+        self.blocking(move |_| {
+            let cached = walks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&walk_key)
@@ -427,11 +429,11 @@ impl Storage for LocalStorage {
             }
             let mut out = Vec::new();
             let mut stamps = Vec::new();
-            find_marked(&dir, "", marker, descend, &mut out, &mut stamps)?;
+            find_marked(&dir, "", &marker, descend, &mut out, &mut stamps)?;
             let anything = std::fs::read_dir(&dir).map_err(io_err(&key))?.next().is_some();
             out.sort();
             let result: Option<Arc<[String]>> = anything.then(|| Arc::from(out));
-            let mut walks = self.walks.lock().unwrap_or_else(|e| e.into_inner());
+            let mut walks = walks.lock().unwrap_or_else(|e| e.into_inner());
             if walks.len() >= MAX_WALKS {
                 walks.clear();
             }
@@ -444,6 +446,7 @@ impl Storage for LocalStorage {
             );
             Ok(result)
         })
+        .await
     }
 
     /// One `rename(2)` with `RENAME_NOREPLACE`: the version appears whole or not at all, and of
