@@ -9,11 +9,12 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use http::HeaderValue;
 
 use rack_core::layout::VersionsFile;
 
 use crate::compression::{compress, Encoding};
-use crate::http::response::etag_of;
+use crate::http::response::{etag_of, with_suffix};
 use crate::storage::{Object, Storage, StorageError};
 
 /// Objects larger than this are never cached (they are read from storage each time).
@@ -25,6 +26,8 @@ pub struct Cached {
     pub body: Bytes,
     pub etag: String,
     variants: [OnceLock<Bytes>; 3],
+    /// `ETag` header values: identity, then one per encoding (built once, cloned per reply).
+    etag_headers: [OnceLock<HeaderValue>; 4],
     /// For a `versions.json`: its parsed form, so that *latest* does not parse it per request.
     versions: OnceLock<Option<VersionsFile>>,
 }
@@ -40,6 +43,7 @@ impl Cached {
             version,
             body,
             variants: Default::default(),
+            etag_headers: Default::default(),
             versions: OnceLock::new(),
         }
     }
@@ -49,6 +53,16 @@ impl Cached {
         self.versions
             .get_or_init(|| VersionsFile::parse(&self.body))
             .as_ref()
+    }
+
+    /// The `ETag` of the representation in `enc` (`None`: identity).
+    pub fn etag_header(&self, enc: Option<Encoding>) -> HeaderValue {
+        let slot = enc.map_or(0, |e| e.index() + 1);
+        self.etag_headers[slot]
+            .get_or_init(|| {
+                HeaderValue::from_str(&with_suffix(&self.etag, enc)).expect("hex is a valid header value")
+            })
+            .clone()
     }
 
     /// The body in `enc`, compressed on first use and kept.

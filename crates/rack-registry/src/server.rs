@@ -122,7 +122,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     tracing::info!(storage = %storage.describe(), workers = config.http_workers, "listening on http://{local}");
     http::serve::serve(
         listener,
-        http::router(state),
+        http::service(state),
         config.http_workers,
         shutdown_signal(),
     )

@@ -119,35 +119,102 @@ fn log_line(method: &Method, route: &'static str, status: u16, ms: f64, id: &str
     LINE.with_borrow_mut(|line| {
         use std::io::Write;
         line.clear();
-        let now = time::OffsetDateTime::now_utc();
-        let _ = write!(
-            line,
-            "{{\"timestamp\":\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z\",\"level\":\"INFO\",\
-             \"message\":\"request\",\"method\":",
-            now.year(),
-            now.month() as u8,
-            now.day(),
-            now.hour(),
-            now.minute(),
-            now.second(),
-            now.microsecond()
-        );
+        line.extend_from_slice(b"{\"timestamp\":\"");
+        push_timestamp(line);
+        line.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
         let _ = serde_json::to_writer(&mut *line, method.as_str());
-        let _ = write!(
-            line,
-            ",\"route\":\"{route}\",\"status\":{status},\"duration_ms\":"
-        );
+        line.extend_from_slice(b",\"route\":\"");
+        line.extend_from_slice(route.as_bytes());
+        line.extend_from_slice(b"\",\"status\":");
+        line.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+        line.extend_from_slice(b",\"duration_ms\":");
         let _ = serde_json::to_writer(&mut *line, &ms);
-        let _ = writeln!(
-            line,
-            ",\"request_id\":\"{id}\",\"client\":\"{client}\",\"target\":\"{REQUEST_TARGET}\"}}"
-        );
+        line.extend_from_slice(b",\"request_id\":\"");
+        line.extend_from_slice(id.as_bytes());
+        line.extend_from_slice(b"\",\"client\":\"");
+        match client {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        line.push(b'.');
+                    }
+                    line.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+                }
+            }
+            IpAddr::V6(v6) => {
+                let _ = write!(line, "{v6}");
+            }
+        }
+        line.extend_from_slice(b"\",\"target\":\"");
+        line.extend_from_slice(REQUEST_TARGET.as_bytes());
+        line.extend_from_slice(b"\"}\n");
         sink.append(line);
     });
 }
 
+/// `2026-11-26T08:16:37.139266Z` (UTC, microseconds, as tracing-subscriber writes it). The
+/// part up to the seconds is formatted once per second per thread.
+fn push_timestamp(line: &mut Vec<u8>) {
+    thread_local! {
+        static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((0, [0; 19])) };
+    }
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (cached, mut prefix) = SECOND.get();
+    if cached != secs || prefix[0] == 0 {
+        let at = time::OffsetDateTime::from_unix_timestamp(secs as i64)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let text = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            at.year(),
+            at.month() as u8,
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        );
+        if text.len() == prefix.len() {
+            prefix.copy_from_slice(text.as_bytes());
+            SECOND.set((secs, prefix));
+        } else {
+            // A year past 9999: no caching, no truncation.
+            line.extend_from_slice(text.as_bytes());
+            return push_fraction(line, since_epoch.subsec_micros());
+        }
+    }
+    line.extend_from_slice(&prefix);
+    push_fraction(line, since_epoch.subsec_micros());
+}
+
+fn push_fraction(line: &mut Vec<u8>, micros: u32) {
+    let mut digits = *b".000000Z";
+    let mut m = micros;
+    for d in digits[1..7].iter_mut().rev() {
+        *d = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    line.extend_from_slice(&digits);
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn timestamps_look_like_tracing_ones() {
+        let mut line = Vec::new();
+        super::push_timestamp(&mut line);
+        let text = String::from_utf8(line).unwrap();
+        assert_eq!(text.len(), 27, "{text}");
+        let parsed =
+            time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        assert!((now - parsed).abs() < time::Duration::seconds(5), "{text}");
+        let mut frac = Vec::new();
+        super::push_fraction(&mut frac, 42);
+        assert_eq!(frac, b".000042Z");
+    }
+
     use super::*;
 
     #[test]

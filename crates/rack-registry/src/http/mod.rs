@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
+use axum::handler::Handler;
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use http::{header, HeaderMap, HeaderValue, Method};
 use rack_core::auth::{extract_token, Credential, Ctx};
 use rack_core::route::{route, Route};
@@ -24,8 +24,10 @@ use serde_json::json;
 use crate::state::{now_ms, AppState};
 use response::ErrorReply;
 
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new().fallback(entry).with_state(state)
+/// The whole HTTP application as one tower service. There is no axum `Router`: every path is
+/// judged by the core crate's [`route`], so the router would only ever reach its fallback.
+pub fn service(state: Arc<AppState>) -> impl serve::App {
+    entry.with_state(state)
 }
 
 /// The presented token, if any (SPEC §6): hashed at once, never kept in clear.

@@ -81,7 +81,8 @@ pub fn if_none_match(header_value: &str, etag: &str) -> bool {
         .any(|t| t == "*" || (!t.is_empty() && tag_base(t) == want))
 }
 
-fn with_suffix(etag: &str, enc: Option<Encoding>) -> String {
+/// The tag of one representation: the content tag plus the encoding's suffix.
+pub fn with_suffix(etag: &str, enc: Option<Encoding>) -> String {
     match enc {
         None => etag.to_owned(),
         Some(e) => format!("{}{}\"", &etag[..etag.len() - 1], e.etag_suffix()),
@@ -97,9 +98,13 @@ impl Reply {
         if self.status != StatusCode::OK || self.cache == CacheTier::NoStore {
             return self.into_response();
         }
+        let computed;
         let base_etag = match &self.object {
-            Some(o) => o.etag.clone(),
-            None => etag_of(&self.body),
+            Some(o) => o.etag.as_str(),
+            None => {
+                computed = etag_of(&self.body);
+                computed.as_str()
+            }
         };
         let varies = is_compressible(self.content_type) && self.body.len() >= MIN_COMPRESS_BYTES;
         let encoding = varies
@@ -110,13 +115,18 @@ impl Reply {
             })
             .flatten()
             .and_then(compression::negotiate);
-        let etag = with_suffix(&base_etag, encoding);
-        let etag_value = HeaderValue::from_str(&etag).expect("hex is a valid header value");
+        let etag_value = match &self.object {
+            Some(o) => o.etag_header(encoding),
+            None => {
+                HeaderValue::from_str(&with_suffix(base_etag, encoding)).expect("hex is a valid header value")
+            }
+        };
+        // Matching ignores the encoding suffix, so the content tag is enough here.
         let not_modified = req_headers
             .get_all(header::IF_NONE_MATCH)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| if_none_match(v, &etag));
+            .any(|v| if_none_match(v, base_etag));
         let mut res = if not_modified {
             // A body of unknown length: with `Body::empty()` the HTTP stack would add
             // `Content-Length: 0` to a HEAD 304, which a GET 304 does not carry.

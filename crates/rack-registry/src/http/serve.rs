@@ -16,8 +16,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
-use axum::Router;
+use std::convert::Infallible;
+
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
@@ -28,14 +30,28 @@ use tower::Service;
 
 type Handoff = (std::net::TcpStream, SocketAddr);
 
+/// What the workers serve: a cloneable tower service from axum requests to axum responses.
+pub trait App:
+    Service<Request, Response = Response, Error = Infallible, Future: Send> + Clone + Send + 'static
+{
+}
+
+impl<S> App for S where
+    S: Service<Request, Response = Response, Error = Infallible, Future: Send> + Clone + Send + 'static
+{
+}
+
 /// Serve `app` on `listener` with `workers` worker threads until `shutdown` completes, then
 /// drain: returns when every connection has been closed.
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     workers: usize,
     shutdown: impl std::future::Future<Output = ()>,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: App,
+{
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut queues = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
@@ -95,7 +111,7 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 
 /// One HTTP worker: serve the connections handed to it until told to stop, then close them
 /// gracefully and wait for them.
-fn worker(mut incoming: mpsc::UnboundedReceiver<Handoff>, app: Router, mut stop: watch::Receiver<bool>) {
+fn worker<S: App>(mut incoming: mpsc::UnboundedReceiver<Handoff>, app: S, mut stop: watch::Receiver<bool>) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

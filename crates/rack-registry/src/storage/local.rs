@@ -42,10 +42,36 @@ fn is_absent(e: &std::io::Error) -> bool {
 
 fn meta_of(key: &str, md: &std::fs::Metadata) -> ObjectMeta {
     let mtime_ns = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
+    // `<dev>-<ino>-<size>-<mtime ns>` in hex, built by hand: this runs on every read (the hot
+    // cache's revalidation), where `format!` showed in profiles.
+    let mut version = String::with_capacity(64);
+    for (i, n) in [
+        md.dev() as u128,
+        md.ino() as u128,
+        md.len() as u128,
+        mtime_ns as u128,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if i > 0 {
+            version.push('-');
+        }
+        push_hex(&mut version, n);
+    }
     ObjectMeta {
         key: key.to_owned(),
         size: md.len(),
-        version: format!("{:x}-{:x}-{:x}-{:x}", md.dev(), md.ino(), md.len(), mtime_ns),
+        version,
+    }
+}
+
+/// `n` in lowercase hex without leading zeros (as `{:x}` writes it).
+fn push_hex(out: &mut String, n: u128) {
+    let digits = (128 - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        let d = ((n >> (i * 4)) & 0xf) as u32;
+        out.push(char::from_digit(d, 16).expect("a hex digit"));
     }
 }
 
@@ -222,6 +248,10 @@ impl Walk {
 
 /// At most this many walks are kept (one per namespace listed); beyond, the map is cleared.
 const MAX_WALKS: usize = 1024;
+
+/// A cached walk of at most this many directories is revalidated inline (a few `stat`s, like
+/// the revalidation of a hot object); larger ones on the blocking pool.
+const INLINE_STAMPS: usize = 32;
 
 type WalkKey = (String, String, usize);
 
@@ -403,6 +433,15 @@ impl Storage for LocalStorage {
         let key = prefix.to_owned();
         let walk_key: WalkKey = (key.clone(), marker.to_owned(), descend as usize);
         let walks = self.walks.clone();
+        let small = walks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&walk_key)
+            .filter(|w| w.stamps.len() <= INLINE_STAMPS)
+            .cloned();
+        if let Some(walk) = small.filter(|w| w.is_current()) {
+            return Ok(walk.result.clone());
+        }
         let marker = marker.to_owned();
         // One blocking task for the whole walk (not one per directory), and no walk at all
         // while the previous one is still current (checking that is a stat per directory,
@@ -548,6 +587,24 @@ mod tests {
 
         assert_eq!(s.delete_prefix("@a/x/").await.unwrap(), 2);
         assert!(s.get("@a/x/versions.json").await.unwrap().is_none());
+    }
+
+    #[test]
+    fn hex_like_format() {
+        for n in [
+            0u128,
+            1,
+            0xf,
+            0x10,
+            0xdead_beef,
+            u64::MAX as u128,
+            u128::MAX,
+            (-5i128) as u128,
+        ] {
+            let mut s = String::new();
+            push_hex(&mut s, n);
+            assert_eq!(s, format!("{n:x}"));
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]
