@@ -507,6 +507,7 @@ mod tests {
                 "WEBHOOK_CONCURRENCY",
                 Box::new(|a| a.webhook_concurrency = Some("-3".into())),
             ),
+            ("HTTP_WORKERS", Box::new(|a| a.http_workers = Some("0".into()))),
         ];
         for (var, f) in cases {
             let e = with(|a| f(a)).unwrap_err();
