@@ -3,12 +3,16 @@
 #
 # Usage: bench/run.sh            (from anywhere; needs root only to apt-get nginx/wrk if missing)
 # Knobs (environment):
-#   BENCH_DURATION=10     seconds per run (each row runs nginx, then us, for this long)
+#   BENCH_DURATION=5      seconds per run
+#   BENCH_ROUNDS=3        runs per server and row, interleaved (nginx, us, us, nginx, ...);
+#                         the table gives the median of each column
+#   BENCH_NGINX_LOG_BUFFER=1  nginx buffers its access log (buffer=64k flush=20ms), as our server
+#                         batches its log lines every 20 ms; 0: one write(2) per request
 #   BENCH_THREADS=2       wrk threads
 #   BENCH_CONNECTIONS=32  wrk connections
-#   BENCH_PIN=0           1: server(s) on CPU 0 (nginx worker_processes 1, TOKIO_WORKER_THREADS=1),
+#   BENCH_PIN=0           1: server(s) on CPU 0 (nginx worker_processes 1, HTTP_WORKERS=1),
 #                         wrk on CPU 1; 0: no pinning, nginx worker_processes auto, our default
-#                         tokio threads (one per CPU), wrk shares the CPUs with them
+#                         HTTP workers (one per CPU), wrk shares the CPUs with them
 #   BENCH_ROWS=all        or a regex on row names (e.g. 'manifest|template')
 #   BENCH_LIST_N=10000    registries in the generated namespace for the listing timing
 #   BENCH_KEEP=0          1: keep the work directory (configs, logs) for inspection
@@ -20,7 +24,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-DURATION="${BENCH_DURATION:-10}"
+DURATION="${BENCH_DURATION:-5}"
+ROUNDS="${BENCH_ROUNDS:-3}"
+NGINX_LOG_BUFFER="${BENCH_NGINX_LOG_BUFFER:-1}"
 THREADS="${BENCH_THREADS:-2}"
 CONNS="${BENCH_CONNECTIONS:-32}"
 PIN="${BENCH_PIN:-0}"
@@ -84,14 +90,14 @@ printf '{"@rack": []}\n' >"$W/auth.json"
 
 # --- our server --------------------------------------------------------------------------------
 if [ "$PIN" = 1 ]; then
-  SERVER_CPU=(taskset -c 0); WRK_CPU=(taskset -c 1); NGINX_WORKERS=1; TOKIO_THREADS=1
+  SERVER_CPU=(taskset -c 0); WRK_CPU=(taskset -c 1); NGINX_WORKERS=1; HTTP_THREADS=1
 else
-  SERVER_CPU=(); WRK_CPU=(); NGINX_WORKERS=auto; TOKIO_THREADS=
+  SERVER_CPU=(); WRK_CPU=(); NGINX_WORKERS=auto; HTTP_THREADS=
 fi
 
 start_us() { # port storage auth log -> pid in $!
   env -i PATH="$PATH" HOST=127.0.0.1 PORT="$1" STORAGE_ROOT="$2" AUTH_CONFIG_PATH="$3" \
-    LOG_FORMAT=json RATE_LIMIT_MAX=1000000000 ${TOKIO_THREADS:+TOKIO_WORKER_THREADS=$TOKIO_THREADS} \
+    LOG_FORMAT=json RATE_LIMIT_MAX=1000000000 ${HTTP_THREADS:+HTTP_WORKERS=$HTTP_THREADS} \
     "${SERVER_CPU[@]}" "$BIN" serve >"$4" 2>&1 &
 }
 wait_http() {
@@ -116,6 +122,8 @@ mkdir -p "$W/nginx/tmp" "$W/nginx/static"
 curl -fs "$US/namespaces/@rack/registries" >"$W/nginx/static/rack-registries.json"
 latest="$(grep -o '"[0-9][^"]*"' "$S/@rack/build/rollup/versions.json" | head -1 | tr -d '"')"
 [ -f "$S/@rack/build/rollup/$latest/registry.json" ] || die "cannot find the latest version of @rack/build/rollup"
+NGINX_LOG_OPTS=""
+[ "$NGINX_LOG_BUFFER" = 1 ] && NGINX_LOG_OPTS=" combined buffer=64k flush=20ms"
 cat >"$W/nginx/nginx.conf" <<EOF
 worker_processes $NGINX_WORKERS;
 daemon off;
@@ -132,7 +140,7 @@ http {
   default_type application/octet-stream;
   charset utf-8;
   charset_types text/typescript text/javascript text/plain;
-  access_log $W/nginx/access.log;
+  access_log $W/nginx/access.log$NGINX_LOG_OPTS;
   client_body_temp_path $W/nginx/tmp/body;
   proxy_temp_path $W/nginx/tmp/proxy;
   fastcgi_temp_path $W/nginx/tmp/fastcgi;
@@ -232,6 +240,18 @@ run_wrk() { # url [header]
   printf '%s|%s|%s|%s|%s' "$rps" "$p50" "$p99" "${bad:-0}" "${errs:-}"
 }
 
+# Medians of several run_wrk results: "rps|p50|p99|bad (sum)|errors (joined)".
+medians() {
+  printf '%s\n' "$@" | awk -F'|' '
+    function med(col,   n, i, j, t, v) {
+      n = 0; for (i = 1; i <= NR; i++) v[++n] = row[i, col] + 0
+      for (i = 2; i <= n; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+      return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    }
+    { for (c = 1; c <= 5; c++) row[NR, c] = $c; bad += $4; if ($5 != "") errs = errs $5 " " }
+    END { printf "%.2f|%.3f|%.3f|%d|%s", med(1), med(2), med(3), bad, errs }'
+}
+
 TABLE="$W/table.md"
 NOTES="$W/notes.txt"
 : >"$NOTES"
@@ -265,13 +285,20 @@ row() { # name path mode(identity|gzip|304)
   if [ "$mode" != 304 ] && [ "$(cut -d'|' -f6 <<<"$pn" | cut -d';' -f1)" != "$(cut -d'|' -f6 <<<"$pu" | cut -d';' -f1)" ]; then
     echo "WARNING: $name: content types differ (nginx $pn, us $pu)" >>"$NOTES"
   fi
-  say "-- $name [$mode]: nginx"
-  local rn ru
-  rn="$(run_wrk "$NG$path" "$hn")"
-  say "-- $name [$mode]: us"
-  ru="$(run_wrk "$US$path" "$hu")"
-  IFS='|' read -r n_rps n_p50 n_p99 n_bad n_err <<<"$rn"
-  IFS='|' read -r u_rps u_p50 u_p99 u_bad u_err <<<"$ru"
+  # ROUNDS interleaved runs per server (nginx first in odd rounds, us first in even ones), so
+  # that a drift of this shared machine hits both alike; the table shows the medians.
+  local rn=() ru=() i
+  for ((i = 1; i <= ROUNDS; i++)); do
+    say "-- $name [$mode]: round $i/$ROUNDS"
+    if ((i % 2)); then
+      rn+=("$(run_wrk "$NG$path" "$hn")"); ru+=("$(run_wrk "$US$path" "$hu")")
+    else
+      ru+=("$(run_wrk "$US$path" "$hu")"); rn+=("$(run_wrk "$NG$path" "$hn")")
+    fi
+  done
+  local n_rps n_p50 n_p99 n_bad n_err u_rps u_p50 u_p99 u_bad u_err
+  IFS='|' read -r n_rps n_p50 n_p99 n_bad n_err <<<"$(medians "${rn[@]}")"
+  IFS='|' read -r u_rps u_p50 u_p99 u_bad u_err <<<"$(medians "${ru[@]}")"
   [ "$n_bad" = 0 ] || echo "WARNING: $name [$mode]: nginx gave $n_bad non-2xx/3xx answers" >>"$NOTES"
   [ "$u_bad" = 0 ] || echo "WARNING: $name [$mode]: we gave $u_bad non-2xx/3xx answers" >>"$NOTES"
   [ -z "$n_err$u_err" ] || echo "WARNING: $name [$mode]: socket errors: nginx '$n_err' us '$u_err'" >>"$NOTES"
@@ -286,7 +313,7 @@ row() { # name path mode(identity|gzip|304)
     "$name" "$enc" "$n_rps" "$n_p50" "$n_p99" "$u_rps" "$u_p50" "$u_p99" "$ratio" >>"$TABLE"
 }
 
-say "== throughput: ${DURATION}s per run, wrk -t$THREADS -c$CONNS, pin=$PIN"
+say "== throughput: $ROUNDS x ${DURATION}s per server and row, wrk -t$THREADS -c$CONNS, pin=$PIN"
 for mode in identity gzip 304; do
   for r in "${RESOURCES[@]}"; do
     row "${r%%|*}" "${r#*|}" "$mode"
@@ -340,7 +367,7 @@ echo "## Results $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
 echo "- machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r)"
 echo "- nginx $("$NGINX" -v 2>&1 | sed 's/.*\///'), $(wrk --version 2>&1 | head -1 | awk '{print $1, $2}')"
-echo "- settings: ${DURATION}s per run, wrk -t$THREADS -c$CONNS --latency, pin=$PIN (nginx worker_processes $NGINX_WORKERS, tokio worker threads ${TOKIO_THREADS:-default})"
+echo "- settings: median of $ROUNDS interleaved runs of ${DURATION}s per server and row, nginx access log buffered: $NGINX_LOG_BUFFER, wrk -t$THREADS -c$CONNS --latency, pin=$PIN (nginx worker_processes $NGINX_WORKERS, our HTTP_WORKERS ${HTTP_THREADS:-default = CPUs})"
 echo
 cat "$TABLE"
 echo

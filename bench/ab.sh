@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# A/B two builds of rack-registry on one read URL, side by side, interleaved.
+#
+# Usage: bench/ab.sh OLD_BINARY NEW_BINARY [path] [header]
+#   e.g. git stash; cargo build --release; cp target/release/rack-registry /tmp/old
+#        git stash pop; cargo build --release
+#        bench/ab.sh /tmp/old target/release/rack-registry /registries/@rack/build/rollup/1.0.0
+# Knobs (environment): AB_ROUNDS=8 (wrk runs per binary), AB_DURATION=3 (seconds per run),
+#   AB_PIN=0 (1: both servers on CPU 0 with one HTTP worker, wrk on CPU 1), RACK_FIXTURES.
+#
+# Both servers run at once on a copy of the fixtures; wrk alternates between them (A, B, A, B...)
+# so that drifts of a shared, noisy machine hit both alike. Prints the median requests/s of each
+# and the ratio B/A, plus every run. Used for the per-change gains in docs/PERFORMANCE.md.
+set -euo pipefail
+
+[ $# -ge 2 ] || { echo "usage: $0 OLD_BINARY NEW_BINARY [path] [header]" >&2; exit 2; }
+A="$(realpath "$1")"; B="$(realpath "$2")"
+URL_PATH="${3:-/registries/@rack/build/rollup/1.0.0}"
+HEADER="${4:-X-Bench: 1}"
+ROUNDS="${AB_ROUNDS:-8}"; DURATION="${AB_DURATION:-3}"; PIN="${AB_PIN:-0}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+command -v wrk >/dev/null || { echo "ab: wrk is needed (apt-get install -y wrk)" >&2; exit 1; }
+
+if [ -z "${RACK_FIXTURES:-}" ]; then
+  for d in "$ROOT/../shared/fixtures/rack-storage" /work/shared/fixtures/rack-storage; do
+    if [ -f "$d/.healthcheck" ]; then RACK_FIXTURES="$d"; break; fi
+  done
+fi
+[ -f "${RACK_FIXTURES:-}/.healthcheck" ] || { echo "ab: fixtures not found (set RACK_FIXTURES)" >&2; exit 1; }
+
+W="$(mktemp -d /tmp/rack-ab.XXXXXX)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+cp -r "$RACK_FIXTURES" "$W/storage"
+chmod -R u+w "$W/storage"
+printf '{"@rack": []}\n' >"$W/auth.json"
+
+if [ "$PIN" = 1 ]; then SRV=(taskset -c 0); WRK=(taskset -c 1); EXTRA=(HTTP_WORKERS=1); else SRV=(); WRK=(); EXTRA=(); fi
+start() { # binary port
+  env -i PATH="$PATH" HOST=127.0.0.1 PORT="$2" STORAGE_ROOT="$W/storage" AUTH_CONFIG_PATH="$W/auth.json" \
+    LOG_FORMAT=json RATE_LIMIT_MAX=1000000000 "${EXTRA[@]}" "${SRV[@]}" "$1" serve >"$W/$2.log" 2>&1 &
+  PIDS+=($!)
+}
+start "$A" 18180
+start "$B" 18190
+for port in 18180 18190; do
+  for _ in $(seq 1 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/health" && break; sleep 0.05; done
+done
+# Both must answer the same status and bytes.
+sa="$(curl -s -H "$HEADER" -w '%{http_code}' "http://127.0.0.1:18180$URL_PATH" | sha256sum)"
+sb="$(curl -s -H "$HEADER" -w '%{http_code}' "http://127.0.0.1:18190$URL_PATH" | sha256sum)"
+[ "$sa" = "$sb" ] || echo "WARNING: the two binaries answer differently" >&2
+
+runs="$W/runs.txt"
+: >"$runs"
+for _ in $(seq 1 "$ROUNDS"); do
+  for side in a b; do
+    port=18180; [ "$side" = b ] && port=18190
+    rps="$("${WRK[@]}" wrk -t2 -c32 -d"${DURATION}s" -H "$HEADER" "http://127.0.0.1:$port$URL_PATH" |
+      awk '/^Requests\/sec:/ {print $2}')"
+    echo "$side $rps" >>"$runs"
+  done
+done
+median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
+ma="$(awk '$1 == "a" {print $2}' "$runs" | median)"
+mb="$(awk '$1 == "b" {print $2}' "$runs" | median)"
+echo "A (old) median req/s: $ma"
+echo "B (new) median req/s: $mb"
+echo "B/A: $(awk -v a="$ma" -v b="$mb" 'BEGIN {printf "%.3f", b / a}')"
+echo "runs: $(awk '{printf "%s:%d ", $1, $2}' "$runs")"
