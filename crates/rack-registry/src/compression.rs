@@ -46,7 +46,7 @@ pub fn negotiate(accept_encoding: &str) -> Option<Encoding> {
     let mut seen = [false; 3];
     for item in accept_encoding.split(',') {
         let mut parts = item.split(';');
-        let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let name = parts.next().unwrap_or("").trim();
         let q = parts
             .filter_map(|p| {
                 p.trim()
@@ -56,15 +56,18 @@ pub fn negotiate(accept_encoding: &str) -> Option<Encoding> {
             .next()
             .map(|q| (q.trim().parse::<f32>().unwrap_or(0.0).clamp(0.0, 1.0) * 1000.0) as u32)
             .unwrap_or(1000);
-        let enc = match name.as_str() {
-            "br" => Encoding::Br,
-            "zstd" => Encoding::Zstd,
-            "gzip" | "x-gzip" => Encoding::Gzip,
-            "*" => {
-                star = Some(q);
-                continue;
-            }
-            _ => continue,
+        let is = |token: &str| name.eq_ignore_ascii_case(token);
+        let enc = if is("br") {
+            Encoding::Br
+        } else if is("zstd") {
+            Encoding::Zstd
+        } else if is("gzip") || is("x-gzip") {
+            Encoding::Gzip
+        } else if name == "*" {
+            star = Some(q);
+            continue;
+        } else {
+            continue;
         };
         seen[enc.index()] = true;
         if q > 0 && best.is_none_or(|(b, bq)| q > bq || (q == bq && enc.index() < b.index())) {
@@ -120,6 +123,8 @@ mod tests {
         assert_eq!(negotiate("*"), Some(Encoding::Br));
         assert_eq!(negotiate("br;q=0, *"), Some(Encoding::Zstd));
         assert_eq!(negotiate("deflate"), None);
+        assert_eq!(negotiate("GZip;Q=0.5, X-GZIP;q=0.4"), Some(Encoding::Gzip));
+        assert_eq!(negotiate(" BR ; q=1"), Some(Encoding::Br));
     }
 
     #[test]

@@ -111,6 +111,10 @@ pub struct ServeArgs {
     /// Threads serving HTTP connections [default: the number of CPUs available]
     #[arg(long, env = "HTTP_WORKERS")]
     pub http_workers: Option<String>,
+    /// Seconds a client has to send a request's headers; also closes idle keep-alive
+    /// connections [default: 30]
+    #[arg(long, env = "HEADER_TIMEOUT_SECONDS")]
+    pub header_timeout_seconds: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +216,8 @@ pub struct Config {
     pub limits: Limits,
     /// Threads serving HTTP connections, each with its own event loop.
     pub http_workers: usize,
+    /// Time allowed to send a request's headers (and to stay idle between requests).
+    pub header_timeout: Duration,
 }
 
 /// A configuration error: names the variable, the bad value (unless secret) and what is accepted.
@@ -403,8 +409,15 @@ impl Config {
         };
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
         let http_workers = parse_u64("HTTP_WORKERS", &a.http_workers, cpus, 1)?.min(1024) as usize;
+        let header_timeout = Duration::from_secs(parse_u64(
+            "HEADER_TIMEOUT_SECONDS",
+            &a.header_timeout_seconds,
+            30,
+            1,
+        )?);
         Ok(Config {
             http_workers,
+            header_timeout,
             host,
             port,
             log_level,
@@ -508,6 +521,10 @@ mod tests {
                 Box::new(|a| a.webhook_concurrency = Some("-3".into())),
             ),
             ("HTTP_WORKERS", Box::new(|a| a.http_workers = Some("0".into()))),
+            (
+                "HEADER_TIMEOUT_SECONDS",
+                Box::new(|a| a.header_timeout_seconds = Some("0".into())),
+            ),
         ];
         for (var, f) in cases {
             let e = with(|a| f(a)).unwrap_err();

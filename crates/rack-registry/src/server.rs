@@ -120,14 +120,13 @@ pub async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(storage = %storage.describe(), workers = config.http_workers, "listening on http://{local}");
-    http::serve::serve(
-        listener,
-        http::service(state),
-        config.http_workers,
-        shutdown_signal(),
-    )
-    .await
-    .map_err(|e| format!("server error: {e}"))?;
+    let settings = http::serve::Settings {
+        workers: config.http_workers,
+        header_timeout: config.header_timeout,
+    };
+    http::serve::serve(listener, http::service(state), settings, shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
     let _ = shutdown_tx.send(true);
     // Let in-flight webhook attempts settle (bounded); pending deliveries stay in the outbox.
     let _ = webhook_worker.await;

@@ -226,3 +226,43 @@ fn idle_keep_alive_connections_do_not_delay_shutdown() {
         assert_eq!(conn.read(&mut buf).unwrap_or(0), 0);
     }
 }
+
+/// A client that sends half a request head is disconnected after `HEADER_TIMEOUT_SECONDS`, and so
+/// is a keep-alive connection left idle that long; a prompt client on the same server is served.
+#[test]
+fn slow_headers_and_idle_connections_are_cut_after_the_header_timeout() {
+    let world = World::new();
+    let server = Server::start(world.path(), &world.env_with(&[("HEADER_TIMEOUT_SECONDS", "1")]));
+    let addr = server.base.strip_prefix("http://").unwrap().to_owned();
+
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(slow, "GET /health HTTP/1.1\r\nHost: {addr}\r\n").unwrap(); // no final CRLF
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(idle, "GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let (status, _) = read_response(&mut idle, &mut Vec::new());
+    assert_eq!(status, 200);
+
+    let started = Instant::now();
+    for (name, conn) in [("slow", &mut slow), ("idle", &mut idle)] {
+        let mut rest = Vec::new();
+        // The server closes the connection (EOF), possibly after a 408 for the slow one.
+        let _ = conn.read_to_end(&mut rest);
+        let text = String::from_utf8_lossy(&rest);
+        assert!(
+            rest.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{name}: unexpected bytes {text:?}"
+        );
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "connections cut after {waited:?}"
+    );
+    assert!(waited >= Duration::from_millis(500), "cut too early: {waited:?}");
+
+    // Prompt clients are unaffected.
+    let manifest = std::fs::read(world.storage().join("@rack/build/rollup/1.0.0/registry.json")).unwrap();
+    keep_alive_gets(&server.base, "/registries/@rack/build/rollup/1.0.0", 3, &manifest);
+}
