@@ -49,7 +49,7 @@ fn init_tracing(config: &Config) -> logsink::Guard {
         .with_writer(writer.clone());
     match config.log_format {
         LogFormat::Json => {
-            logsink::set_json_lines(writer.clone());
+            logsink::set_json_lines(writer);
             builder.json().flatten_event(true).with_current_span(false).init()
         }
         LogFormat::Pretty => builder.init(),

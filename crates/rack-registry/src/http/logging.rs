@@ -155,6 +155,7 @@ fn log_line(method: &Method, route: &'static str, status: u16, ms: f64, id: &str
 /// `2026-11-26T08:16:37.139266Z` (UTC, microseconds, as tracing-subscriber writes it). The
 /// part up to the seconds is formatted once per second per thread.
 fn push_timestamp(line: &mut Vec<u8>) {
+    use std::io::Write;
     thread_local! {
         static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((0, [0; 19])) };
     }
@@ -164,9 +165,12 @@ fn push_timestamp(line: &mut Vec<u8>) {
     let secs = since_epoch.as_secs();
     let (cached, mut prefix) = SECOND.get();
     if cached != secs || prefix[0] == 0 {
+        // Always 19 bytes: the time crate (without `large-dates`) stops at year 9999, and the
+        // clock is past 1970.
         let at = time::OffsetDateTime::from_unix_timestamp(secs as i64)
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        let text = format!(
+        let _ = write!(
+            &mut prefix[..],
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
             at.year(),
             at.month() as u8,
@@ -175,14 +179,7 @@ fn push_timestamp(line: &mut Vec<u8>) {
             at.minute(),
             at.second()
         );
-        if text.len() == prefix.len() {
-            prefix.copy_from_slice(text.as_bytes());
-            SECOND.set((secs, prefix));
-        } else {
-            // A year past 9999: no caching, no truncation.
-            line.extend_from_slice(text.as_bytes());
-            return push_fraction(line, since_epoch.subsec_micros());
-        }
+        SECOND.set((secs, prefix));
     }
     line.extend_from_slice(&prefix);
     push_fraction(line, since_epoch.subsec_micros());
@@ -200,6 +197,8 @@ fn push_fraction(line: &mut Vec<u8>, micros: u32) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn timestamps_look_like_tracing_ones() {
         let mut line = Vec::new();
@@ -214,8 +213,6 @@ mod tests {
         super::push_fraction(&mut frac, 42);
         assert_eq!(frac, b".000042Z");
     }
-
-    use super::*;
 
     #[test]
     fn trust_proxy_modes() {

@@ -7,16 +7,17 @@
 //! threads and waking parked workers (a futex call every few requests, measured in
 //! docs/PERFORMANCE.md). A connection pinned to one thread is polled by the thread whose epoll
 //! saw it ready. Everything that is not a connection (config reload, webhook delivery, the
-//! acceptor) stays on the main multi-threaded runtime; blocking work of a request goes to its
-//! worker's blocking pool (`spawn_blocking`), never inline.
+//! acceptor) stays on the main multi-threaded runtime. Blocking work of a request (a read on a
+//! cache miss, a large namespace walk) goes to its worker's blocking pool (`spawn_blocking`);
+//! only the single `stat` that revalidates a hot object, or a few for a small cached walk, runs
+//! inline, as in nginx.
 //!
 //! Shutdown follows `axum::serve`'s graceful mode: stop accepting, let in-flight requests
 //! finish, close idle keep-alive connections, and return once every connection is closed.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
-
-use std::convert::Infallible;
 
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;

@@ -433,12 +433,17 @@ impl Storage for LocalStorage {
         let key = prefix.to_owned();
         let walk_key: WalkKey = (key.clone(), marker.to_owned(), descend as usize);
         let walks = self.walks.clone();
-        let small = walks
+        let cached = walks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&walk_key)
-            .filter(|w| w.stamps.len() <= INLINE_STAMPS)
             .cloned();
+        // A small cached walk is checked here; a large one in the blocking task below. Either
+        // way it is checked once, and a stale one is walked again.
+        let (small, large): (Option<Arc<Walk>>, Option<Arc<Walk>>) = match cached {
+            Some(w) if w.stamps.len() <= INLINE_STAMPS => (Some(w), None),
+            other => (None, other),
+        };
         if let Some(walk) = small.filter(|w| w.is_current()) {
             return Ok(walk.result.clone());
         }
@@ -447,12 +452,7 @@ impl Storage for LocalStorage {
         // while the previous one is still current (checking that is a stat per directory,
         // which is blocking work too).
         self.blocking(move |_| {
-            let cached = walks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&walk_key)
-                .cloned();
-            if let Some(walk) = cached.filter(|w| w.is_current()) {
+            if let Some(walk) = large.filter(|w| w.is_current()) {
                 return Ok(walk.result.clone());
             }
             match std::fs::metadata(&dir) {
