@@ -809,11 +809,7 @@ fn rate_limit_default_is_1200_per_minute() {
     std::thread::spawn(move || {
         use std::io::BufRead;
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("listening on http://") {
-                let url: String = line[i + "listening on ".len()..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '"')
-                    .collect();
+            if let Some(url) = common::listening_url(&line) {
                 let _ = tx.send(url);
             }
         }

@@ -58,10 +58,17 @@ fn read_response(conn: &mut TcpStream, pending: &mut Vec<u8>) -> (u16, Vec<u8>) 
     }
 }
 
+/// The stored bytes of the manifest the tests read.
+fn rollup_manifest(world: &World) -> Vec<u8> {
+    std::fs::read(world.storage().join(MANIFEST_KEY)).unwrap()
+}
+
+const MANIFEST_KEY: &str = "@rack/build/rollup/1.0.0/registry.json";
+
 #[test]
 fn many_keep_alive_connections_over_one_or_several_workers() {
     let world = World::new();
-    let manifest = std::fs::read(world.storage().join("@rack/build/rollup/1.0.0/registry.json")).unwrap();
+    let manifest = rollup_manifest(&world);
     for workers in ["1", "3"] {
         let server = Server::start(world.path(), &world.env_with(&[("HTTP_WORKERS", workers)]));
         let threads: Vec<_> = (0..12)
@@ -89,7 +96,7 @@ fn many_keep_alive_connections_over_one_or_several_workers() {
 fn http2_with_prior_knowledge() {
     let world = World::new();
     let server = Server::world(&world);
-    let manifest = std::fs::read(world.storage().join("@rack/build/rollup/1.0.0/registry.json")).unwrap();
+    let manifest = rollup_manifest(&world);
     let addr = server.base.strip_prefix("http://").unwrap().to_owned();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -197,7 +204,7 @@ fn sigterm_lets_an_upload_in_flight_finish() {
 fn idle_keep_alive_connections_do_not_delay_shutdown() {
     let world = World::new();
     let server = Server::world(&world);
-    let manifest = std::fs::read(world.storage().join("@rack/build/rollup/1.0.0/registry.json")).unwrap();
+    let manifest = rollup_manifest(&world);
     let addr = server.base.strip_prefix("http://").unwrap().to_owned();
     let mut idle = Vec::new();
     for _ in 0..4 {
@@ -263,6 +270,6 @@ fn slow_headers_and_idle_connections_are_cut_after_the_header_timeout() {
     assert!(waited >= Duration::from_millis(500), "cut too early: {waited:?}");
 
     // Prompt clients are unaffected.
-    let manifest = std::fs::read(world.storage().join("@rack/build/rollup/1.0.0/registry.json")).unwrap();
+    let manifest = rollup_manifest(&world);
     keep_alive_gets(&server.base, "/registries/@rack/build/rollup/1.0.0", 3, &manifest);
 }

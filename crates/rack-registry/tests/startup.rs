@@ -134,11 +134,7 @@ fn spawn(
                     out.push_str(&line);
                     out.push('\n');
                 }
-                if let Some(i) = line.find("listening on http://") {
-                    let url: String = line[i + "listening on ".len()..]
-                        .chars()
-                        .take_while(|c| !c.is_whitespace() && *c != '"')
-                        .collect();
+                if let Some(url) = common::listening_url(&line) {
                     let _ = tx.send(url);
                 }
             }

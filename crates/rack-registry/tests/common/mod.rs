@@ -111,6 +111,17 @@ impl World {
     }
 }
 
+/// The base URL in the server's `listening on http://...` log line, if `line` is that line.
+pub fn listening_url(line: &str) -> Option<String> {
+    let i = line.find("listening on http://")?;
+    Some(
+        line[i + "listening on ".len()..]
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != '"')
+            .collect(),
+    )
+}
+
 /// A running server process; killed on drop.
 pub struct Server {
     child: Child,
@@ -186,12 +197,7 @@ impl Server {
                     let Ok(line) = line else { break };
                     output.lock().unwrap().push_str(&line);
                     output.lock().unwrap().push('\n');
-                    if let Some(i) = line.find("listening on http://") {
-                        let rest = &line[i + "listening on ".len()..];
-                        let url: String = rest
-                            .chars()
-                            .take_while(|c| !c.is_whitespace() && *c != '"')
-                            .collect();
+                    if let Some(url) = listening_url(&line) {
                         let _ = tx.send(url);
                     }
                 }
