@@ -10,7 +10,9 @@ pub const BUCKET_AUTH_KEY: &str = ".auth/auth.json";
 
 /// `@ns/seg1/seg2`
 pub fn registry_key(namespace: &str, segments: &[String]) -> String {
-    let mut key = namespace.to_owned();
+    let len = namespace.len() + segments.iter().map(|s| s.len() + 1).sum::<usize>();
+    let mut key = String::with_capacity(len);
+    key.push_str(namespace);
     for s in segments {
         key.push('/');
         key.push_str(s);
@@ -18,21 +20,24 @@ pub fn registry_key(namespace: &str, segments: &[String]) -> String {
     key
 }
 
+// Keys are joined with `concat` rather than `format!`: these run on every read, where the
+// formatting machinery showed in profiles.
+
 pub fn versions_key(registry: &str) -> String {
-    format!("{registry}/versions.json")
+    [registry, "/versions.json"].concat()
 }
 
 pub fn manifest_key(registry: &str, version: &str) -> String {
-    format!("{registry}/{version}/registry.json")
+    [registry, "/", version, "/registry.json"].concat()
 }
 
 /// Key of a template file; `path` must already be a validated, normalized file path.
 pub fn file_key(registry: &str, version: &str, path: &str) -> String {
-    format!("{registry}/{version}/{path}")
+    [registry, "/", version, "/", path].concat()
 }
 
 pub fn preset_key(name: &str) -> String {
-    format!("presets/{name}/preset.json")
+    ["presets/", name, "/preset.json"].concat()
 }
 
 /// `versions.json`: `{"versions": [...]}`, newest first.

@@ -19,17 +19,22 @@ pub fn is_namespace(s: &str) -> bool {
 
 /// `^[a-z0-9]+(?:-[a-z0-9]+)*$`: registry path segments and preset names.
 pub fn is_segment(s: &str) -> bool {
-    !s.is_empty()
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && !s.contains("--")
-        && s.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+    let b = s.as_bytes();
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    // One pass: alphanumeric runs joined by single hyphens.
+    match (b.first(), b.last()) {
+        (Some(&f), Some(&l)) if alnum(f) && alnum(l) => b
+            .windows(2)
+            .all(|w| alnum(w[1]) || (w[1] == b'-' && w[0] != b'-')),
+        _ => false,
+    }
 }
 
 /// A full SemVer 2.0 version (no `v` prefix, no leading zeros).
 pub fn is_version(s: &str) -> bool {
-    crate::version::Version::parse(s).is_some()
+    // Every version starts with a digit; most path segments do not, and are told apart here
+    // without a parse (the router asks this of every segment).
+    s.as_bytes().first().is_some_and(u8::is_ascii_digit) && crate::version::Version::parse(s).is_some()
 }
 
 /// Template file path: relative POSIX path, optional leading `./`, segments of

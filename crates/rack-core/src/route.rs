@@ -2,6 +2,8 @@
 //! to a [`Route`]. The server and the Worker both dispatch on it, and its
 //! [`template`](Route::template) is the bounded `route` label of the metrics.
 
+use std::borrow::Cow;
+
 use crate::error::ApiError;
 use crate::names::{is_file_path, is_namespace, is_segment, is_version, normalize_file_path};
 
@@ -24,11 +26,13 @@ pub enum Route {
     NotFound,
 }
 
-/// A resource under `/registries/`.
+/// A resource under `/registries/`. The registry is kept as its storage key (`@ns/seg1/seg2`),
+/// one string that the namespace and the segments are slices of: every read needs the key,
+/// and the router runs on every request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryResource {
-    pub namespace: String,
-    pub segments: Vec<String>,
+    key: String,
+    namespace_len: usize,
     pub kind: ResourceKind,
 }
 
@@ -66,8 +70,18 @@ impl CacheTier {
 
 impl RegistryResource {
     /// `@ns/seg1/seg2`: the registry's key prefix in storage (without trailing slash).
-    pub fn registry_key(&self) -> String {
-        crate::layout::registry_key(&self.namespace, &self.segments)
+    pub fn registry_key(&self) -> &str {
+        &self.key
+    }
+
+    /// `@ns`.
+    pub fn namespace(&self) -> &str {
+        &self.key[..self.namespace_len]
+    }
+
+    /// The registry's path segments after the namespace (at least one).
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.key[self.namespace_len + 1..].split('/')
     }
 
     pub fn cache_tier(&self) -> CacheTier {
@@ -143,11 +157,13 @@ pub fn route(raw_path: &str) -> Route {
         ["namespaces", ns, "registries"] => Route::NamespaceRegistries(
             percent_decode(ns)
                 .filter(|ns| is_namespace(ns))
+                .map(Cow::into_owned)
                 .ok_or_else(ApiError::invalid_namespace),
         ),
         ["presets", name] => Route::Preset(
             percent_decode(name)
                 .filter(|n| is_segment(n))
+                .map(Cow::into_owned)
                 .ok_or_else(ApiError::invalid_preset),
         ),
         ["schemas", file] => Route::Schema(
@@ -162,9 +178,12 @@ pub fn route(raw_path: &str) -> Route {
 
 /// Strict percent-decoding: `None` for a malformed escape or bytes that are not UTF-8.
 /// `+` stays a `+` (this is a path, not a form).
-pub fn percent_decode(s: &str) -> Option<String> {
+pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
     let b = s.as_bytes();
-    let mut i = 0;
+    // The common case, no escape at all, is answered without a second scan.
+    let Some(mut i) = b.iter().position(|&c| c == b'%') else {
+        return Some(Cow::Borrowed(s));
+    };
     while i < b.len() {
         if b[i] == b'%' {
             let ok = i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit();
@@ -176,16 +195,14 @@ pub fn percent_decode(s: &str) -> Option<String> {
             i += 1;
         }
     }
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8()
-        .ok()
-        .map(|c| c.into_owned())
+    percent_encoding::percent_decode_str(s).decode_utf8().ok()
 }
 
 /// Parse the part of the path after `/registries/` (SPEC §4 "Parsing `/registries/<rest>`").
 pub fn parse_registry_path(rest: &str) -> Result<RegistryResource, ApiError> {
     let decoded = percent_decode(rest).ok_or_else(ApiError::invalid_path)?;
-    let parts: Vec<&str> = decoded.split('/').filter(|p| !p.is_empty()).collect();
+    let mut parts: Vec<&str> = Vec::with_capacity(8);
+    parts.extend(decoded.split('/').filter(|p| !p.is_empty()));
     let (&namespace, tail) = parts.split_first().ok_or_else(ApiError::invalid_path)?;
     if !is_namespace(namespace) {
         return Err(ApiError::invalid_path());
@@ -220,9 +237,16 @@ pub fn parse_registry_path(rest: &str) -> Result<RegistryResource, ApiError> {
     if !segments.iter().all(|s| is_segment(s)) {
         return Err(ApiError::invalid_path());
     }
+    let mut key =
+        String::with_capacity(namespace.len() + segments.iter().map(|s| s.len() + 1).sum::<usize>());
+    key.push_str(namespace);
+    for s in segments {
+        key.push('/');
+        key.push_str(s);
+    }
     Ok(RegistryResource {
-        namespace: namespace.to_owned(),
-        segments: segments.iter().map(|s| (*s).to_owned()).collect(),
+        key,
+        namespace_len: namespace.len(),
         kind,
     })
 }
@@ -240,7 +264,19 @@ mod tests {
 
     fn ok(path: &str) -> (String, Vec<String>, ResourceKind) {
         let r = reg(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        (r.namespace, r.segments, r.kind)
+        assert_eq!(
+            r.registry_key(),
+            [r.namespace()]
+                .into_iter()
+                .chain(r.segments())
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        (
+            r.namespace().to_owned(),
+            r.segments().map(str::to_owned).collect(),
+            r.kind,
+        )
     }
 
     fn segs(s: &[&str]) -> Vec<String> {

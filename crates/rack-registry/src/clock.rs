@@ -7,7 +7,10 @@ pub fn epoch_ms(at: time::OffsetDateTime) -> i64 {
 
 /// Now, in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    epoch_ms(time::OffsetDateTime::now_utc())
+    // From the system clock directly (every request asks; a calendar time is not needed).
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// `2026-11-26T05:42:24.682Z`: ISO 8601 / RFC 3339, UTC, milliseconds.

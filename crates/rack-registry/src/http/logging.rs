@@ -9,6 +9,9 @@ use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, Method};
 use rack_core::ApiError;
 
+use super::names::{
+    X_FORWARDED_FOR, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET, X_REQUEST_ID,
+};
 use super::response::ErrorReply;
 use crate::config::TrustProxy;
 use crate::ratelimit::Decision;
@@ -18,7 +21,7 @@ use crate::state::AppState;
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trust: TrustProxy) -> IpAddr {
     let forwarded = || -> Vec<IpAddr> {
         headers
-            .get_all("x-forwarded-for")
+            .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
@@ -53,18 +56,15 @@ pub fn finish(
 ) {
     if let Some(d) = decision {
         let h = res.headers_mut();
-        h.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
-        h.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
-        h.insert("x-ratelimit-reset", HeaderValue::from(d.reset_secs));
+        h.insert(X_RATELIMIT_LIMIT, limit_header(d.limit));
+        h.insert(X_RATELIMIT_REMAINING, number_header(d.remaining));
+        h.insert(X_RATELIMIT_RESET, number_header(d.reset_secs));
     }
     let status = res.status();
     let elapsed = start.elapsed();
-    let seconds = elapsed.as_secs_f64();
     state
         .metrics
-        .http_duration
-        .with_label_values(&[method.as_str(), route, status.as_str()])
-        .observe(seconds);
+        .observe_request(method, route, status, elapsed.as_secs_f64());
     if let Some(kind) = res.extensions().get::<rack_core::ErrorKind>() {
         state.metrics.observe_error(*kind);
     }
@@ -72,12 +72,36 @@ pub fn finish(
     hex::encode_to_slice(rand::random::<u64>().to_be_bytes(), &mut id).expect("16 hex digits");
     let id = std::str::from_utf8(&id).expect("hex is ASCII");
     res.headers_mut().insert(
-        "x-request-id",
+        X_REQUEST_ID,
         HeaderValue::from_str(id).expect("hex is a valid header value"),
     );
     // From nanoseconds in one division, so the number prints short (0.015028, not 0.0150280001).
     let ms = elapsed.as_nanos() as f64 / 1e6;
     log_line(method, route, status.as_u16(), ms, id, client);
+}
+
+/// A number as a header value. The small ones (seconds to a window's end, and counts near
+/// them) come from a table built once; `HeaderValue::from(u64)` formats into a fresh buffer.
+pub fn number_header(n: u64) -> HeaderValue {
+    const SMALL: usize = 4096;
+    static TABLE: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    match usize::try_from(n) {
+        Ok(i) if i < SMALL => {
+            TABLE.get_or_init(|| (0..SMALL as u64).map(HeaderValue::from).collect())[i].clone()
+        }
+        _ => HeaderValue::from_str(itoa::Buffer::new().format(n)).expect("digits are a valid header value"),
+    }
+}
+
+/// The limit is the same on every answer (until a restart), but may be past the table.
+fn limit_header(limit: u64) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((n, v)) if *n == limit => v.clone(),
+        _ => last.insert((limit, number_header(limit))).1.clone(),
+    })
 }
 
 /// The 429 of SPEC §8 (the refused body is drained so that the client reads the answer).
@@ -86,7 +110,7 @@ pub fn rate_limited(state: &AppState, d: Decision, body: axum::body::Body) -> Re
     crate::upload::receive::drain(body);
     let mut res = ErrorReply(ApiError::rate_limited(d.reset_secs)).into_response();
     res.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(d.reset_secs));
+        .insert(header::RETRY_AFTER, number_header(d.reset_secs));
     res
 }
 

@@ -12,10 +12,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::handler::Handler;
+use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use http::{header, HeaderMap, HeaderValue, Method};
+use http::{header, HeaderMap, HeaderValue, Method, Request};
+use hyper::body::Incoming;
 use rack_core::auth::{extract_token, Credential, Ctx};
 use rack_core::route::{route, Route};
 use rack_core::ApiError;
@@ -24,29 +24,36 @@ use serde_json::json;
 use crate::state::{now_ms, AppState};
 use response::ErrorReply;
 
-/// The whole HTTP application as one tower service. There is no axum `Router`: every path is
+/// The whole HTTP application as one function. There is no axum `Router`: every path is
 /// judged by the core crate's [`route`], so the router would only ever reach its fallback.
 pub fn service(state: Arc<AppState>) -> impl serve::App {
-    entry.with_state(state)
+    move |req, peer| entry(state.clone(), req, peer)
+}
+
+/// Header names of ours, parsed once (a `&str` name is parsed again on every lookup).
+pub mod names {
+    use http::HeaderName;
+    pub const X_REGISTRY_TOKEN: HeaderName = HeaderName::from_static("x-registry-token");
+    pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 }
 
 /// The presented token, if any (SPEC §6): hashed at once, never kept in clear.
 pub fn credential(headers: &HeaderMap) -> Option<Credential> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    extract_token(get(header::AUTHORIZATION.as_str()), get("x-registry-token")).map(Credential::new)
+    let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    extract_token(get(header::AUTHORIZATION), get(names::X_REGISTRY_TOKEN)).map(Credential::new)
 }
 
 /// Every request: client address and rate limit (every route counts, SPEC §14), dispatch on the
 /// route, then what every answer gets ([`logging::finish`]). One function rather than a
 /// middleware stack: the request is taken apart once, without copying its headers.
-async fn entry(State(state): State<Arc<AppState>>, req: Request) -> Response {
+async fn entry(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response {
     let start = Instant::now();
     let (parts, body) = req.into_parts();
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-    let client = logging::client_ip(peer, &parts.headers, state.trust_proxy);
+    let client = logging::client_ip(peer.ip(), &parts.headers, state.trust_proxy);
     let route = route(parts.uri.path());
     let template = route.template();
     let decision = state
@@ -54,9 +61,9 @@ async fn entry(State(state): State<Arc<AppState>>, req: Request) -> Response {
         .enabled()
         .then(|| state.rate_limiter.check(client, start));
     let mut res = match decision {
-        Some(d) if !d.allowed => logging::rate_limited(&state, d, body),
+        Some(d) if !d.allowed => logging::rate_limited(&state, d, Body::new(body)),
         _ if route == Route::Upload && parts.method == Method::POST => {
-            crate::upload::handle(&state, &parts.headers, client, body).await
+            crate::upload::handle(&state, &parts.headers, client, Body::new(body)).await
         }
         _ => handle(&state, &parts.method, route, &parts.headers, client).await,
     };
@@ -67,7 +74,7 @@ async fn entry(State(state): State<Arc<AppState>>, req: Request) -> Response {
 /// The namespace a request is about, when its path names one (for the audit trail).
 fn route_namespace(route: &Route) -> Option<&str> {
     match route {
-        Route::Registry(Ok(r)) => Some(&r.namespace),
+        Route::Registry(Ok(r)) => Some(r.namespace()),
         Route::NamespaceRegistries(Ok(ns)) => Some(ns),
         _ => None,
     }

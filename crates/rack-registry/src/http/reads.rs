@@ -46,37 +46,37 @@ async fn versions_file(state: &AppState, registry: &str) -> Result<Option<Arc<Ca
 }
 
 pub async fn registry(state: &AppState, ctx: &Ctx<'_>, res: RegistryResource) -> ApiResult {
-    ctx.read(&res.namespace)?;
+    ctx.read(res.namespace())?;
     let registry = res.registry_key();
     let cache = res.cache_tier();
     match &res.kind {
         ResourceKind::Versions => {
-            let obj = versions_file(state, &registry)
+            let obj = versions_file(state, registry)
                 .await?
                 .ok_or_else(ApiError::not_found)?;
             Ok(Reply::object(obj, "application/json", cache))
         }
         ResourceKind::Latest => {
-            let versions = versions_file(state, &registry)
+            let versions = versions_file(state, registry)
                 .await?
                 .ok_or_else(ApiError::no_versions)?;
             let latest = versions
                 .versions_file()
                 .and_then(VersionsFile::latest)
                 .ok_or_else(ApiError::no_versions)?;
-            let obj = get(state, &layout::manifest_key(&registry, latest))
+            let obj = get(state, &layout::manifest_key(registry, latest))
                 .await?
                 .ok_or_else(ApiError::not_found)?;
             Ok(Reply::object(obj, "application/json", cache))
         }
         ResourceKind::Version(v) => {
-            let obj = get(state, &layout::manifest_key(&registry, v))
+            let obj = get(state, &layout::manifest_key(registry, v))
                 .await?
                 .ok_or_else(ApiError::not_found)?;
             Ok(Reply::object(obj, "application/json", cache))
         }
         ResourceKind::File { version, path } => {
-            let obj = get(state, &layout::file_key(&registry, version, path))
+            let obj = get(state, &layout::file_key(registry, version, path))
                 .await?
                 .ok_or_else(ApiError::not_found)?;
             Ok(Reply::object(obj, content_type(path), cache))

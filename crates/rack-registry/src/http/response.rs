@@ -169,16 +169,22 @@ impl Reply {
 
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
-        let len = self.body.len();
+        // `Content-Length` is written by hyper from the body's exact size, for HEAD too, except
+        // for an empty body in answer to HEAD: that one is set here, so HEAD and GET agree.
+        let empty = self.body.is_empty();
         let mut res = Response::new(Body::from(self.body));
         *res.status_mut() = self.status;
         let h = res.headers_mut();
+        // Room for every header an answer gets, so that the map is allocated once.
+        h.reserve(12);
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(self.content_type));
         h.insert(
             header::CACHE_CONTROL,
             HeaderValue::from_static(self.cache.header()),
         );
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if empty {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
         res
     }
 }

@@ -19,15 +19,16 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request};
+use std::future::Future;
+
 use axum::response::Response;
+use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tower::Service;
 
 type Handoff = (std::net::TcpStream, SocketAddr);
 
@@ -43,15 +44,24 @@ pub struct Settings {
     pub header_timeout: Duration,
 }
 
-/// What the workers serve: a cloneable tower service from axum requests to axum responses.
-pub trait App:
-    Service<Request, Response = Response, Error = Infallible, Future: Send> + Clone + Send + 'static
-{
+/// What the workers serve: a function from a request and the connection's peer address to
+/// the response. A plain function rather than a tower service: hyper keeps the returned future
+/// in place, whereas a boxed handler future cost an allocation and a copy of the whole request
+/// state per request, and the peer address needs no per-request extensions map.
+pub trait App: Clone + Send + 'static {
+    type Future: Future<Output = Response> + Send + 'static;
+    fn call(&self, req: Request<Incoming>, peer: SocketAddr) -> Self::Future;
 }
 
-impl<S> App for S where
-    S: Service<Request, Response = Response, Error = Infallible, Future: Send> + Clone + Send + 'static
+impl<F, Fut> App for F
+where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
 {
+    type Future = Fut;
+    fn call(&self, req: Request<Incoming>, peer: SocketAddr) -> Fut {
+        self(req, peer)
+    }
 }
 
 /// Serve `app` on `listener` with `workers` worker threads until `shutdown` completes, then
@@ -152,10 +162,9 @@ fn worker<S: App>(
                 continue;
             };
             let app = app.clone();
-            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                let mut req = req.map(axum::body::Body::new);
-                req.extensions_mut().insert(ConnectInfo(peer));
-                app.clone().call(req)
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let answer = app.call(req, peer);
+                async move { Ok::<_, Infallible>(answer.await) }
             });
             let mut builder = Builder::new(TokioExecutor::new());
             // hyper applies the header timeout only with a timer.

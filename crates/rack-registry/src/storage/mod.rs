@@ -114,11 +114,22 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 /// segment, no backslash or NUL. Every key from a request or an archive passes here before it
 /// touches a backend.
 pub fn validate_key(key: &str) -> Result<()> {
-    let body = key.strip_suffix('/').unwrap_or(key);
-    let ok = !body.is_empty()
-        && !body.contains(['\\', '\0'])
-        && body.split('/').all(|s| !s.is_empty() && s != "." && s != "..");
-    if ok {
+    // One pass over the bytes: this runs on every storage call, reads included.
+    let body = key.strip_suffix('/').unwrap_or(key).as_bytes();
+    let segment_ok = |s: &[u8]| !s.is_empty() && s != b"." && s != b"..";
+    let mut ok = true;
+    let mut start = 0;
+    for (i, &b) in body.iter().enumerate() {
+        match b {
+            b'\\' | 0 => ok = false,
+            b'/' => {
+                ok &= segment_ok(&body[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if ok && segment_ok(&body[start..]) {
         Ok(())
     } else {
         Err(StorageError::InvalidKey(key.to_owned()))
@@ -242,4 +253,29 @@ pub trait Storage: Send + Sync + 'static {
 
     /// A short description for logs (`local:/srv/rack`, `s3://bucket`).
     fn describe(&self) -> String;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_key;
+
+    #[test]
+    fn keys_that_could_escape_or_alias_are_refused() {
+        for ok in [
+            "a",
+            "a/b",
+            "a/b/",
+            "@ns/x/1.0.0/registry.json",
+            "...",
+            ".a/b",
+            "a/..b",
+        ] {
+            assert!(validate_key(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "", "/", "/a", "a//b", "a/./b", "a/../b", "..", ".", "a/..", "a\\b", "a\0b", "a//",
+        ] {
+            assert!(validate_key(bad).is_err(), "{bad:?}");
+        }
+    }
 }
