@@ -58,7 +58,7 @@ pub enum CacheTier {
 }
 
 impl CacheTier {
-    pub fn header(self) -> &'static str {
+    pub const fn header(self) -> &'static str {
         match self {
             CacheTier::Short => "public, max-age=60",
             CacheTier::Immutable => "public, max-age=31536000, immutable",

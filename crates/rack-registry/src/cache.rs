@@ -6,6 +6,7 @@
 //! cached entry only if that version matches. A publish or an operator's edit therefore shows on
 //! the very next request. Bounded by total bytes (`quick_cache`, weighted by body size).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use rack_core::layout::VersionsFile;
 
 use crate::compression::{compress, Encoding};
 use crate::http::response::{etag_of, with_suffix};
+use crate::storage::watch::UNWATCHED;
 use crate::storage::{Object, Storage, StorageError};
 
 /// Objects larger than this are never cached (they are read from storage each time).
@@ -30,6 +32,9 @@ pub struct Cached {
     etag_headers: [OnceLock<HeaderValue>; 4],
     /// For a `versions.json`: its parsed form, so that *latest* does not parse it per request.
     versions: OnceLock<Option<VersionsFile>>,
+    /// The storage watcher's generation in which this entry was last known current, with
+    /// watches in place ([`UNWATCHED`]: never trusted without asking storage).
+    confirmed: AtomicU64,
 }
 
 impl Cached {
@@ -45,6 +50,7 @@ impl Cached {
             variants: Default::default(),
             etag_headers: Default::default(),
             versions: OnceLock::new(),
+            confirmed: AtomicU64::new(UNWATCHED),
         }
     }
 
@@ -95,14 +101,31 @@ impl HotCache {
         }
     }
 
-    /// The current object at `key`, from the cache when it is still the stored version.
+    /// The current object at `key`, from the cache when it is still the stored version: known
+    /// unchanged by the storage's watcher, or else confirmed by asking storage for the version.
     pub async fn get(&self, storage: &dyn Storage, key: &str) -> Result<Option<Arc<Cached>>, StorageError> {
+        let watcher = storage.watcher();
+        // Taken before anything is asked of storage: a change after this point bumps it.
+        let generation = watcher.map_or(UNWATCHED, |w| w.sync());
+        let hit = self.inner.get(key);
+        if let Some(hit) = &hit {
+            if generation != UNWATCHED && hit.confirmed.load(Ordering::Acquire) == generation {
+                return Ok(Some(hit.clone()));
+            }
+        }
+        // Watches go in before the stat and the read, so no change after them is missed.
+        let watched = match watcher {
+            Some(w) => w.watch(key),
+            None => false,
+        };
+        let confirmed = if watched { generation } else { UNWATCHED };
         let Some(meta) = storage.head(key).await? else {
             self.inner.remove(key);
             return Ok(None);
         };
-        if let Some(hit) = self.inner.get(key) {
+        if let Some(hit) = hit {
             if hit.version == meta.version {
+                hit.confirmed.store(confirmed, Ordering::Release);
                 return Ok(Some(hit));
             }
         }
@@ -111,6 +134,7 @@ impl HotCache {
             return Ok(None);
         };
         let cached = Arc::new(Cached::new(obj));
+        cached.confirmed.store(confirmed, Ordering::Release);
         if cached.body.len() <= MAX_CACHED_OBJECT {
             self.inner.insert(key.to_owned(), cached.clone());
         }
@@ -167,7 +191,120 @@ impl ListingCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{LocalStorage, PutMode};
+    use crate::storage::{ListPage, LocalStorage, ObjectMeta, PutMode};
+    use std::sync::atomic::AtomicUsize;
+
+    /// The real local backend, counting how often the cache asks it for a version.
+    struct CountingHeads {
+        inner: LocalStorage,
+        heads: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for CountingHeads {
+        async fn get(&self, key: &str) -> crate::storage::Result<Option<Object>> {
+            self.inner.get(key).await
+        }
+        async fn head(&self, key: &str) -> crate::storage::Result<Option<ObjectMeta>> {
+            self.heads.fetch_add(1, Ordering::SeqCst);
+            self.inner.head(key).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+            delimiter: bool,
+            start_after: Option<&str>,
+            limit: usize,
+        ) -> crate::storage::Result<ListPage> {
+            self.inner.list(prefix, delimiter, start_after, limit).await
+        }
+        async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> crate::storage::Result<ObjectMeta> {
+            self.inner.put(key, body, mode).await
+        }
+        async fn delete_prefix(&self, prefix: &str) -> crate::storage::Result<u64> {
+            self.inner.delete_prefix(prefix).await
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn watcher(&self) -> Option<&crate::storage::watch::Watcher> {
+            self.inner.watcher()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn watched_hits_skip_the_stat_and_still_see_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = CountingHeads {
+            inner: LocalStorage::open(dir.path()).unwrap().with_watcher(),
+            heads: AtomicUsize::new(0),
+        };
+        assert!(
+            s.watcher().is_some(),
+            "the test directory is on a local filesystem"
+        );
+        let root = s.inner.root().to_owned();
+        let cache = HotCache::new(1 << 20);
+        s.put(
+            "@a/x/1.0.0/registry.json",
+            Bytes::from_static(b"one"),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+        let first = cache.get(&s, "@a/x/1.0.0/registry.json").await.unwrap().unwrap();
+        let heads = s.heads.load(Ordering::SeqCst);
+        for _ in 0..50 {
+            let again = cache.get(&s, "@a/x/1.0.0/registry.json").await.unwrap().unwrap();
+            assert!(Arc::ptr_eq(&first, &again));
+        }
+        assert_eq!(
+            s.heads.load(Ordering::SeqCst),
+            heads,
+            "watched hits ask storage nothing"
+        );
+
+        let file = root.join("@a/x/1.0.0/registry.json");
+        // In place, same size, same second: no rename, only a write.
+        std::fs::write(&file, b"two").unwrap();
+        let edited = cache.get(&s, "@a/x/1.0.0/registry.json").await.unwrap().unwrap();
+        assert_eq!(&edited.body[..], b"two");
+        // The whole registry directory swapped by renames, as a deploy script would.
+        std::fs::create_dir_all(root.join("staging/1.0.0")).unwrap();
+        std::fs::write(root.join("staging/1.0.0/registry.json"), b"three").unwrap();
+        std::fs::rename(root.join("@a/x"), root.join("old-x")).unwrap();
+        std::fs::rename(root.join("staging"), root.join("@a/x")).unwrap();
+        let swapped = cache.get(&s, "@a/x/1.0.0/registry.json").await.unwrap().unwrap();
+        assert_eq!(&swapped.body[..], b"three");
+        // The new directory is watched in turn: an edit inside it is seen, and quiet reads
+        // are stat-free again.
+        std::fs::write(root.join("@a/x/1.0.0/registry.json"), b"four").unwrap();
+        let again = cache.get(&s, "@a/x/1.0.0/registry.json").await.unwrap().unwrap();
+        assert_eq!(&again.body[..], b"four");
+        let heads = s.heads.load(Ordering::SeqCst);
+        cache.get(&s, "@a/x/1.0.0/registry.json").await.unwrap().unwrap();
+        assert_eq!(s.heads.load(Ordering::SeqCst), heads);
+        // Removed: gone at once.
+        std::fs::remove_dir_all(root.join("@a/x")).unwrap();
+        assert!(cache.get(&s, "@a/x/1.0.0/registry.json").await.unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn without_a_watcher_every_read_asks_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = CountingHeads {
+            inner: LocalStorage::open(dir.path()).unwrap(),
+            heads: AtomicUsize::new(0),
+        };
+        let cache = HotCache::new(1 << 20);
+        s.put("a/b", Bytes::from_static(b"one"), PutMode::Create)
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            cache.get(&s, "a/b").await.unwrap().unwrap();
+        }
+        assert_eq!(s.heads.load(Ordering::SeqCst), 5);
+    }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn never_stale() {

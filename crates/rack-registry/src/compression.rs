@@ -16,7 +16,7 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    pub fn header(self) -> &'static str {
+    pub const fn header(self) -> &'static str {
         match self {
             Encoding::Br => "br",
             Encoding::Zstd => "zstd",

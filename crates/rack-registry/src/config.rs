@@ -115,6 +115,10 @@ pub struct ServeArgs {
     /// connections [default: 30]
     #[arg(long, env = "HEADER_TIMEOUT_SECONDS")]
     pub header_timeout_seconds: Option<String>,
+    /// Local storage: watch files with inotify so that hot reads need no stat (`auto`), or
+    /// stat every hot read (`off`) [default: auto]
+    #[arg(long, env = "FS_WATCH")]
+    pub fs_watch: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +222,8 @@ pub struct Config {
     pub http_workers: usize,
     /// Time allowed to send a request's headers (and to stay idle between requests).
     pub header_timeout: Duration,
+    /// Whether the local backend may use inotify to skip the per-read stat (`FS_WATCH`).
+    pub fs_watch: bool,
 }
 
 /// A configuration error: names the variable, the bad value (unless secret) and what is accepted.
@@ -415,7 +421,13 @@ impl Config {
             30,
             1,
         )?);
+        let fs_watch = match given(&a.fs_watch).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("auto") => true,
+            Some("off") => false,
+            Some(s) => return Err(err("FS_WATCH", format!("{s:?} is not one of auto, off"))),
+        };
         Ok(Config {
+            fs_watch,
             http_workers,
             header_timeout,
             host,
@@ -521,6 +533,7 @@ mod tests {
                 Box::new(|a| a.webhook_concurrency = Some("-3".into())),
             ),
             ("HTTP_WORKERS", Box::new(|a| a.http_workers = Some("0".into()))),
+            ("FS_WATCH", Box::new(|a| a.fs_watch = Some("on".into()))),
             (
                 "HEADER_TIMEOUT_SECONDS",
                 Box::new(|a| a.header_timeout_seconds = Some("0".into())),

@@ -40,10 +40,13 @@ pub async fn run(config: Config) -> Result<(), String> {
     let storage: Arc<dyn Storage> = match &config.backend {
         Backend::Local => {
             prepare_local_root(&config.storage_root)?;
-            Arc::new(
-                LocalStorage::open(&config.storage_root)
-                    .map_err(|e| format!("storage root {}: {e}", config.storage_root.display()))?,
-            )
+            let local = LocalStorage::open(&config.storage_root)
+                .map_err(|e| format!("storage root {}: {e}", config.storage_root.display()))?;
+            Arc::new(if config.fs_watch {
+                local.with_watcher()
+            } else {
+                local
+            })
         }
         Backend::R2(_) | Backend::S3(_) => {
             return Err("STORAGE_BACKEND: r2 and s3 are not available in this build yet; use local".into())

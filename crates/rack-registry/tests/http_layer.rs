@@ -448,9 +448,21 @@ fn edit_in_place(path: &Path, bytes: &[u8]) {
     f.write_all(bytes).unwrap();
 }
 
+// The edits below are checked with both revalidation modes of the hot cache (FS_WATCH):
+// inotify events (the default on a local filesystem) and a stat per read.
+
 #[test]
 fn operator_edit_on_disk_shows_on_next_read() {
-    let (world, server) = start_with(&[]);
+    operator_edits_show_on_next_read("auto");
+}
+
+#[test]
+fn operator_edit_on_disk_shows_on_next_read_without_watching() {
+    operator_edits_show_on_next_read("off");
+}
+
+fn operator_edits_show_on_next_read(fs_watch: &str) {
+    let (world, server) = start_with(&[("FS_WATCH", fs_watch)]);
     let c = RawClient::new(&server.base);
     let path = "/registries/@rack/build/rollup/1.0.0/files/templates/rollup.config.mjs";
     let disk = world
@@ -491,13 +503,47 @@ fn operator_edit_on_disk_shows_on_next_read() {
     // Back to the original bytes: back to the original tag (the tag is the content's).
     edit_in_place(&disk, &original);
     assert_eq!(etag(&get_ok(&c, path, &[])), etag(&first));
+
+    // The whole version directory swapped by renames, as a deploy script would.
+    let version_dir = world.storage().join("@rack/build/rollup/1.0.0");
+    let staged = world.storage().join("@rack/build/rollup/.staged");
+    copy_dir(&version_dir, &staged);
+    std::fs::write(staged.join("templates/rollup.config.mjs"), b"// swapped in\n").unwrap();
+    std::fs::rename(&version_dir, world.storage().join("@rack/build/rollup/.old")).unwrap();
+    std::fs::rename(&staged, &version_dir).unwrap();
+    assert_eq!(get_ok(&c, path, &[]).body, b"// swapped in\n");
+    // And an edit inside the new directory.
+    edit_in_place(&disk, b"// edited after the swap\n");
+    assert_eq!(get_ok(&c, path, &[]).body, b"// edited after the swap\n");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }
 
 /// Quick successive same-size edits, each read right after it is written: the cache must not
 /// take an unchanged size and a timestamp within the same clock tick for an unchanged file.
 #[test]
 fn rapid_same_size_edits_are_never_stale() {
-    let (world, server) = start_with(&[]);
+    rapid_same_size_edits(&[]);
+}
+
+#[test]
+fn rapid_same_size_edits_are_never_stale_without_watching() {
+    rapid_same_size_edits(&[("FS_WATCH", "off")]);
+}
+
+fn rapid_same_size_edits(env: &[(&str, &str)]) {
+    let (world, server) = start_with(env);
     let c = RawClient::new(&server.base);
     let path = "/registries/@rack/build/rollup/1.0.0/files/templates/rollup.config.mjs";
     let disk = world

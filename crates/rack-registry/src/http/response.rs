@@ -133,10 +133,8 @@ impl Reply {
             let nothing = futures::stream::empty::<Result<Bytes, std::convert::Infallible>>();
             let mut res = Response::new(Body::from_stream(nothing));
             *res.status_mut() = StatusCode::NOT_MODIFIED;
-            res.headers_mut().insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static(self.cache.header()),
-            );
+            res.headers_mut()
+                .insert(header::CACHE_CONTROL, cache_control(self.cache));
             res
         } else {
             match encoding {
@@ -153,15 +151,14 @@ impl Reply {
                     }
                     .into_response();
                     res.headers_mut()
-                        .insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc.header()));
+                        .insert(header::CONTENT_ENCODING, content_encoding(enc));
                     res
                 }
             }
         };
         res.headers_mut().insert(header::ETAG, etag_value);
         if varies {
-            res.headers_mut()
-                .insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+            res.headers_mut().insert(header::VARY, VARY_ACCEPT_ENCODING);
         }
         res
     }
@@ -177,15 +174,54 @@ impl IntoResponse for Reply {
         let h = res.headers_mut();
         // Room for every header an answer gets, so that the map is allocated once.
         h.reserve(12);
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(self.content_type));
-        h.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static(self.cache.header()),
-        );
+        h.insert(header::CONTENT_TYPE, static_value(self.content_type));
+        h.insert(header::CACHE_CONTROL, cache_control(self.cache));
         if empty {
             h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
         res
+    }
+}
+
+// The header values sent on every read are constants: `HeaderValue::from_static` checks every
+// byte at run time unless it is evaluated as a constant.
+
+const VARY_ACCEPT_ENCODING: HeaderValue = HeaderValue::from_static("Accept-Encoding");
+
+fn cache_control(tier: CacheTier) -> HeaderValue {
+    const SHORT: HeaderValue = HeaderValue::from_static(CacheTier::Short.header());
+    const IMMUTABLE: HeaderValue = HeaderValue::from_static(CacheTier::Immutable.header());
+    const DAY: HeaderValue = HeaderValue::from_static(CacheTier::Day.header());
+    const NO_STORE: HeaderValue = HeaderValue::from_static(CacheTier::NoStore.header());
+    match tier {
+        CacheTier::Short => SHORT,
+        CacheTier::Immutable => IMMUTABLE,
+        CacheTier::Day => DAY,
+        CacheTier::NoStore => NO_STORE,
+    }
+}
+
+fn content_encoding(enc: Encoding) -> HeaderValue {
+    const BR: HeaderValue = HeaderValue::from_static(Encoding::Br.header());
+    const ZSTD: HeaderValue = HeaderValue::from_static(Encoding::Zstd.header());
+    const GZIP: HeaderValue = HeaderValue::from_static(Encoding::Gzip.header());
+    match enc {
+        Encoding::Br => BR,
+        Encoding::Zstd => ZSTD,
+        Encoding::Gzip => GZIP,
+    }
+}
+
+/// A content type: the common ones as constants, the rest checked at run time.
+fn static_value(s: &'static str) -> HeaderValue {
+    const JSON: HeaderValue = HeaderValue::from_static("application/json");
+    const TS: HeaderValue = HeaderValue::from_static("text/typescript; charset=utf-8");
+    const JS: HeaderValue = HeaderValue::from_static("text/javascript; charset=utf-8");
+    match s {
+        "application/json" => JSON,
+        "text/typescript; charset=utf-8" => TS,
+        "text/javascript; charset=utf-8" => JS,
+        _ => HeaderValue::from_static(s),
     }
 }
 

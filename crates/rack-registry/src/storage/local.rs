@@ -26,6 +26,8 @@ pub struct LocalStorage {
     cas_lock: Arc<tokio::sync::Mutex<()>>,
     /// Recent directory walks, revalidated by directory stamps (see [`Walk`]).
     walks: Arc<std::sync::Mutex<HashMap<WalkKey, Arc<Walk>>>>,
+    /// Change notification for the hot cache (`FS_WATCH`), when the filesystem allows it.
+    watcher: Option<Arc<super::watch::Watcher>>,
 }
 
 fn io_err(key: &str) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
@@ -91,7 +93,14 @@ impl LocalStorage {
             root: Arc::new(root),
             cas_lock: Arc::default(),
             walks: Arc::default(),
+            watcher: None,
         })
+    }
+
+    /// Watch the tree for changes (see [`super::watch`]), if its filesystem allows it.
+    pub fn with_watcher(mut self) -> LocalStorage {
+        self.watcher = super::watch::Watcher::new(&self.root).map(Arc::new);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -525,6 +534,10 @@ impl Storage for LocalStorage {
 
     fn describe(&self) -> String {
         format!("local:{}", self.root.display())
+    }
+
+    fn watcher(&self) -> Option<&super::watch::Watcher> {
+        self.watcher.as_deref()
     }
 }
 

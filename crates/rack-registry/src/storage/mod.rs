@@ -8,6 +8,7 @@
 //! absolute path, a backslash or a NUL.
 
 pub mod local;
+pub mod watch;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -253,6 +254,12 @@ pub trait Storage: Send + Sync + 'static {
 
     /// A short description for logs (`local:/srv/rack`, `s3://bucket`).
     fn describe(&self) -> String;
+
+    /// The backend's change watcher, if it has one ([`watch`]): the hot cache may then trust
+    /// an entry without asking the backend, as long as the watcher saw no change.
+    fn watcher(&self) -> Option<&watch::Watcher> {
+        None
+    }
 }
 
 #[cfg(test)]

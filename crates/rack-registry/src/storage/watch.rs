@@ -1,0 +1,291 @@
+//! Change notification for the local backend (Linux inotify), so that a hot object can be
+//! served without a `stat` per read while still never being stale.
+//!
+//! The hot cache's rule is that every read sees every change completed before the read began.
+//! With a `stat` per read that costs a path walk per request (about a fifth of a small read's
+//! CPU, measured in docs/PERFORMANCE.md). Here instead:
+//!
+//! - Before a file is cached, an inotify watch is put on the file and on every directory from
+//!   the storage root down to it ([`Watcher::watch`]). A write, attribute change, rename or
+//!   removal of the file, or of any directory on its path (a registry directory swapped by
+//!   `mv`), queues an event in the kernel *before* the syscall that made the change returns.
+//! - Every read first drains that queue ([`Watcher::sync`]: one non-blocking `read(2)`, which is
+//!   much cheaper than a `stat` with its path walk). Any event at all bumps a generation number,
+//!   and a cached entry is trusted without a `stat` only if it was last confirmed in the
+//!   current generation. Draining and bumping happen under one lock, so a read can never see
+//!   an empty queue while another thread holds an event it has not counted yet.
+//!
+//! A change therefore costs one `stat` per hot object afterwards (publishes are rare next to
+//! reads). Where a watch cannot be placed (a directory on a filesystem not known to deliver
+//! events for every change: NFS, SMB, FUSE and other network or user-space filesystems; the
+//! watch limit reached), the entry is simply not trusted and the read falls back to a `stat`,
+//! so correctness never depends on the watches. `FS_WATCH=off` turns the whole mechanism off.
+//!
+//! Known limit (also in docs/decisions.md): changes made through a shared writable `mmap`
+//! produce no inotify event; such an edit is seen at the next generation change.
+
+use std::collections::HashSet;
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+use rustix::io::Errno;
+
+/// The generation an entry gets when it must never be trusted without a `stat`.
+pub const UNWATCHED: u64 = u64::MAX;
+
+/// Past this many watches, new files are served with a `stat` per read instead (the kernel's
+/// own limit, `fs.inotify.max_user_watches`, is shared with every other program of the user).
+const MAX_WATCHES: usize = 65_536;
+
+/// Every change that can alter what a path resolves to or what the file holds.
+fn watch_flags() -> WatchFlags {
+    WatchFlags::MODIFY
+        | WatchFlags::ATTRIB
+        | WatchFlags::CLOSE_WRITE
+        | WatchFlags::CREATE
+        | WatchFlags::DELETE
+        | WatchFlags::DELETE_SELF
+        | WatchFlags::MOVE_SELF
+        | WatchFlags::MOVED_FROM
+        | WatchFlags::MOVED_TO
+}
+
+/// Filesystems whose changes all go through this kernel, so that inotify sees every one of
+/// them (`statfs` magic numbers; anything else is not watched).
+const LOCAL_FILESYSTEMS: [u64; 9] = [
+    0xEF53,      // ext2/3/4
+    0x5846_5342, // xfs
+    0x9123_683E, // btrfs
+    0x0102_1994, // tmpfs
+    0x2FC1_2FC1, // zfs
+    0xF2F5_2010, // f2fs
+    0xCA45_1A4E, // bcachefs
+    0x5265_4973, // reiserfs
+    0x8584_58F6, // ramfs
+];
+
+fn is_local_filesystem(dir: &Path) -> bool {
+    rustix::fs::statfs(dir).is_ok_and(|s| LOCAL_FILESYSTEMS.contains(&(s.f_type as u64)))
+}
+
+struct State {
+    fd: OwnedFd,
+    buf: Vec<MaybeUninit<u8>>,
+    /// Paths with a watch on whatever they resolved to when it was placed.
+    watched: HashSet<PathBuf>,
+}
+
+pub struct Watcher {
+    root: PathBuf,
+    state: Mutex<State>,
+    generation: AtomicU64,
+}
+
+/// Events after which a watched path may resolve to something else (a rename, a removal, a
+/// lost watch, a lost event): every watch is dropped and placed again on the next reads.
+fn structural() -> ReadFlags {
+    ReadFlags::MOVED_FROM
+        | ReadFlags::MOVED_TO
+        | ReadFlags::DELETE
+        | ReadFlags::DELETE_SELF
+        | ReadFlags::MOVE_SELF
+        | ReadFlags::IGNORED
+        | ReadFlags::QUEUE_OVERFLOW
+        | ReadFlags::UNMOUNT
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher")
+            .field("root", &self.root)
+            .field("generation", &self.generation.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn new_instance() -> rustix::io::Result<OwnedFd> {
+    inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC)
+}
+
+impl Watcher {
+    /// A watcher for the tree under `root` (canonical), or `None` when inotify is unavailable
+    /// or `root` is not on a local filesystem.
+    pub fn new(root: &Path) -> Option<Watcher> {
+        if !is_local_filesystem(root) {
+            tracing::info!(root = %root.display(), "storage root is not on a local filesystem: every hot read is revalidated with a stat");
+            return None;
+        }
+        let fd = match new_instance() {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(error = %e, "inotify unavailable: every hot read is revalidated with a stat");
+                return None;
+            }
+        };
+        Some(Watcher {
+            root: root.to_owned(),
+            state: Mutex::new(State {
+                fd,
+                buf: vec![MaybeUninit::uninit(); 16 * 1024],
+                watched: HashSet::new(),
+            }),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Take in every change queued so far; returns the current generation. An entry confirmed
+    /// in this generation (with its watches in place) is still current.
+    pub fn sync(&self) -> u64 {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let mut changed = false;
+        let mut reset = false;
+        let mut reader = inotify::Reader::new(&state.fd, &mut state.buf);
+        loop {
+            match reader.next() {
+                Ok(event) => {
+                    changed = true;
+                    reset |= event.events().intersects(structural());
+                }
+                Err(Errno::AGAIN) => break,
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading inotify events failed; watching anew");
+                    changed = true;
+                    reset = true;
+                    break;
+                }
+            }
+        }
+        if reset {
+            // A fresh instance drops every old watch at once (the kernel removes them with the
+            // old descriptor); paths are watched again as they are read.
+            match new_instance() {
+                Ok(fd) => state.fd = fd,
+                Err(e) => tracing::warn!(error = %e, "cannot renew the inotify instance"),
+            }
+            state.watched.clear();
+        }
+        if changed {
+            self.generation.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            self.generation.load(Ordering::SeqCst)
+        }
+    }
+
+    /// Make sure that any later change to the file at `key` (relative to the root), or to a
+    /// directory on its path, is reported. `false` if that cannot be promised (then the
+    /// caller revalidates with a `stat` on every read). Call before reading the file.
+    pub fn watch(&self, key: &str) -> bool {
+        let mut state = self.lock();
+        let mut path = self.root.clone();
+        if !self.watch_one(&mut state, &path) {
+            return false;
+        }
+        for part in key.trim_end_matches('/').split('/') {
+            path.push(part);
+            if !self.watch_one(&mut state, &path) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn watch_one(&self, state: &mut State, path: &Path) -> bool {
+        if state.watched.contains(path) {
+            return true;
+        }
+        if state.watched.len() >= MAX_WATCHES {
+            return false;
+        }
+        // Only directories are checked: a file is on its directory's filesystem.
+        if path.is_dir() && !is_local_filesystem(path) {
+            return false;
+        }
+        match inotify::add_watch(&state.fd, path, watch_flags()) {
+            Ok(_) => {
+                state.watched.insert(path.to_owned());
+                true
+            }
+            Err(e) => {
+                if e == Errno::NOSPC {
+                    tracing::warn!("inotify watch limit reached (fs.inotify.max_user_watches): more hot reads are revalidated with a stat");
+                }
+                false
+            }
+        }
+    }
+
+    /// How many paths are watched (for tests and diagnostics).
+    pub fn watched(&self) -> usize {
+        self.lock().watched.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Watcher) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("@a/x/1.0.0")).unwrap();
+        std::fs::write(root.join("@a/x/1.0.0/registry.json"), b"{}").unwrap();
+        let w = Watcher::new(&root).expect("the test directory is on a local filesystem");
+        (dir, w)
+    }
+
+    #[test]
+    fn quiet_tree_keeps_its_generation_and_changes_bump_it() {
+        let (dir, w) = setup();
+        let root = dir.path().canonicalize().unwrap();
+        assert!(w.watch("@a/x/1.0.0/registry.json"));
+        // root, @a, @a/x, @a/x/1.0.0 and the file
+        assert_eq!(w.watched(), 5);
+        let g = w.sync();
+        assert_eq!(w.sync(), g, "no change, same generation");
+        std::fs::write(root.join("@a/x/1.0.0/registry.json"), b"{1}").unwrap();
+        let g2 = w.sync();
+        assert!(g2 > g, "an edit in place is seen");
+        assert_eq!(w.sync(), g2);
+        // A rename high up the path: the directory of the file is swapped.
+        std::fs::rename(root.join("@a/x"), root.join("@a/x-old")).unwrap();
+        let g3 = w.sync();
+        assert!(g3 > g2, "a moved ancestor is seen");
+        // Every watch is dropped after a structural change, to be placed again on reads.
+        assert_eq!(w.watched(), 0);
+        std::fs::create_dir_all(root.join("@a/x/1.0.0")).unwrap();
+        std::fs::write(root.join("@a/x/1.0.0/registry.json"), b"{2}").unwrap();
+        assert!(w.watch("@a/x/1.0.0/registry.json"));
+        let g4 = w.sync();
+        std::fs::write(root.join("@a/x/1.0.0/registry.json"), b"{3}").unwrap();
+        assert!(w.sync() > g4, "the new directory is watched again");
+    }
+
+    #[test]
+    fn a_hard_link_edit_elsewhere_is_seen() {
+        let (dir, w) = setup();
+        let root = dir.path().canonicalize().unwrap();
+        let outside = tempfile::tempdir_in(dir.path()).unwrap();
+        let link = outside.path().join("alias.json");
+        std::fs::hard_link(root.join("@a/x/1.0.0/registry.json"), &link).unwrap();
+        assert!(w.watch("@a/x/1.0.0/registry.json"));
+        let g = w.sync();
+        std::fs::write(&link, b"{changed}").unwrap();
+        assert!(w.sync() > g);
+    }
+
+    #[test]
+    fn missing_paths_are_not_promised() {
+        let (_dir, w) = setup();
+        assert!(!w.watch("@a/nope/1.0.0/registry.json"));
+    }
+}
