@@ -185,6 +185,10 @@ impl Watcher {
     /// directory on its path, is reported. `false` if that cannot be promised (then the
     /// caller revalidates with a `stat` on every read). Call before reading the file.
     pub fn watch(&self, key: &str) -> bool {
+        // Keys reach here before the backend sees them: never watch outside the root.
+        if super::validate_key(key).is_err() {
+            return false;
+        }
         let mut state = self.lock();
         let mut path = self.root.clone();
         if !self.watch_one(&mut state, &path) {
@@ -284,8 +288,15 @@ mod tests {
     }
 
     #[test]
-    fn missing_paths_are_not_promised() {
+    fn missing_and_invalid_paths_are_not_promised() {
         let (_dir, w) = setup();
+        assert!(!w.watch("@a/../../etc/passwd"));
+        assert!(!w.watch(""));
+        assert_eq!(
+            w.watched(),
+            0,
+            "nothing outside the root, nothing for an invalid key"
+        );
         assert!(!w.watch("@a/nope/1.0.0/registry.json"));
     }
 }
