@@ -1,10 +1,12 @@
 //! The hot-object cache (SPEC §9): small objects with their ETag and compressed variants, so a
 //! hot read does no disk read and no compression work.
 //!
-//! It never serves stale data: every read first asks storage for the object's current version
-//! (a `stat` on local disk: file identity, size and mtime; an ETag in a bucket) and uses the
-//! cached entry only if that version matches. A publish or an operator's edit therefore shows on
-//! the very next request. Bounded by total bytes (`quick_cache`, weighted by body size).
+//! It never serves stale data: a read uses a cached entry only if it knows the stored object is
+//! still that version. Either the storage's change watcher saw no change since the entry was
+//! confirmed (local disk with inotify, see [`crate::storage::watch`]), or storage is asked for the
+//! object's current version (a `stat` on local disk: file identity, size and mtime; an ETag in a
+//! bucket). A publish or an operator's edit therefore shows on the very next request. Bounded by
+//! total bytes (`quick_cache`, weighted by body size).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};

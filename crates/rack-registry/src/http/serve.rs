@@ -9,8 +9,8 @@
 //! saw it ready. Everything that is not a connection (config reload, webhook delivery, the
 //! acceptor) stays on the main multi-threaded runtime. Blocking work of a request (a read on a
 //! cache miss, a large namespace walk) goes to its worker's blocking pool (`spawn_blocking`);
-//! only the single `stat` that revalidates a hot object, or a few for a small cached walk, runs
-//! inline, as in nginx.
+//! only the revalidation of a hot object (draining the inotify queue, or one `stat`), or a few
+//! `stat`s for a small cached walk, runs inline, as in nginx.
 //!
 //! Shutdown follows `axum::serve`'s graceful mode: stop accepting, let in-flight requests
 //! finish, close idle keep-alive connections, and return once every connection is closed.
