@@ -77,6 +77,9 @@ struct State {
     buf: Vec<MaybeUninit<u8>>,
     /// Paths with a watch on whatever they resolved to when it was placed.
     watched: HashSet<PathBuf>,
+    /// Directories found on a filesystem that is not watched, so that reads under them do not
+    /// ask `statfs` again each time (forgotten with the watches).
+    foreign: HashSet<PathBuf>,
 }
 
 pub struct Watcher {
@@ -132,6 +135,7 @@ impl Watcher {
                 fd,
                 buf: vec![MaybeUninit::uninit(); 16 * 1024],
                 watched: HashSet::new(),
+                foreign: HashSet::new(),
             }),
             generation: AtomicU64::new(0),
         })
@@ -173,6 +177,7 @@ impl Watcher {
                 Err(e) => tracing::warn!(error = %e, "cannot renew the inotify instance"),
             }
             state.watched.clear();
+            state.foreign.clear();
         }
         if changed {
             self.generation.fetch_add(1, Ordering::SeqCst) + 1
@@ -207,11 +212,14 @@ impl Watcher {
         if state.watched.contains(path) {
             return true;
         }
-        if state.watched.len() >= MAX_WATCHES {
+        if state.watched.len() >= MAX_WATCHES || state.foreign.contains(path) {
             return false;
         }
         // Only directories are checked: a file is on its directory's filesystem.
         if path.is_dir() && !is_local_filesystem(path) {
+            if state.foreign.len() < MAX_WATCHES {
+                state.foreign.insert(path.to_owned());
+            }
             return false;
         }
         match inotify::add_watch(&state.fd, path, watch_flags()) {
@@ -285,6 +293,20 @@ mod tests {
         let g = w.sync();
         std::fs::write(&link, b"{changed}").unwrap();
         assert!(w.sync() > g);
+    }
+
+    #[test]
+    fn directories_on_other_filesystems_are_not_watched() {
+        let (dir, w) = setup();
+        let root = dir.path().canonicalize().unwrap();
+        // procfs stands for any filesystem not known to report every change (NFS, FUSE...).
+        std::os::unix::fs::symlink("/proc/self", root.join("@a/proc")).unwrap();
+        for _ in 0..2 {
+            assert!(!w.watch("@a/proc/status"));
+        }
+        assert!(w.lock().foreign.contains(&root.join("@a/proc")));
+        // Root and @a were watched on the way down; nothing below the foreign directory.
+        assert_eq!(w.watched(), 2);
     }
 
     #[test]
