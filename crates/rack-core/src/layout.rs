@@ -9,13 +9,13 @@ pub const HEALTHCHECK_KEY: &str = ".healthcheck";
 pub const BUCKET_AUTH_KEY: &str = ".auth/auth.json";
 
 /// `@ns/seg1/seg2`
-pub fn registry_key(namespace: &str, segments: &[String]) -> String {
-    let len = namespace.len() + segments.iter().map(|s| s.len() + 1).sum::<usize>();
+pub fn registry_key<S: AsRef<str>>(namespace: &str, segments: &[S]) -> String {
+    let len = namespace.len() + segments.iter().map(|s| s.as_ref().len() + 1).sum::<usize>();
     let mut key = String::with_capacity(len);
     key.push_str(namespace);
     for s in segments {
         key.push('/');
-        key.push_str(s);
+        key.push_str(s.as_ref());
     }
     key
 }
@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn keys() {
-        let r = registry_key("@rack", &["build".into(), "rollup".into()]);
+        let r = registry_key("@rack", &["build", "rollup"]);
         assert_eq!(r, "@rack/build/rollup");
         assert_eq!(versions_key(&r), "@rack/build/rollup/versions.json");
         assert_eq!(

@@ -237,15 +237,8 @@ pub fn parse_registry_path(rest: &str) -> Result<RegistryResource, ApiError> {
     if !segments.iter().all(|s| is_segment(s)) {
         return Err(ApiError::invalid_path());
     }
-    let mut key =
-        String::with_capacity(namespace.len() + segments.iter().map(|s| s.len() + 1).sum::<usize>());
-    key.push_str(namespace);
-    for s in segments {
-        key.push('/');
-        key.push_str(s);
-    }
     Ok(RegistryResource {
-        key,
+        key: crate::layout::registry_key(namespace, segments),
         namespace_len: namespace.len(),
         kind,
     })
