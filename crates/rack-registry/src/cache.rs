@@ -116,10 +116,7 @@ impl HotCache {
             }
         }
         // Watches go in before the stat and the read, so no change after them is missed.
-        let watched = match watcher {
-            Some(w) => w.watch(key),
-            None => false,
-        };
+        let watched = watcher.is_some_and(|w| w.watch(key));
         let confirmed = if watched { generation } else { UNWATCHED };
         let Some(meta) = storage.head(key).await? else {
             self.inner.remove(key);

@@ -68,8 +68,10 @@ const LOCAL_FILESYSTEMS: [u64; 9] = [
     0x8584_58F6, // ramfs
 ];
 
-fn is_local_filesystem(dir: &Path) -> bool {
-    rustix::fs::statfs(dir).is_ok_and(|s| LOCAL_FILESYSTEMS.contains(&(s.f_type as u64)))
+/// Whether `path` is on a watched filesystem (`None`: it cannot be asked, e.g. it is missing).
+fn on_local_filesystem(path: &Path) -> Option<bool> {
+    let s = rustix::fs::statfs(path).ok()?;
+    Some(LOCAL_FILESYSTEMS.contains(&(s.f_type as u64)))
 }
 
 struct State {
@@ -118,7 +120,7 @@ impl Watcher {
     /// A watcher for the tree under `root` (canonical), or `None` when inotify is unavailable
     /// or `root` is not on a local filesystem.
     pub fn new(root: &Path) -> Option<Watcher> {
-        if !is_local_filesystem(root) {
+        if on_local_filesystem(root) != Some(true) {
             tracing::info!(root = %root.display(), "storage root is not on a local filesystem: every hot read is revalidated with a stat");
             return None;
         }
@@ -215,12 +217,17 @@ impl Watcher {
         if state.watched.len() >= MAX_WATCHES || state.foreign.contains(path) {
             return false;
         }
-        // Only directories are checked: a file is on its directory's filesystem.
-        if path.is_dir() && !is_local_filesystem(path) {
-            if state.foreign.len() < MAX_WATCHES {
-                state.foreign.insert(path.to_owned());
+        // Every path is asked, files too (a bind-mounted file may be on another filesystem
+        // than its directory); a missing one is not remembered, it may appear.
+        match on_local_filesystem(path) {
+            None => return false,
+            Some(false) => {
+                if state.foreign.len() < MAX_WATCHES {
+                    state.foreign.insert(path.to_owned());
+                }
+                return false;
             }
-            return false;
+            Some(true) => {}
         }
         match inotify::add_watch(&state.fd, path, watch_flags()) {
             Ok(_) => {
@@ -320,5 +327,9 @@ mod tests {
             "nothing outside the root, nothing for an invalid key"
         );
         assert!(!w.watch("@a/nope/1.0.0/registry.json"));
+        assert!(
+            w.lock().foreign.is_empty(),
+            "a missing path may still appear: not foreign"
+        );
     }
 }
