@@ -13,11 +13,16 @@ use std::time::{Duration, Instant};
 
 use common::{Server, World, ADMIN_TOKEN};
 
+/// `host:port` of a server's base URL, for raw TCP connections.
+fn host_port(base: &str) -> String {
+    base.strip_prefix("http://").unwrap().to_owned()
+}
+
 /// One keep-alive HTTP/1.1 connection: `n` GETs of `path` in a row; every answer must be a 200
 /// carrying `expect` as its body.
 fn keep_alive_gets(base: &str, path: &str, n: usize, expect: &[u8]) {
-    let addr = base.strip_prefix("http://").unwrap();
-    let mut conn = TcpStream::connect(addr).unwrap();
+    let addr = host_port(base);
+    let mut conn = TcpStream::connect(&addr).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut pending = Vec::new();
     for i in 0..n {
@@ -97,7 +102,7 @@ fn http2_with_prior_knowledge() {
     let world = World::new();
     let server = Server::world(&world);
     let manifest = rollup_manifest(&world);
-    let addr = server.base.strip_prefix("http://").unwrap().to_owned();
+    let addr = host_port(&server.base);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -131,7 +136,7 @@ fn http2_with_prior_knowledge() {
 fn sigterm_lets_an_upload_in_flight_finish() {
     let world = World::new();
     let server = Server::world(&world);
-    let addr = server.base.strip_prefix("http://").unwrap().to_owned();
+    let addr = host_port(&server.base);
     let package = pkg::simple("@company", "inflight", "1.0.0");
     let checksum = pkg::sha256_hex(&package);
     let boundary = "xBOUNDARYx";
@@ -205,7 +210,7 @@ fn idle_keep_alive_connections_do_not_delay_shutdown() {
     let world = World::new();
     let server = Server::world(&world);
     let manifest = rollup_manifest(&world);
-    let addr = server.base.strip_prefix("http://").unwrap().to_owned();
+    let addr = host_port(&server.base);
     let mut idle = Vec::new();
     for _ in 0..4 {
         let mut conn = TcpStream::connect(&addr).unwrap();
@@ -240,7 +245,7 @@ fn idle_keep_alive_connections_do_not_delay_shutdown() {
 fn slow_headers_and_idle_connections_are_cut_after_the_header_timeout() {
     let world = World::new();
     let server = Server::start(world.path(), &world.env_with(&[("HEADER_TIMEOUT_SECONDS", "1")]));
-    let addr = server.base.strip_prefix("http://").unwrap().to_owned();
+    let addr = host_port(&server.base);
 
     let mut slow = TcpStream::connect(&addr).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
