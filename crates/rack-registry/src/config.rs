@@ -105,6 +105,11 @@ pub struct ServeArgs {
     /// Memory for the hot-object cache in bytes; 0 disables it [default: 67108864]
     #[arg(long, env = "CACHE_MAX_BYTES")]
     pub cache_max_bytes: Option<String>,
+    /// Objects above the hot cache's 256 KiB per-object limit and up to this size are
+    /// compressed once in the background and kept in a tier of half CACHE_MAX_BYTES; larger
+    /// ones are always sent identity [default: 8388608]
+    #[arg(long, env = "COMPRESS_MAX_BYTES")]
+    pub compress_max_bytes: Option<String>,
     /// Largest accepted registry.json in bytes [default: 1048576]
     #[arg(long, env = "MAX_MANIFEST_BYTES")]
     pub max_manifest_bytes: Option<String>,
@@ -115,6 +120,10 @@ pub struct ServeArgs {
     /// connections [default: 30]
     #[arg(long, env = "HEADER_TIMEOUT_SECONDS")]
     pub header_timeout_seconds: Option<String>,
+    /// Most connections open at once; at the cap new ones wait in the listen backlog
+    /// [default: the file-descriptor limit less a quarter (at least 64) for storage]
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
     /// Local storage: watch files with inotify so that hot reads need no stat (`auto`), or
     /// stat every hot read (`off`) [default: auto]
     #[arg(long, env = "FS_WATCH")]
@@ -174,6 +183,8 @@ pub struct Limits {
     pub max_extracted_bytes: u64,
     pub max_manifest_bytes: u64,
     pub cache_max_bytes: u64,
+    /// Objects larger than this are always served identity (never compressed).
+    pub compress_max_bytes: u64,
 }
 
 /// Webhook delivery policy (SPEC §7: 4 attempts, 2 s, 4 s, 8 s, 30 s per attempt).
@@ -222,6 +233,8 @@ pub struct Config {
     pub http_workers: usize,
     /// Time allowed to send a request's headers (and to stay idle between requests).
     pub header_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
     /// Whether the local backend may use inotify to skip the per-read stat (`FS_WATCH`).
     pub fs_watch: bool,
 }
@@ -395,6 +408,7 @@ impl Config {
                 1,
             )?,
             cache_max_bytes: parse_u64("CACHE_MAX_BYTES", &a.cache_max_bytes, 64 * 1024 * 1024, 0)?,
+            compress_max_bytes: parse_u64("COMPRESS_MAX_BYTES", &a.compress_max_bytes, 8 * 1024 * 1024, 0)?,
         };
         let webhook = WebhookSettings {
             max_attempts: parse_u64("WEBHOOK_MAX_ATTEMPTS", &a.webhook_max_attempts, 4, 1)?
@@ -421,6 +435,10 @@ impl Config {
             30,
             1,
         )?);
+        let max_connections = match given(&a.max_connections) {
+            None => crate::http::serve::default_max_connections(),
+            Some(_) => parse_u64("MAX_CONNECTIONS", &a.max_connections, 0, 1)?.min(1 << 20) as usize,
+        };
         let fs_watch = match given(&a.fs_watch).map(str::to_ascii_lowercase).as_deref() {
             None | Some("auto") => true,
             Some("off") => false,
@@ -430,6 +448,7 @@ impl Config {
             fs_watch,
             http_workers,
             header_timeout,
+            max_connections,
             host,
             port,
             log_level,

@@ -10,6 +10,24 @@ use prometheus::{
 };
 use rack_core::ErrorKind;
 
+/// The `method` label: one of the methods of RFC 9110 (and PATCH), anything else `other`.
+/// hyper accepts any token as a method, so the raw method would let a client create a series
+/// (and 60 KB of label) per request.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
 /// Buckets of `http_request_duration_seconds` (SPEC §8).
 pub const DURATION_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 
@@ -126,26 +144,27 @@ impl Metrics {
     /// call, while a handle is a few atomic adds. The label sets are few (method, route
     /// template, status), so the per-thread list stays short; it is capped all the same.
     pub fn observe_request(&self, method: &Method, route: &'static str, status: StatusCode, seconds: f64) {
-        type Handles = Vec<(u64, Method, &'static str, StatusCode, Histogram)>;
+        type Handles = Vec<(u64, &'static str, &'static str, StatusCode, Histogram)>;
         const MAX_HANDLES: usize = 256;
         thread_local! {
             static HANDLES: std::cell::RefCell<Handles> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        let method = method_label(method);
         HANDLES.with_borrow_mut(|handles| {
             let found = handles
                 .iter()
-                .find(|(id, m, r, s, _)| *id == self.id && *s == status && *r == route && m == method);
+                .find(|(id, m, r, s, _)| *id == self.id && *s == status && *r == route && *m == method);
             match found {
                 Some(h) => h.4.observe(seconds),
                 None => {
                     let h = self
                         .http_duration
-                        .with_label_values(&[method.as_str(), route, status.as_str()]);
+                        .with_label_values(&[method, route, status.as_str()]);
                     h.observe(seconds);
                     if handles.len() >= MAX_HANDLES {
                         handles.clear();
                     }
-                    handles.push((self.id, method.clone(), route, status, h));
+                    handles.push((self.id, method, route, status, h));
                 }
             }
         });

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::audit::Audit;
+use crate::cache::large::LargeObjects;
 use crate::cache::{HotCache, ListingCache};
 use crate::config::{Backend, Config};
 use crate::metrics::Metrics;
@@ -97,6 +98,10 @@ pub async fn run(config: Config) -> Result<(), String> {
         limits: config.limits.clone(),
         metrics,
         cache: HotCache::new(config.limits.cache_max_bytes),
+        large: Arc::new(LargeObjects::new(
+            config.limits.cache_max_bytes / 2,
+            config.limits.compress_max_bytes,
+        )),
         listings: ListingCache::default(),
         rate_limiter: RateLimiter::new(config.limits.rate_limit_max, config.limits.rate_limit_window),
         audit,
@@ -122,10 +127,16 @@ pub async fn run(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(storage = %storage.describe(), workers = config.http_workers, "listening on http://{local}");
+    tracing::info!(
+        storage = %storage.describe(),
+        workers = config.http_workers,
+        max_connections = config.max_connections,
+        "listening on http://{local}"
+    );
     let settings = http::serve::Settings {
         workers: config.http_workers,
         header_timeout: config.header_timeout,
+        max_connections: config.max_connections,
     };
     http::serve::serve(listener, http::service(state), settings, shutdown_signal())
         .await

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use rack_core::auth::{Admin, Policy};
 
 use crate::audit::Audit;
+use crate::cache::large::LargeObjects;
 use crate::cache::{HotCache, ListingCache};
 use crate::config::{Limits, TrustProxy};
 use crate::events::PublishSink;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     pub cache: HotCache,
+    /// Objects too large for `cache`: streamed, with remembered tags and compressed forms.
+    pub large: Arc<LargeObjects>,
     pub listings: ListingCache,
     pub rate_limiter: RateLimiter,
     pub audit: Arc<Audit>,

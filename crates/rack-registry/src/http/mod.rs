@@ -145,7 +145,7 @@ async fn handle(
         }
     }
     match result {
-        Ok(reply) => reply.respond(headers),
+        Ok(reply) => reply.respond(headers, method == Method::HEAD).await,
         Err(e) => e.into_response(),
     }
 }

@@ -12,15 +12,51 @@ use rack_core::route::{CacheTier, RegistryResource, ResourceKind};
 use rack_core::ApiError;
 use serde_json::json;
 
-use super::response::{ApiResult, ErrorReply, Reply};
-use crate::cache::Cached;
+use super::response::{ApiResult, ErrorReply, Reply, Streamed};
+use crate::cache::{Cached, Found};
 use crate::state::AppState;
 use crate::storage::StorageError;
 
 /// A storage failure is a 500 for the client and a log line (with the key) for the operator.
 pub fn internal(e: impl std::fmt::Display) -> ErrorReply {
-    tracing::error!(error = %e, "storage failure");
+    tracing::error!(error = %crate::storage::bounded(&e.to_string()), "storage failure");
     ErrorReply(ApiError::internal())
+}
+
+/// The object at `key` as a reply: from the hot cache, or streamed when it is too large for
+/// it. `None` if absent.
+async fn object(
+    state: &AppState,
+    key: &str,
+    content_type: &'static str,
+    cache: CacheTier,
+) -> Result<Option<Reply>, ErrorReply> {
+    match state
+        .cache
+        .lookup(state.storage.as_ref(), key)
+        .await
+        .map_err(internal)?
+    {
+        None => Ok(None),
+        Some(Found::Small(obj)) => Ok(Some(Reply::object(obj, content_type, cache))),
+        Some(Found::Large(_)) => {
+            let opened = state
+                .large
+                .open(state.storage.as_ref(), key)
+                .await
+                .map_err(internal)?;
+            Ok(opened.map(|(etag, stream)| {
+                let streamed = Streamed {
+                    key: key.to_owned(),
+                    etag,
+                    stream,
+                    storage: state.storage.clone(),
+                    large: state.large.clone(),
+                };
+                Reply::streamed(streamed, content_type, cache)
+            }))
+        }
+    }
 }
 
 /// The current object at `key`, through the hot cache (which revalidates against storage).
@@ -64,31 +100,35 @@ pub async fn registry(state: &AppState, ctx: &Ctx<'_>, res: RegistryResource) ->
                 .versions_file()
                 .and_then(VersionsFile::latest)
                 .ok_or_else(ApiError::no_versions)?;
-            let obj = get(state, &layout::manifest_key(registry, latest))
+            let key = layout::manifest_key(registry, latest);
+            Ok(object(state, &key, "application/json", cache)
                 .await?
-                .ok_or_else(ApiError::not_found)?;
-            Ok(Reply::object(obj, "application/json", cache))
+                .ok_or_else(ApiError::not_found)?)
         }
         ResourceKind::Version(v) => {
-            let obj = get(state, &layout::manifest_key(registry, v))
+            let key = layout::manifest_key(registry, v);
+            Ok(object(state, &key, "application/json", cache)
                 .await?
-                .ok_or_else(ApiError::not_found)?;
-            Ok(Reply::object(obj, "application/json", cache))
+                .ok_or_else(ApiError::not_found)?)
         }
         ResourceKind::File { version, path } => {
-            let obj = get(state, &layout::file_key(registry, version, path))
+            let key = layout::file_key(registry, version, path);
+            Ok(object(state, &key, content_type(path), cache)
                 .await?
-                .ok_or_else(ApiError::not_found)?;
-            Ok(Reply::object(obj, content_type(path), cache))
+                .ok_or_else(ApiError::not_found)?)
         }
     }
 }
 
 pub async fn preset(state: &AppState, name: &str) -> ApiResult {
-    let obj = get(state, &layout::preset_key(name))
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    Ok(Reply::object(obj, "application/json", CacheTier::Day))
+    Ok(object(
+        state,
+        &layout::preset_key(name),
+        "application/json",
+        CacheTier::Day,
+    )
+    .await?
+    .ok_or_else(ApiError::not_found)?)
 }
 
 /// `/schemas/<file>` serves `<SCHEMA_DIR>/<file>` byte for byte (`file` is from the allowlist).

@@ -13,8 +13,20 @@ use rack_core::route::CacheTier;
 use rack_core::ApiError;
 use sha2::{Digest, Sha256};
 
+use crate::cache::large::LargeObjects;
 use crate::cache::Cached;
 use crate::compression::{self, Encoding, MIN_COMPRESS_BYTES};
+use crate::storage::{ObjectStream, Storage};
+
+/// A large object to be streamed (see [`crate::cache::large`]): the open stream, its tag, and
+/// what is needed to look up or make its compressed forms.
+pub struct Streamed {
+    pub key: String,
+    pub etag: String,
+    pub stream: ObjectStream,
+    pub storage: Arc<dyn Storage>,
+    pub large: Arc<LargeObjects>,
+}
 
 /// A successful read: bytes, their type and cache tier, and the cache entry they came from
 /// (which carries the precomputed ETag and compressed variants).
@@ -24,6 +36,8 @@ pub struct Reply {
     pub content_type: &'static str,
     pub cache: CacheTier,
     pub object: Option<Arc<Cached>>,
+    /// A large object, streamed (then `body` is empty).
+    pub streamed: Option<Streamed>,
 }
 
 impl Reply {
@@ -34,6 +48,19 @@ impl Reply {
             content_type,
             cache,
             object: None,
+            streamed: None,
+        }
+    }
+
+    /// A large object, streamed from storage.
+    pub fn streamed(streamed: Streamed, content_type: &'static str, cache: CacheTier) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            body: Bytes::new(),
+            content_type,
+            cache,
+            object: None,
+            streamed: Some(streamed),
         }
     }
 
@@ -45,6 +72,7 @@ impl Reply {
             content_type,
             cache,
             object: Some(object),
+            streamed: None,
         }
     }
 
@@ -56,7 +84,11 @@ impl Reply {
 /// A strong ETag derived from the bytes alone (SPEC §9): the same content gives the same tag on
 /// every replica and after a restart. 128 bits of SHA-256 are kept.
 pub fn etag_of(body: &[u8]) -> String {
-    let digest = Sha256::digest(body);
+    etag_from_digest(&Sha256::digest(body))
+}
+
+/// The ETag for a SHA-256 digest of the content (for content hashed as a stream).
+pub fn etag_from_digest(digest: &[u8]) -> String {
     format!("\"{}\"", hex::encode(&digest[..16]))
 }
 
@@ -89,25 +121,48 @@ pub fn with_suffix(etag: &str, enc: Option<Encoding>) -> String {
     }
 }
 
+/// What the body of a 200 is made of.
+enum Payload {
+    Bytes(Bytes),
+    Stream(ObjectStream),
+    /// HEAD of a representation whose compressed form is not made yet: no length to announce.
+    UnknownLength,
+}
+
 impl Reply {
     /// The response for a request with these headers: a 200 carries an `ETag`; a matching
     /// `If-None-Match` turns it into a 304 with `ETag` and `Cache-Control` and no body; the body
     /// is compressed when the type is worth it and the client accepts an encoding we offer.
-    pub fn respond(self, req_headers: &HeaderMap) -> Response {
+    ///
+    /// Compression never runs on the connection's thread beyond a small body, and a HEAD never
+    /// compresses: it announces the encoding a GET would get, with the length only if that
+    /// form is already made. Large objects are compressed only in the background; until then
+    /// they are sent identity.
+    pub async fn respond(mut self, req_headers: &HeaderMap, head: bool) -> Response {
         // Live answers (`/health`, `/metrics`) are never cached, so they get no validator.
         if self.status != StatusCode::OK || self.cache == CacheTier::NoStore {
             return self.into_response();
         }
         let computed;
-        let base_etag = match &self.object {
-            Some(o) => o.etag.as_str(),
-            None => {
+        let base_etag = match (&self.object, &self.streamed) {
+            (Some(o), _) => o.etag.as_str(),
+            (None, Some(s)) => s.etag.as_str(),
+            (None, None) => {
                 computed = etag_of(&self.body);
                 computed.as_str()
             }
         };
-        let varies = is_compressible(self.content_type) && self.body.len() >= MIN_COMPRESS_BYTES;
-        let encoding = varies
+        let size = match &self.streamed {
+            Some(s) => s.stream.meta.size,
+            None => self.body.len() as u64,
+        };
+        let varies = is_compressible(self.content_type)
+            && size >= MIN_COMPRESS_BYTES as u64
+            && self
+                .streamed
+                .as_ref()
+                .is_none_or(|s| s.large.compressible_size(size));
+        let mut encoding = varies
             .then(|| {
                 req_headers
                     .get(header::ACCEPT_ENCODING)
@@ -115,9 +170,23 @@ impl Reply {
             })
             .flatten()
             .and_then(compression::negotiate);
-        let etag_value = match &self.object {
-            Some(o) => o.etag_header(encoding),
-            None => {
+        // A large object: its compressed form if made, else identity (and, for a GET, a
+        // background job to make it).
+        let mut variant = None;
+        if let (Some(enc), Some(s)) = (encoding, &self.streamed) {
+            variant = s.large.variant(&s.key, &s.stream.meta.version, enc);
+            if variant.is_none() {
+                if !head {
+                    s.large
+                        .schedule(s.storage.clone(), &s.key, &s.stream.meta.version, &s.etag, enc);
+                }
+                encoding = None;
+            }
+        }
+        let etag_value = match (&self.object, &variant) {
+            (Some(o), _) => o.etag_header(encoding),
+            (None, Some(v)) => v.etag_header.clone(),
+            (None, None) => {
                 HeaderValue::from_str(&with_suffix(base_etag, encoding)).expect("hex is a valid header value")
             }
         };
@@ -130,37 +199,118 @@ impl Reply {
         let mut res = if not_modified {
             // A body of unknown length: with `Body::empty()` the HTTP stack would add
             // `Content-Length: 0` to a HEAD 304, which a GET 304 does not carry.
-            let nothing = futures::stream::empty::<Result<Bytes, std::convert::Infallible>>();
-            let mut res = Response::new(Body::from_stream(nothing));
+            let mut res = Response::new(unsized_empty());
             *res.status_mut() = StatusCode::NOT_MODIFIED;
             res.headers_mut()
                 .insert(header::CACHE_CONTROL, cache_control(self.cache));
             res
         } else {
-            match encoding {
-                None => self.into_response(),
-                Some(enc) => {
-                    let encoded = match &self.object {
-                        Some(o) => o.encoded(enc),
-                        None => Bytes::from(compression::compress(enc, &self.body)),
-                    };
-                    let mut res = Reply {
-                        body: encoded,
-                        object: None,
-                        ..self
-                    }
-                    .into_response();
+            let payload = match (encoding, variant, self.streamed.take()) {
+                (None, _, Some(s)) => Payload::Stream(s.stream),
+                (None, _, None) => Payload::Bytes(std::mem::take(&mut self.body)),
+                (Some(_), Some(v), _) => Payload::Bytes(v.body.clone()),
+                (Some(enc), None, _) => match &self.object {
+                    Some(o) if head => o
+                        .encoded_if_ready(enc)
+                        .map_or(Payload::UnknownLength, Payload::Bytes),
+                    Some(o) => Payload::Bytes(o.encoded_off_thread(enc).await),
+                    // Bodies made per request (listings, JSON) are small.
+                    None => Payload::Bytes(Bytes::from(compression::compress(enc, &self.body))),
+                },
+            };
+            let mut res = match payload {
+                Payload::Bytes(body) => Reply {
+                    body,
+                    object: None,
+                    ..self
+                }
+                .into_response(),
+                Payload::Stream(stream) => {
+                    let mut res = Reply { object: None, ..self }.into_response();
                     res.headers_mut()
-                        .insert(header::CONTENT_ENCODING, content_encoding(enc));
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(stream.meta.size));
+                    if !head {
+                        *res.body_mut() = Body::new(SizedStream::new(stream));
+                    }
                     res
                 }
+                Payload::UnknownLength => {
+                    let mut res = Reply { object: None, ..self }.into_response();
+                    res.headers_mut().remove(header::CONTENT_LENGTH);
+                    *res.body_mut() = unsized_empty();
+                    res
+                }
+            };
+            if let Some(enc) = encoding {
+                res.headers_mut()
+                    .insert(header::CONTENT_ENCODING, content_encoding(enc));
             }
+            res
         };
         res.headers_mut().insert(header::ETAG, etag_value);
         if varies {
             res.headers_mut().insert(header::VARY, VARY_ACCEPT_ENCODING);
         }
         res
+    }
+}
+
+/// An empty body whose length is not announced.
+fn unsized_empty() -> Body {
+    Body::from_stream(futures::stream::empty::<Result<Bytes, std::convert::Infallible>>())
+}
+
+/// A streamed object as a response body of exactly its size, so that HTTP/1 frames it with
+/// `Content-Length` (SPEC §14), and a stream that ends early or runs long is an error (the
+/// connection is cut) rather than a wrong body.
+struct SizedStream {
+    inner: futures::stream::BoxStream<'static, std::io::Result<Bytes>>,
+    remaining: u64,
+}
+
+impl SizedStream {
+    fn new(stream: ObjectStream) -> SizedStream {
+        SizedStream {
+            remaining: stream.meta.size,
+            inner: stream.body,
+        }
+    }
+}
+
+impl http_body::Body for SizedStream {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        use futures::StreamExt;
+        use std::task::Poll;
+        match self.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                let len = chunk.len() as u64;
+                if len > self.remaining {
+                    return Poll::Ready(Some(Err(std::io::Error::other("object grew while being sent"))));
+                }
+                self.remaining -= len;
+                Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) if self.remaining > 0 => {
+                Poll::Ready(Some(Err(std::io::Error::other("object shrank while being sent"))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
     }
 }
 

@@ -14,23 +14,42 @@
 //!
 //! Shutdown follows `axum::serve`'s graceful mode: stop accepting, let in-flight requests
 //! finish, close idle keep-alive connections, and return once every connection is closed.
+//!
+//! No connection may hold a file descriptor for free (a silent socket, a partial HTTP/2
+//! preface, an HTTP/2 connection that only pings). Each connection has a watchdog:
+//! - until its first request head has arrived, it is dropped `header_timeout` after accept,
+//!   whatever it sent (hyper's own header timeout starts only with the first byte, and the
+//!   HTTP/1-or-2 sniffing before it has none);
+//! - afterwards, once no request has been in flight for `header_timeout`, it is shut down
+//!   gracefully (HTTP/2 GOAWAY, HTTP/1 close after the current response), and dropped if it
+//!   then makes no progress (bytes read or written) for another `header_timeout`, so a reader
+//!   that stops reading cannot pin it either;
+//! - HTTP/2 peers are pinged every `header_timeout` and dropped if they do not answer.
+//!
+//! The number of open connections is capped ([`Settings::max_connections`]): at the cap the
+//! acceptor waits (new connections queue in the kernel's backlog) and says so in the log.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use std::future::Future;
 
 use axum::response::Response;
 use http::Request;
 use hyper::body::Incoming;
+use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
 
-type Handoff = (std::net::TcpStream, SocketAddr);
+type Handoff = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
 
 /// How connections are served.
 #[derive(Debug, Clone, Copy)]
@@ -38,10 +57,33 @@ pub struct Settings {
     /// Worker threads (at least one).
     pub workers: usize,
     /// How long a client may take to send the headers of a request, including the first one on
-    /// a new connection, before the connection is closed (slowloris defence). A keep-alive
-    /// connection idle for this long between requests is closed too. Costs a timer per
-    /// request (about 5 % of a small read's CPU), as nginx's `client_header_timeout` does.
+    /// a new connection, before the connection is closed (slowloris defence). A connection
+    /// with no request in flight for this long is closed too, on HTTP/1 and HTTP/2. Costs a
+    /// timer per request (about 5 % of a small read's CPU), as nginx's `client_header_timeout`
+    /// does.
     pub header_timeout: Duration,
+    /// Most connections open at once (at least one).
+    pub max_connections: usize,
+}
+
+/// The default connection cap: the file-descriptor limit (raised to its hard maximum first),
+/// less a quarter (at least 64) left for storage, logs, the config watcher and webhooks.
+pub fn default_max_connections() -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(cur), Some(max)) = (limit.current, limit.maximum) {
+        if cur < max {
+            let raised = rustix::process::Rlimit {
+                current: Some(max.min(1 << 20)),
+                maximum: Some(max),
+            };
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                limit = raised;
+            }
+        }
+    }
+    let fds = limit.current.unwrap_or(1 << 20).min(1 << 20) as usize;
+    fds.saturating_sub((fds / 4).max(64)).max(1)
 }
 
 /// What the workers serve: a function from a request and the connection's peer address to
@@ -89,9 +131,28 @@ where
         );
         queues.push(tx);
     }
+    let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let mut cap_logged: Option<Instant> = None;
     tokio::pin!(shutdown);
     let mut next = 0;
     loop {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Once per minute at most, however long the cap is held.
+                if cap_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    cap_logged = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections = settings.max_connections,
+                        "connection limit reached (MAX_CONNECTIONS): new connections wait in the listen backlog"
+                    );
+                }
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                }
+            }
+        };
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => accepted,
@@ -102,7 +163,7 @@ where
                 let _ = stream.set_nodelay(true);
                 match stream.into_std() {
                     Ok(stream) => {
-                        let _ = queues[next].send((stream, peer));
+                        let _ = queues[next].send((stream, peer, permit));
                         next = (next + 1) % queues.len();
                     }
                     Err(e) => tracing::debug!(error = %e, "dropping a connection"),
@@ -149,9 +210,20 @@ fn worker<S: App>(
         }
     };
     runtime.block_on(async move {
-        let graceful = GracefulShutdown::new();
+        let tracker = TaskTracker::new();
+        let mut builder = Builder::new(TokioExecutor::new());
+        // hyper applies the header timeout only with a timer.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(header_timeout)
+            .keep_alive_timeout(header_timeout);
         loop {
-            let (stream, peer) = tokio::select! {
+            let (stream, peer, permit) = tokio::select! {
                 handed = incoming.recv() => match handed {
                     Some(h) => h,
                     None => break,
@@ -161,27 +233,218 @@ fn worker<S: App>(
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                 continue;
             };
-            let app = app.clone();
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let answer = app.call(req, peer);
-                async move { Ok::<_, Infallible>(answer.await) }
-            });
-            let mut builder = Builder::new(TokioExecutor::new());
-            // hyper applies the header timeout only with a timer.
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout);
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::trace!(error = %e, "connection ended with an error");
-                }
+            let activity = Arc::new(Activity::new());
+            let service = {
+                let (app, activity) = (app.clone(), activity.clone());
+                hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let busy = Busy::begin(activity.clone());
+                    let answer = app.call(req, peer);
+                    async move {
+                        let res = answer.await;
+                        drop(busy);
+                        Ok::<_, Infallible>(res)
+                    }
+                })
+            };
+            let io = Watched {
+                inner: TokioIo::new(stream),
+                activity: activity.clone(),
+            };
+            let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+            let stop = stop.clone();
+            tracker.spawn(async move {
+                watch_connection(conn, activity, header_timeout, stop).await;
+                drop(permit);
             });
         }
-        graceful.shutdown().await;
+        tracker.close();
+        tracker.wait().await;
     });
+}
+
+/// What the watchdog knows of a connection: requests in flight, whether one ever arrived, and
+/// when it last moved (a request began or ended, a byte was read or written).
+struct Activity {
+    born: Instant,
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    /// Milliseconds since `born` of the last request event.
+    last_request: AtomicU64,
+    /// Milliseconds since `born` of the last byte read or written.
+    last_io: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            born: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            last_request: AtomicU64::new(0),
+            last_io: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.born + Duration::from_millis(ms))
+    }
+}
+
+/// A request in flight, from its complete head to its response (not the response body, which
+/// hyper writes afterwards; a graceful shutdown lets that finish).
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn begin(a: Arc<Activity>) -> Busy {
+        a.in_flight.fetch_add(1, Ordering::Relaxed);
+        a.requests.fetch_add(1, Ordering::Relaxed);
+        a.last_request.store(a.now(), Ordering::Relaxed);
+        Busy(a)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.last_request.store(self.0.now(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serve one connection under its watchdog (see the module docs) and the stop signal.
+async fn watch_connection<C>(
+    conn: C,
+    activity: Arc<Activity>,
+    timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) where
+    C: Future + GracefulConn,
+{
+    tokio::pin!(conn);
+    let timeout_ms = timeout.as_millis() as u64;
+    // Phase 1: a request head must arrive within the timeout of the accept.
+    let mut deadline = activity.at(timeout_ms);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stop.wait_for(|s| *s), if !closing => {
+                conn.as_mut().shutdown_gracefully();
+                closing = true;
+                deadline = activity.at(activity.now() + timeout_ms);
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let now = activity.now();
+                if closing {
+                    // Draining: only progress on the wire keeps the connection.
+                    let moved = activity.last_io.load(Ordering::Relaxed);
+                    if now >= moved + timeout_ms {
+                        return;
+                    }
+                    deadline = activity.at(moved + timeout_ms);
+                } else if activity.requests.load(Ordering::Relaxed) == 0 {
+                    // Silent, a partial head or preface, or an HTTP/2 connection that never
+                    // asked for anything: nothing is lost by dropping it.
+                    return;
+                } else if activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    deadline = activity.at(now + timeout_ms);
+                } else {
+                    let last = activity.last_request.load(Ordering::Relaxed);
+                    if now >= last + timeout_ms {
+                        conn.as_mut().shutdown_gracefully();
+                        closing = true;
+                        deadline = activity.at(now + timeout_ms);
+                    } else {
+                        deadline = activity.at(last + timeout_ms);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A connection that can be asked to finish its current work and close.
+trait GracefulConn {
+    fn shutdown_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S, E> GracefulConn for hyper_util::server::conn::auto::UpgradeableConnection<'static, I, S, E>
+where
+    I: Read + Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: hyper::body::Body + Send + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn shutdown_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// The connection's socket, noting when bytes move (for the watchdog's drain phase).
+struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: Read + Unpin> Read for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if polled.is_ready() {
+            self.activity
+                .last_io
+                .store(self.activity.now(), Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: Write + Unpin> Write for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity
+                .last_io
+                .store(self.activity.now(), Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity
+                .last_io
+                .store(self.activity.now(), Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

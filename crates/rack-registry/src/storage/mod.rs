@@ -36,6 +36,14 @@ pub struct Object {
     pub body: Bytes,
 }
 
+/// An object read as a stream of chunks (for objects too large to hold whole; SPEC §11.3). The
+/// metadata is that of the object being read (on disk: of the opened file), so a reader can
+/// tell whether it is still the version it expects.
+pub struct ObjectStream {
+    pub meta: ObjectMeta,
+    pub body: futures::stream::BoxStream<'static, std::io::Result<Bytes>>,
+}
+
 /// One page of a listing.
 #[derive(Debug, Clone, Default)]
 pub struct ListPage {
@@ -111,6 +119,20 @@ pub type DirFilter = fn(&str) -> bool;
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// A key (or any client-supplied text) cut to a bounded prefix for a log line: a request can
+/// carry kilobytes of path, and a log line never carries more than this of it.
+pub fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 200;
+    if text.len() <= MAX {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}... ({} bytes)", &text[..end], text.len()))
+}
+
 /// Validate a key (or a prefix ending in `/`): relative, `/`-separated, no empty, `.` or `..`
 /// segment, no backslash or NUL. Every key from a request or an archive passes here before it
 /// touches a backend.
@@ -141,6 +163,16 @@ pub fn validate_key(key: &str) -> Result<()> {
 pub trait Storage: Send + Sync + 'static {
     /// The object at `key`, or `None`.
     async fn get(&self, key: &str) -> Result<Option<Object>>;
+
+    /// The object at `key` as a stream of chunks, or `None`. Memory stays bounded by the chunk
+    /// size whatever the object's size. The default reads the object whole (for backends
+    /// without a better way).
+    async fn get_stream(&self, key: &str) -> Result<Option<ObjectStream>> {
+        Ok(self.get(key).await?.map(|o| ObjectStream {
+            meta: o.meta,
+            body: Box::pin(futures::stream::once(async move { Ok(o.body) })),
+        }))
+    }
 
     /// The metadata of the object at `key`, or `None`.
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;

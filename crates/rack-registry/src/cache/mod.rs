@@ -7,6 +7,12 @@
 //! object's current version (a `stat` on local disk: file identity, size and mtime; an ETag in a
 //! bucket). A publish or an operator's edit therefore shows on the very next request. Bounded by
 //! total bytes (`quick_cache`, weighted by body size).
+//!
+//! Objects above [`MAX_CACHED_OBJECT`] are never held whole: [`HotCache::lookup`] answers
+//! [`Found::Large`] with their metadata, and [`large`] streams them, remembers their ETags and
+//! keeps a bounded tier of their compressed forms, made in the background.
+
+pub mod large;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -21,8 +27,20 @@ use crate::http::response::{etag_of, with_suffix};
 use crate::storage::watch::UNWATCHED;
 use crate::storage::{Object, Storage, StorageError};
 
-/// Objects larger than this are never cached (they are read from storage each time).
+/// Objects larger than this are never cached whole (they are streamed from storage).
 pub const MAX_CACHED_OBJECT: usize = 256 * 1024;
+
+/// Variants of bodies up to this size are compressed on the connection's thread (well under a
+/// millisecond at the levels used); larger ones on the blocking pool.
+pub const INLINE_COMPRESS_MAX: usize = 16 * 1024;
+
+/// What [`HotCache::lookup`] found.
+pub enum Found {
+    /// A small object, whole, with its ETag and variants.
+    Small(Arc<Cached>),
+    /// An object above [`MAX_CACHED_OBJECT`]: only its current metadata.
+    Large(crate::storage::ObjectMeta),
+}
 
 /// An object ready to be served: bytes, strong ETag, lazily computed compressed variants.
 pub struct Cached {
@@ -79,6 +97,28 @@ impl Cached {
             .get_or_init(|| Bytes::from(compress(enc, &self.body)))
             .clone()
     }
+
+    /// The body in `enc` if it was already compressed.
+    pub fn encoded_if_ready(&self, enc: Encoding) -> Option<Bytes> {
+        self.variants[enc.index()].get().cloned()
+    }
+
+    /// The body in `enc`, compressed off the connection's thread when it is large enough for
+    /// that to matter (SPEC §9: compression never stalls the other connections of a worker).
+    pub async fn encoded_off_thread(self: &Arc<Self>, enc: Encoding) -> Bytes {
+        if let Some(ready) = self.encoded_if_ready(enc) {
+            return ready;
+        }
+        if self.body.len() <= INLINE_COMPRESS_MAX {
+            return self.encoded(enc);
+        }
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.encoded(enc)).await {
+            Ok(b) => b,
+            // Only if the runtime is shutting down; compress here rather than fail.
+            Err(_) => self.encoded(enc),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -105,14 +145,33 @@ impl HotCache {
 
     /// The current object at `key`, from the cache when it is still the stored version: known
     /// unchanged by the storage's watcher, or else confirmed by asking storage for the version.
+    /// Read whole whatever its size (for the objects the server parses: `versions.json`).
     pub async fn get(&self, storage: &dyn Storage, key: &str) -> Result<Option<Arc<Cached>>, StorageError> {
+        Ok(self.fetch(storage, key, false).await?.map(|found| match found {
+            Found::Small(c) => c,
+            Found::Large(_) => unreachable!("fetch(.., false) reads every object whole"),
+        }))
+    }
+
+    /// Like [`HotCache::get`] for an object to be served: one above [`MAX_CACHED_OBJECT`] is
+    /// not read, only its metadata is returned, for [`large`] to stream it.
+    pub async fn lookup(&self, storage: &dyn Storage, key: &str) -> Result<Option<Found>, StorageError> {
+        self.fetch(storage, key, true).await
+    }
+
+    async fn fetch(
+        &self,
+        storage: &dyn Storage,
+        key: &str,
+        stream_large: bool,
+    ) -> Result<Option<Found>, StorageError> {
         let watcher = storage.watcher();
         // Taken before anything is asked of storage: a change after this point bumps it.
         let generation = watcher.map_or(UNWATCHED, |w| w.sync());
         let hit = self.inner.get(key);
         if let Some(hit) = &hit {
             if generation != UNWATCHED && hit.confirmed.load(Ordering::Acquire) == generation {
-                return Ok(Some(hit.clone()));
+                return Ok(Some(Found::Small(hit.clone())));
             }
         }
         // Watches go in before the stat and the read, so no change after them is missed.
@@ -125,8 +184,12 @@ impl HotCache {
         if let Some(hit) = hit {
             if hit.version == meta.version {
                 hit.confirmed.store(confirmed, Ordering::Release);
-                return Ok(Some(hit));
+                return Ok(Some(Found::Small(hit)));
             }
+        }
+        if stream_large && meta.size > MAX_CACHED_OBJECT as u64 {
+            self.inner.remove(key);
+            return Ok(Some(Found::Large(meta)));
         }
         let Some(obj) = storage.get(key).await? else {
             self.inner.remove(key);
@@ -137,7 +200,7 @@ impl HotCache {
         if cached.body.len() <= MAX_CACHED_OBJECT {
             self.inner.insert(key.to_owned(), cached.clone());
         }
-        Ok(Some(cached))
+        Ok(Some(Found::Small(cached)))
     }
 
     /// Drop an entry (after a write this process made).
