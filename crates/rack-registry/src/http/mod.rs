@@ -145,7 +145,7 @@ async fn handle(
         }
     }
     match result {
-        Ok(reply) => reply.respond(headers, method == Method::HEAD).await,
+        Ok(reply) => reply.respond(headers, method == Method::HEAD).finish().await,
         Err(e) => e.into_response(),
     }
 }

@@ -39,24 +39,32 @@ async fn object(
     {
         None => Ok(None),
         Some(Found::Small(obj)) => Ok(Some(Reply::object(obj, content_type, cache))),
-        Some(Found::Large(_)) => {
-            let opened = state
-                .large
-                .open(state.storage.as_ref(), key)
-                .await
-                .map_err(internal)?;
-            Ok(opened.map(|(etag, stream)| {
-                let streamed = Streamed {
-                    key: key.to_owned(),
-                    etag,
-                    stream,
-                    storage: state.storage.clone(),
-                    large: state.large.clone(),
-                };
-                Reply::streamed(streamed, content_type, cache)
-            }))
-        }
+        // Boxed: the rare path's state would otherwise enlarge every request's future.
+        Some(Found::Large(_)) => Box::pin(large(state, key, content_type, cache)).await,
     }
+}
+
+async fn large(
+    state: &AppState,
+    key: &str,
+    content_type: &'static str,
+    cache: CacheTier,
+) -> Result<Option<Reply>, ErrorReply> {
+    let opened = state
+        .large
+        .open(state.storage.as_ref(), key)
+        .await
+        .map_err(internal)?;
+    Ok(opened.map(|(etag, stream)| {
+        let streamed = Streamed {
+            key: key.to_owned(),
+            etag,
+            stream,
+            storage: state.storage.clone(),
+            large: state.large.clone(),
+        };
+        Reply::streamed(streamed, content_type, cache)
+    }))
 }
 
 /// The current object at `key`, through the hot cache (which revalidates against storage).

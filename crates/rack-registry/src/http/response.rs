@@ -14,7 +14,7 @@ use rack_core::ApiError;
 use sha2::{Digest, Sha256};
 
 use crate::cache::large::LargeObjects;
-use crate::cache::Cached;
+use crate::cache::{Cached, INLINE_COMPRESS_MAX};
 use crate::compression::{self, Encoding, MIN_COMPRESS_BYTES};
 use crate::storage::{ObjectStream, Storage};
 
@@ -36,8 +36,9 @@ pub struct Reply {
     pub content_type: &'static str,
     pub cache: CacheTier,
     pub object: Option<Arc<Cached>>,
-    /// A large object, streamed (then `body` is empty).
-    pub streamed: Option<Streamed>,
+    /// A large object, streamed (then `body` is empty). Boxed: rare, and a `Reply` is moved
+    /// several times per request.
+    pub streamed: Option<Box<Streamed>>,
 }
 
 impl Reply {
@@ -60,7 +61,7 @@ impl Reply {
             content_type,
             cache,
             object: None,
-            streamed: Some(streamed),
+            streamed: Some(Box::new(streamed)),
         }
     }
 
@@ -129,19 +130,100 @@ enum Payload {
     UnknownLength,
 }
 
+/// A response, or the rare one that must first compress a body off the connection's thread.
+pub enum Responded {
+    Now(Response),
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>),
+}
+
+impl Responded {
+    pub async fn finish(self) -> Response {
+        match self {
+            Responded::Now(res) => res,
+            Responded::Later(fut) => fut.await,
+        }
+    }
+}
+
+/// Everything of a 200 but its payload.
+struct Headed {
+    reply: Reply,
+    encoding: Option<Encoding>,
+    etag_value: HeaderValue,
+    varies: bool,
+    head: bool,
+}
+
+impl Headed {
+    fn build(self, payload: Payload) -> Response {
+        let Headed {
+            reply,
+            encoding,
+            etag_value,
+            varies,
+            head,
+        } = self;
+        let mut res = match payload {
+            Payload::Bytes(body) => Reply {
+                body,
+                object: None,
+                streamed: None,
+                ..reply
+            }
+            .into_response(),
+            Payload::Stream(stream) => {
+                let mut res = Reply {
+                    object: None,
+                    streamed: None,
+                    ..reply
+                }
+                .into_response();
+                res.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(stream.meta.size));
+                if !head {
+                    *res.body_mut() = Body::new(SizedStream::new(stream));
+                }
+                res
+            }
+            Payload::UnknownLength => {
+                let mut res = Reply {
+                    object: None,
+                    streamed: None,
+                    ..reply
+                }
+                .into_response();
+                res.headers_mut().remove(header::CONTENT_LENGTH);
+                *res.body_mut() = unsized_empty();
+                res
+            }
+        };
+        if let Some(enc) = encoding {
+            res.headers_mut()
+                .insert(header::CONTENT_ENCODING, content_encoding(enc));
+        }
+        res.headers_mut().insert(header::ETAG, etag_value);
+        if varies {
+            res.headers_mut().insert(header::VARY, VARY_ACCEPT_ENCODING);
+        }
+        res
+    }
+}
+
 impl Reply {
     /// The response for a request with these headers: a 200 carries an `ETag`; a matching
     /// `If-None-Match` turns it into a 304 with `ETag` and `Cache-Control` and no body; the body
     /// is compressed when the type is worth it and the client accepts an encoding we offer.
     ///
-    /// Compression never runs on the connection's thread beyond a small body, and a HEAD never
-    /// compresses: it announces the encoding a GET would get, with the length only if that
-    /// form is already made. Large objects are compressed only in the background; until then
-    /// they are sent identity.
-    pub async fn respond(mut self, req_headers: &HeaderMap, head: bool) -> Response {
+    /// Compression never runs on the connection's thread beyond a small body
+    /// ([`crate::cache::INLINE_COMPRESS_MAX`]: then the answer is [`Responded::Later`]), and a
+    /// HEAD never compresses: it announces the encoding a GET would get, with the length only
+    /// if that form is already made. Large objects are compressed only in the background;
+    /// until then they are sent identity. (Synchronous, with the rare wait boxed apart, so the
+    /// request's future stays small: every byte of it is copied as it is polled.)
+    pub fn respond(mut self, req_headers: &HeaderMap, head: bool) -> Responded {
         // Live answers (`/health`, `/metrics`) are never cached, so they get no validator.
         if self.status != StatusCode::OK || self.cache == CacheTier::NoStore {
-            return self.into_response();
+            return Responded::Now(self.into_response());
         }
         let computed;
         let base_etag = match (&self.object, &self.streamed) {
@@ -196,62 +278,50 @@ impl Reply {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| if_none_match(v, base_etag));
-        let mut res = if not_modified {
+        if not_modified {
             // A body of unknown length: with `Body::empty()` the HTTP stack would add
             // `Content-Length: 0` to a HEAD 304, which a GET 304 does not carry.
             let mut res = Response::new(unsized_empty());
             *res.status_mut() = StatusCode::NOT_MODIFIED;
-            res.headers_mut()
-                .insert(header::CACHE_CONTROL, cache_control(self.cache));
-            res
-        } else {
-            let payload = match (encoding, variant, self.streamed.take()) {
-                (None, _, Some(s)) => Payload::Stream(s.stream),
-                (None, _, None) => Payload::Bytes(std::mem::take(&mut self.body)),
-                (Some(_), Some(v), _) => Payload::Bytes(v.body.clone()),
-                (Some(enc), None, _) => match &self.object {
-                    Some(o) if head => o
-                        .encoded_if_ready(enc)
-                        .map_or(Payload::UnknownLength, Payload::Bytes),
-                    Some(o) => Payload::Bytes(o.encoded_off_thread(enc).await),
-                    // Bodies made per request (listings, JSON) are small.
-                    None => Payload::Bytes(Bytes::from(compression::compress(enc, &self.body))),
-                },
-            };
-            let mut res = match payload {
-                Payload::Bytes(body) => Reply {
-                    body,
-                    object: None,
-                    ..self
-                }
-                .into_response(),
-                Payload::Stream(stream) => {
-                    let mut res = Reply { object: None, ..self }.into_response();
-                    res.headers_mut()
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(stream.meta.size));
-                    if !head {
-                        *res.body_mut() = Body::new(SizedStream::new(stream));
-                    }
-                    res
-                }
-                Payload::UnknownLength => {
-                    let mut res = Reply { object: None, ..self }.into_response();
-                    res.headers_mut().remove(header::CONTENT_LENGTH);
-                    *res.body_mut() = unsized_empty();
-                    res
-                }
-            };
-            if let Some(enc) = encoding {
-                res.headers_mut()
-                    .insert(header::CONTENT_ENCODING, content_encoding(enc));
+            let h = res.headers_mut();
+            h.insert(header::CACHE_CONTROL, cache_control(self.cache));
+            h.insert(header::ETAG, etag_value);
+            if varies {
+                h.insert(header::VARY, VARY_ACCEPT_ENCODING);
             }
-            res
-        };
-        res.headers_mut().insert(header::ETAG, etag_value);
-        if varies {
-            res.headers_mut().insert(header::VARY, VARY_ACCEPT_ENCODING);
+            return Responded::Now(res);
         }
-        res
+        let streamed = self.streamed.take();
+        let body = std::mem::take(&mut self.body);
+        let object = self.object.take();
+        let headed = Headed {
+            reply: self,
+            encoding,
+            etag_value,
+            varies,
+            head,
+        };
+        let payload = match (encoding, variant, streamed) {
+            (None, _, Some(s)) => Payload::Stream(s.stream),
+            (None, _, None) => Payload::Bytes(body),
+            (Some(_), Some(v), _) => Payload::Bytes(v.body.clone()),
+            (Some(enc), None, _) => match object {
+                Some(o) => match o.encoded_if_ready(enc) {
+                    Some(ready) => Payload::Bytes(ready),
+                    None if head => Payload::UnknownLength,
+                    None if o.body.len() <= INLINE_COMPRESS_MAX => Payload::Bytes(o.encoded(enc)),
+                    None => {
+                        return Responded::Later(Box::pin(async move {
+                            let body = o.encoded_off_thread(enc).await;
+                            headed.build(Payload::Bytes(body))
+                        }))
+                    }
+                },
+                // Bodies made per request (listings, JSON) are small.
+                None => Payload::Bytes(Bytes::from(compression::compress(enc, &body))),
+            },
+        };
+        Responded::Now(headed.build(payload))
     }
 }
 

@@ -233,7 +233,7 @@ fn worker<S: App>(
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                 continue;
             };
-            let activity = Arc::new(Activity::new());
+            let activity = Arc::new(Activity::default());
             let service = {
                 let (app, activity) = (app.clone(), activity.clone());
                 hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -262,35 +262,23 @@ fn worker<S: App>(
     });
 }
 
-/// What the watchdog knows of a connection: requests in flight, whether one ever arrived, and
-/// when it last moved (a request began or ended, a byte was read or written).
+/// What the watchdog knows of a connection. Counters, not clocks: the watchdog compares them
+/// between its ticks, so a request costs a few uncontended atomic adds and no clock read.
+#[derive(Default)]
 struct Activity {
-    born: Instant,
     in_flight: AtomicUsize,
+    /// Requests begun or ended.
     requests: AtomicU64,
-    /// Milliseconds since `born` of the last request event.
-    last_request: AtomicU64,
-    /// Milliseconds since `born` of the last byte read or written.
-    last_io: AtomicU64,
+    /// Reads and writes that moved bytes.
+    io: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Activity {
-        Activity {
-            born: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
-            last_request: AtomicU64::new(0),
-            last_io: AtomicU64::new(0),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        self.born.elapsed().as_millis() as u64
-    }
-
-    fn at(&self, ms: u64) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.born + Duration::from_millis(ms))
+    /// Bytes moved. A load and a store rather than an atomic add: only the connection's own
+    /// thread writes this counter, and the watchdog only compares it for change.
+    fn moved(&self) {
+        self.io
+            .store(self.io.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     }
 }
 
@@ -302,19 +290,21 @@ impl Busy {
     fn begin(a: Arc<Activity>) -> Busy {
         a.in_flight.fetch_add(1, Ordering::Relaxed);
         a.requests.fetch_add(1, Ordering::Relaxed);
-        a.last_request.store(a.now(), Ordering::Relaxed);
         Busy(a)
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.last_request.store(self.0.now(), Ordering::Relaxed);
+        self.0.requests.fetch_add(1, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Serve one connection under its watchdog (see the module docs) and the stop signal.
+/// Serve one connection under its watchdog (see the module docs) and the stop signal. The
+/// watchdog ticks every `timeout`: a connection is idle when no request began or ended and
+/// none was in flight over a whole tick (so it is closed between one and two timeouts after
+/// its last request), and a draining one when no byte moved over a whole tick.
 async fn watch_connection<C>(
     conn: C,
     activity: Arc<Activity>,
@@ -324,43 +314,40 @@ async fn watch_connection<C>(
     C: Future + GracefulConn,
 {
     tokio::pin!(conn);
-    let timeout_ms = timeout.as_millis() as u64;
-    // Phase 1: a request head must arrive within the timeout of the accept.
-    let mut deadline = activity.at(timeout_ms);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + timeout, timeout);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
+    let mut seen = (0, 0);
     loop {
         tokio::select! {
+            // The connection first, and no random branch order: it is what wakes this task.
+            biased;
             _ = conn.as_mut() => return,
             _ = stop.wait_for(|s| *s), if !closing => {
                 conn.as_mut().shutdown_gracefully();
                 closing = true;
-                deadline = activity.at(activity.now() + timeout_ms);
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                let now = activity.now();
+            _ = tick.tick() => {
+                let now = (
+                    activity.requests.load(Ordering::Relaxed),
+                    activity.io.load(Ordering::Relaxed),
+                );
+                if now.0 == 0 {
+                    // Silent, a partial head or preface, or an HTTP/2 connection that never
+                    // asked for anything, a whole timeout after the accept: nothing is lost by
+                    // dropping it.
+                    return;
+                }
                 if closing {
-                    // Draining: only progress on the wire keeps the connection.
-                    let moved = activity.last_io.load(Ordering::Relaxed);
-                    if now >= moved + timeout_ms {
+                    // Draining: only bytes moving on the wire keep the connection.
+                    if now.1 == seen.1 {
                         return;
                     }
-                    deadline = activity.at(moved + timeout_ms);
-                } else if activity.requests.load(Ordering::Relaxed) == 0 {
-                    // Silent, a partial head or preface, or an HTTP/2 connection that never
-                    // asked for anything: nothing is lost by dropping it.
-                    return;
-                } else if activity.in_flight.load(Ordering::Relaxed) > 0 {
-                    deadline = activity.at(now + timeout_ms);
-                } else {
-                    let last = activity.last_request.load(Ordering::Relaxed);
-                    if now >= last + timeout_ms {
-                        conn.as_mut().shutdown_gracefully();
-                        closing = true;
-                        deadline = activity.at(now + timeout_ms);
-                    } else {
-                        deadline = activity.at(last + timeout_ms);
-                    }
+                } else if now.0 == seen.0 && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    conn.as_mut().shutdown_gracefully();
+                    closing = true;
                 }
+                seen = now;
             }
         }
     }
@@ -399,9 +386,7 @@ impl<T: Read + Unpin> Read for Watched<T> {
     ) -> Poll<std::io::Result<()>> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if polled.is_ready() {
-            self.activity
-                .last_io
-                .store(self.activity.now(), Ordering::Relaxed);
+            self.activity.moved();
         }
         polled
     }
@@ -415,9 +400,7 @@ impl<T: Write + Unpin> Write for Watched<T> {
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity
-                .last_io
-                .store(self.activity.now(), Ordering::Relaxed);
+            self.activity.moved();
         }
         polled
     }
@@ -429,9 +412,7 @@ impl<T: Write + Unpin> Write for Watched<T> {
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity
-                .last_io
-                .store(self.activity.now(), Ordering::Relaxed);
+            self.activity.moved();
         }
         polled
     }
