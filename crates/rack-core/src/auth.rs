@@ -598,7 +598,8 @@ mod tests {
         let read_cred = Credential::new("read");
         assert!(!ctx(&p, &admin, Some(&read_cred)).may_publish_somewhere());
         // An expiring publish entry stops counting once expired.
-        let p2 = Policy::parse(r#"{"@a": [{"token": "t", "publish": true, "expiresAt": "2020-01-01"}]}"#).unwrap();
+        let p2 =
+            Policy::parse(r#"{"@a": [{"token": "t", "publish": true, "expiresAt": "2020-01-01"}]}"#).unwrap();
         let t = Credential::new("t");
         assert!(!ctx(&p2, &admin, Some(&t)).may_publish_somewhere());
     }

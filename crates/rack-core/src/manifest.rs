@@ -132,7 +132,10 @@ fn reject_duplicate_keys(bytes: &[u8]) -> Result<(), ApiError> {
     let (key, at) = found
         .into_inner()
         .unwrap_or_else(|| (String::new(), String::new()));
-    Err(ApiError::duplicate_manifest_key(&clip(&key, CLIP), &clip(&at, CLIP)))
+    Err(ApiError::duplicate_manifest_key(
+        &clip(&key, CLIP),
+        &clip(&at, CLIP),
+    ))
 }
 
 /// A JSON value whose objects are checked for duplicate keys; `at` is its JSON Pointer.
@@ -342,7 +345,11 @@ mod tests {
 
     #[test]
     fn duplicate_keys_at_any_depth() {
-        let dup = |text: &str| identity(text.as_bytes()).map(|_| ()).map_err(|e| (e.code(), e.message));
+        let dup = |text: &str| {
+            identity(text.as_bytes())
+                .map(|_| ())
+                .map_err(|e| (e.code(), e.message))
+        };
         let base = r#""namespace":"@a","name":"x","version":"1.0.0""#;
         assert!(dup(&format!("{{{base}}}")).is_ok());
         assert_eq!(
@@ -358,14 +365,18 @@ mod tests {
             "INVALID_MANIFEST"
         );
         assert_eq!(
-            dup(&format!(r#"{{{base},"files":[{{"path":"a"}},{{"path":"a","path":"b"}}]}}"#)),
+            dup(&format!(
+                r#"{{{base},"files":[{{"path":"a"}},{{"path":"a","path":"b"}}]}}"#
+            )),
             Err((
                 "INVALID_MANIFEST",
                 "registry.json has a duplicate key \"path\" in /files/1".into()
             ))
         );
         assert_eq!(
-            dup(&format!(r#"{{{base},"languages":{{"j/s":{{"x":{{"k":1,"k":2}}}}}}}}"#)),
+            dup(&format!(
+                r#"{{{base},"languages":{{"j/s":{{"x":{{"k":1,"k":2}}}}}}}}"#
+            )),
             Err((
                 "INVALID_MANIFEST",
                 "registry.json has a duplicate key \"k\" in /languages/j~1s/x".into()
@@ -382,7 +393,9 @@ mod tests {
     fn storable_paths_and_clipping() {
         assert_eq!(unstorable_path("templates/a.txt"), None);
         assert_eq!(unstorable_path(&"a".repeat(255)), None);
-        assert!(unstorable_path(&"a".repeat(256)).unwrap().contains("256 bytes long (at most 255)"));
+        assert!(unstorable_path(&"a".repeat(256))
+            .unwrap()
+            .contains("256 bytes long (at most 255)"));
         let deep = vec!["d".repeat(200); 6].join("/");
         assert!(unstorable_path(&deep).unwrap().contains("at most 1024"));
         assert!(unstorable_path("a\0b").is_some());

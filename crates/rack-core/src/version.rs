@@ -41,9 +41,9 @@ where
     S: AsRef<str>,
 {
     let v = Version::parse(version)?;
-    stored.into_iter().find(|s| {
-        Version::parse(s.as_ref()).is_some_and(|o| o.cmp_precedence(&v) == Ordering::Equal)
-    })
+    stored
+        .into_iter()
+        .find(|s| Version::parse(s.as_ref()).is_some_and(|o| o.cmp_precedence(&v) == Ordering::Equal))
 }
 
 /// Sort version strings newest first by precedence, dropping unparsable ones and duplicates
@@ -115,7 +115,10 @@ mod tests {
     #[test]
     fn equal_precedence_lookup() {
         let stored = ["2.0.0", "1.0.0+build.1", "1.0.0-rc.1", "junk"];
-        assert_eq!(equal_in_precedence("1.0.0+build.2", stored), Some("1.0.0+build.1"));
+        assert_eq!(
+            equal_in_precedence("1.0.0+build.2", stored),
+            Some("1.0.0+build.1")
+        );
         assert_eq!(equal_in_precedence("1.0.0", stored), Some("1.0.0+build.1"));
         assert_eq!(equal_in_precedence("2.0.0+x", stored), Some("2.0.0"));
         assert_eq!(equal_in_precedence("1.0.0-rc.1+b", stored), Some("1.0.0-rc.1"));

@@ -29,6 +29,10 @@ pub struct Scanned {
     pub manifest: Option<Vec<u8>>,
 }
 
+/// A chunk of decompressed data, or the read error the tee met (kind kept: the passes react to
+/// it exactly as they would reading a file).
+type Item = Result<Bytes, (io::ErrorKind, String)>;
+
 /// Size of the chunks the tee hands to the two passes.
 const CHUNK: usize = 64 * 1024;
 
@@ -72,7 +76,7 @@ struct Chunks<S> {
 }
 
 trait Source {
-    fn next_chunk(&mut self) -> Option<Result<Bytes, String>>;
+    fn next_chunk(&mut self) -> Option<Item>;
 }
 
 impl<S: Source> Read for Chunks<S> {
@@ -81,7 +85,7 @@ impl<S: Source> Read for Chunks<S> {
             match self.source.next_chunk() {
                 None => return Ok(0),
                 Some(Ok(b)) => self.current = b,
-                Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Err((kind, e))) => return Err(io::Error::new(kind, e)),
             }
         }
         let n = buf.len().min(self.current.len());
@@ -104,18 +108,18 @@ impl AsyncChunks {
 }
 
 impl Source for tokio::sync::mpsc::Receiver<Bytes> {
-    fn next_chunk(&mut self) -> Option<Result<Bytes, String>> {
+    fn next_chunk(&mut self) -> Option<Item> {
         self.blocking_recv().map(Ok)
     }
 }
 
-impl Source for Receiver<Result<Bytes, String>> {
-    fn next_chunk(&mut self) -> Option<Result<Bytes, String>> {
+impl Source for Receiver<Item> {
+    fn next_chunk(&mut self) -> Option<Item> {
         self.recv().ok()
     }
 }
 
-fn pass_reader(rx: Receiver<Result<Bytes, String>>) -> Chunks<Receiver<Result<Bytes, String>>> {
+fn pass_reader(rx: Receiver<Item>) -> Chunks<Receiver<Item>> {
     Chunks {
         source: rx,
         current: Bytes::new(),
@@ -161,7 +165,7 @@ fn validate(mut input: AsyncChunks, limits: ExtractLimits) -> Result<Scanned, Ex
     })
 }
 
-type Pass = SyncSender<Result<Bytes, String>>;
+type Pass = SyncSender<Item>;
 
 /// Hand the decompressed stream to both passes until both are done (or the prescan failed,
 /// which decides the answer: the other pass is then cut off).
@@ -173,7 +177,7 @@ fn tee(decoded: &mut impl Read, prescan: Pass, unpack: Pass, prescan_failed: &At
         let (item, last) = match decoded.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => (Ok(Bytes::copy_from_slice(&buf[..n])), false),
-            Err(e) => (Err(e.to_string()), true),
+            Err(e) => (Err((e.kind(), e.to_string())), true),
         };
         if let Some(tx) = &prescan {
             if tx.send(item.clone()).is_err() {

@@ -74,7 +74,10 @@ fn stream_cap(limits: ExtractLimits) -> u64 {
 }
 
 /// The decompressed stream of a package, capped at [`stream_cap`].
-pub(super) fn decompressed<R: Read>(compressed: R, limits: ExtractLimits) -> Capped<flate2::read::GzDecoder<R>> {
+pub(super) fn decompressed<R: Read>(
+    compressed: R,
+    limits: ExtractLimits,
+) -> Capped<flate2::read::GzDecoder<R>> {
     Capped {
         inner: flate2::read::GzDecoder::new(compressed),
         left: stream_cap(limits),
@@ -223,7 +226,10 @@ pub(super) fn unpack<R: Read>(
         // Judged by rule, not by the filesystem, so that an entry no disk could hold is a 400
         // (not a 500), and the same 400 whether or not the upload is written (see `dry`). Links
         // and special entries are never created, so only files and directories are judged.
-        let written = matches!(ty, EntryType::Regular | EntryType::Continuous | EntryType::Directory);
+        let written = matches!(
+            ty,
+            EntryType::Regular | EntryType::Continuous | EntryType::Directory
+        );
         if let Some(why) = unstorable_path(&path).filter(|_| written) {
             return Err(invalid(format!("entry name too long: {why}")).into());
         }
@@ -282,7 +288,10 @@ const MAX_METADATA_ENTRY: u64 = 64 * 1024;
 /// A first pass over the raw entries (no long-name or pax processing, so nothing is buffered):
 /// refuse oversized metadata entries before the processing pass would read them into memory,
 /// and too many entries before anything is written.
-pub(super) fn prescan<R: Read>(mut archive: tar::Archive<R>, limits: ExtractLimits) -> Result<(), ExtractError> {
+pub(super) fn prescan<R: Read>(
+    mut archive: tar::Archive<R>,
+    limits: ExtractLimits,
+) -> Result<(), ExtractError> {
     let raw = archive.entries().map_err(invalid)?.raw(true);
     let mut count = 0u64;
     for entry in raw {

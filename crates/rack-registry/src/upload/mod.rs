@@ -424,11 +424,12 @@ async fn pipeline(
         Ok(()) => versions::rebuild_locked(state.storage.as_ref(), &registry, Some(&identity.version))
             .await
             .map(|_| ())
-            .map_err(|e| {
-                Failure::Internal(format!("updating versions of {}: {e}", clip(&registry, CLIP)))
-            }),
+            .map_err(|e| Failure::Internal(format!("updating versions of {}: {e}", clip(&registry, CLIP)))),
         Err(StorageError::AlreadyExists(_)) => Err(exists(&identity.version).into()),
-        Err(e) => Err(Failure::Internal(format!("publishing {}: {e}", clip(&dest, CLIP)))),
+        Err(e) => Err(Failure::Internal(format!(
+            "publishing {}: {e}",
+            clip(&dest, CLIP)
+        ))),
     };
     state
         .cache
