@@ -405,6 +405,23 @@ impl Ctx<'_> {
         self.policy.namespace(ns).is_some() && self.read(ns).is_ok()
     }
 
+    /// Whether [`Ctx::publish`] could succeed for *some* namespace: the admin token, or a live
+    /// `publish: true` entry anywhere. When it is false, every upload with this credential ends
+    /// in an error at checks 6 to 9 whatever the package holds, so the server can find which one
+    /// without writing a byte (see the upload pipeline).
+    pub fn may_publish_somewhere(&self) -> bool {
+        if self.admin.matches(self.credential) {
+            return true;
+        }
+        let Some(cred) = self.credential else {
+            return false;
+        };
+        // Every namespace is looked at (no early exit), like `find`.
+        self.policy.namespaces.values().fold(false, |acc, p| {
+            acc | matches!(p.find(cred, self.now_ms), Match::Live(e) if e.publish)
+        })
+    }
+
     /// Publish access (SPEC §5.1 checks 8 and 9; the token's presence is check 0).
     pub fn publish(&self, ns: &str) -> Result<Principal, ApiError> {
         let Some(p) = self.policy.namespace(ns) else {
@@ -551,6 +568,40 @@ mod tests {
         assert_eq!(publish(Some("old"), "@company"), Err(TokenExpired));
         assert_eq!(publish(Some("nope"), "@company"), Err(InvalidToken));
         assert_eq!(publish(None, "@company"), Err(Unauthorized));
+    }
+
+    #[test]
+    fn may_publish_somewhere_agrees_with_publish() {
+        let p = policy();
+        let admin = Admin::new(Some("admin"), None);
+        let namespaces: Vec<&str> = p.namespaces().map(|(ns, _)| ns).chain(["@secret"]).collect();
+        let tokens = [
+            None,
+            Some("admin"),
+            Some("pub"),
+            Some("password"),
+            Some("read"),
+            Some("offset"),
+            Some("old"),
+            Some("later"),
+            Some("other"),
+            Some("nope"),
+        ];
+        for token in tokens {
+            let cred = token.map(Credential::new);
+            let c = ctx(&p, &admin, cred.as_ref());
+            let any = namespaces.iter().any(|ns| c.publish(ns).is_ok());
+            assert_eq!(c.may_publish_somewhere(), any, "{token:?}");
+        }
+        let pub_cred = Credential::new("pub");
+        assert!(ctx(&p, &admin, Some(&pub_cred)).may_publish_somewhere());
+        let read_cred = Credential::new("read");
+        assert!(!ctx(&p, &admin, Some(&read_cred)).may_publish_somewhere());
+        // An expiring publish entry stops counting once expired.
+        let p2 =
+            Policy::parse(r#"{"@a": [{"token": "t", "publish": true, "expiresAt": "2020-01-01"}]}"#).unwrap();
+        let t = Credential::new("t");
+        assert!(!ctx(&p2, &admin, Some(&t)).may_publish_somewhere());
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub enum ErrorKind {
     FileNotFound,
     UnsafeFile,
     UndeclaredFile,
+    /// `registry.json` is JSON but ambiguous (a duplicate key): part of check 7.
+    InvalidManifest,
     UnsupportedMediaType,
     Unauthorized,
     InvalidToken,
@@ -33,7 +35,11 @@ pub enum ErrorKind {
     MethodNotAllowed,
     VersionExists,
     PayloadTooLarge,
+    /// The upload body did not arrive within `UPLOAD_TIMEOUT_SECONDS`.
+    RequestTimeout,
     RateLimitExceeded,
+    /// `MAX_CONCURRENT_UPLOADS` uploads are already in flight.
+    ServiceUnavailable,
     Internal,
 }
 
@@ -53,18 +59,21 @@ impl ErrorKind {
             | SchemaValidationFailed
             | FileNotFound
             | UnsafeFile
-            | UndeclaredFile => 400,
+            | UndeclaredFile
+            | InvalidManifest => 400,
             Unauthorized | InvalidToken | TokenExpired => 401,
             ForbiddenNamespace | NamespaceNotAllowed | AnonymousUploadForbidden | InsufficientPermissions => {
                 403
             }
             NotFound | NamespaceNotFound => 404,
             MethodNotAllowed => 405,
+            RequestTimeout => 408,
             VersionExists => 409,
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
             RateLimitExceeded => 429,
             Internal => 500,
+            ServiceUnavailable => 503,
         }
     }
 
@@ -84,6 +93,7 @@ impl ErrorKind {
             FileNotFound => "FILE_NOT_FOUND",
             UnsafeFile => "UNSAFE_FILE",
             UndeclaredFile => "UNDECLARED_FILE",
+            InvalidManifest => "INVALID_MANIFEST",
             UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             Unauthorized => "UNAUTHORIZED",
             InvalidToken => "INVALID_TOKEN",
@@ -97,7 +107,9 @@ impl ErrorKind {
             MethodNotAllowed => "METHOD_NOT_ALLOWED",
             VersionExists => "VERSION_EXISTS",
             PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            RequestTimeout => "REQUEST_TIMEOUT",
             RateLimitExceeded => "RATE_LIMIT_EXCEEDED",
+            ServiceUnavailable => "SERVICE_UNAVAILABLE",
             Internal => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -238,6 +250,33 @@ impl ApiError {
             format!("Rate limit exceeded. Try again in {retry_after_secs}s"),
         )
     }
+    /// Check 7: `registry.json` repeats `key` inside one object (`at` is a JSON Pointer to that
+    /// object, empty for the top level). The last duplicate would silently win otherwise.
+    pub fn duplicate_manifest_key(key: &str, at: &str) -> ApiError {
+        let place = if at.is_empty() {
+            "at the top level".to_owned()
+        } else {
+            format!("in {at}")
+        };
+        ApiError::new(
+            ErrorKind::InvalidManifest,
+            format!("registry.json has a duplicate key \"{key}\" {place}"),
+        )
+    }
+    /// `MAX_CONCURRENT_UPLOADS` uploads are in flight; sent with `Retry-After`.
+    pub fn uploads_busy(retry_after_secs: u64) -> ApiError {
+        ApiError::new(
+            ErrorKind::ServiceUnavailable,
+            format!("Too many uploads in progress. Try again in {retry_after_secs}s"),
+        )
+    }
+    /// The upload body did not arrive in time (`UPLOAD_TIMEOUT_SECONDS`).
+    pub fn upload_timeout(secs: u64) -> ApiError {
+        ApiError::new(
+            ErrorKind::RequestTimeout,
+            format!("Upload body was not received within {secs}s"),
+        )
+    }
     pub fn internal() -> ApiError {
         ApiError::new(ErrorKind::Internal, "Internal server error")
     }
@@ -276,5 +315,15 @@ mod tests {
             "Rate limit exceeded. Try again in 3s"
         );
         assert_eq!(ApiError::internal().code(), "INTERNAL_SERVER_ERROR");
+        assert_eq!(ApiError::uploads_busy(5).status(), 503);
+        assert_eq!(ApiError::uploads_busy(5).code(), "SERVICE_UNAVAILABLE");
+        assert_eq!(ApiError::upload_timeout(300).status(), 408);
+        assert_eq!(ApiError::upload_timeout(300).code(), "REQUEST_TIMEOUT");
+        let dup = ApiError::duplicate_manifest_key("namespace", "");
+        assert_eq!((dup.status(), dup.code()), (400, "INVALID_MANIFEST"));
+        assert_eq!(
+            dup.message,
+            "registry.json has a duplicate key \"namespace\" at the top level"
+        );
     }
 }

@@ -2,8 +2,11 @@
 //! by the server's upload pipeline and by `rack-registry publish --dry-run`, so that the two can
 //! never disagree.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
 
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::error::{ApiError, ErrorKind};
@@ -36,11 +39,14 @@ fn upload_failed(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::UploadFailed, msg)
 }
 
-/// Check 7: `registry.json` bytes are JSON with non-empty string `namespace`, `name`, `version`
-/// (checked in that order), and an explicit `path` ends with `name`.
+/// Check 7: `registry.json` bytes are JSON, without a duplicate key in any object (else 400
+/// `INVALID_MANIFEST`: which of two `namespace`s counts is a guess no reader should make), with
+/// non-empty string `namespace`, `name`, `version` (checked in that order), and an explicit
+/// `path` ends with `name`.
 pub fn identity(manifest_bytes: &[u8]) -> Result<(Value, Identity), ApiError> {
     let doc: Value = serde_json::from_slice(manifest_bytes)
         .map_err(|_| upload_failed("registry.json is not valid JSON"))?;
+    reject_duplicate_keys(manifest_bytes)?;
     let field = |f: &str| -> Result<String, ApiError> {
         doc.get(f)
             .and_then(Value::as_str)
@@ -69,6 +75,142 @@ pub fn identity(manifest_bytes: &[u8]) -> Result<(Value, Identity), ApiError> {
             segments,
         },
     ))
+}
+
+/// Client text in a message or a log line: at most `max` bytes (cut on a character boundary),
+/// with `...` when something was cut.
+pub fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end]).into()
+}
+
+/// How much of a client-supplied string goes into a message or a log line.
+pub const CLIP: usize = 256;
+
+/// `None` if `path` (relative, `/`-separated) can be stored; else why not: a segment over
+/// [`MAX_SEGMENT_BYTES`](crate::limits::MAX_SEGMENT_BYTES) or the whole over
+/// [`MAX_PATH_BYTES`](crate::limits::MAX_PATH_BYTES), or a NUL byte (no filesystem takes one).
+pub fn unstorable_path(path: &str) -> Option<String> {
+    use crate::limits::{MAX_PATH_BYTES, MAX_SEGMENT_BYTES};
+    if path.contains('\0') {
+        return Some(format!("path {:?} contains a NUL byte", clip(path, CLIP)));
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Some(format!(
+            "path {:?} is {} bytes long (at most {MAX_PATH_BYTES})",
+            clip(path, CLIP),
+            path.len()
+        ));
+    }
+    path.split('/').find(|s| s.len() > MAX_SEGMENT_BYTES).map(|s| {
+        format!(
+            "a name in path {:?} is {} bytes long (at most {MAX_SEGMENT_BYTES})",
+            clip(path, CLIP),
+            s.len()
+        )
+    })
+}
+
+/// Refuse a JSON text with a key repeated inside one object, at any depth (serde_json keeps the
+/// last one silently). Called on text that already parsed, so any error here is a duplicate.
+fn reject_duplicate_keys(bytes: &[u8]) -> Result<(), ApiError> {
+    let found = RefCell::new(None);
+    let seed = Unique {
+        at: String::new(),
+        found: &found,
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    if seed.deserialize(&mut de).is_ok() {
+        return Ok(());
+    }
+    let (key, at) = found
+        .into_inner()
+        .unwrap_or_else(|| (String::new(), String::new()));
+    Err(ApiError::duplicate_manifest_key(
+        &clip(&key, CLIP),
+        &clip(&at, CLIP),
+    ))
+}
+
+/// A JSON value whose objects are checked for duplicate keys; `at` is its JSON Pointer.
+struct Unique<'a> {
+    at: String,
+    found: &'a RefCell<Option<(String, String)>>,
+}
+
+impl<'de> DeserializeSeed<'de> for Unique<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// JSON Pointer escaping of one reference token (RFC 6901).
+fn pointer_token(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+impl<'de> Visitor<'de> for Unique<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        loop {
+            let seed = Unique {
+                at: format!("{}/{i}", self.at),
+                found: self.found,
+            };
+            if seq.next_element_seed(seed)?.is_none() {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let seed = Unique {
+                at: format!("{}/{}", self.at, pointer_token(&key)),
+                found: self.found,
+            };
+            if !seen.insert(key.clone()) {
+                *self.found.borrow_mut() = Some((key, self.at));
+                return Err(serde::de::Error::custom("duplicate key"));
+            }
+            map.next_value_seed(seed)?;
+        }
+        Ok(())
+    }
 }
 
 /// Every template file path a manifest declares (check 11): `files[].path`,
@@ -199,6 +341,69 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(legacy.segments, ["legacy", "x"]);
+    }
+
+    #[test]
+    fn duplicate_keys_at_any_depth() {
+        let dup = |text: &str| {
+            identity(text.as_bytes())
+                .map(|_| ())
+                .map_err(|e| (e.code(), e.message))
+        };
+        let base = r#""namespace":"@a","name":"x","version":"1.0.0""#;
+        assert!(dup(&format!("{{{base}}}")).is_ok());
+        assert_eq!(
+            dup(&format!(r#"{{{base},"namespace":"@b"}}"#)),
+            Err((
+                "INVALID_MANIFEST",
+                "registry.json has a duplicate key \"namespace\" at the top level".into()
+            ))
+        );
+        // Spelled differently, the same key: escapes are decoded before comparing.
+        assert_eq!(
+            dup(&format!(r#"{{{base},"n\u0061me":"y"}}"#)).unwrap_err().0,
+            "INVALID_MANIFEST"
+        );
+        assert_eq!(
+            dup(&format!(
+                r#"{{{base},"files":[{{"path":"a"}},{{"path":"a","path":"b"}}]}}"#
+            )),
+            Err((
+                "INVALID_MANIFEST",
+                "registry.json has a duplicate key \"path\" in /files/1".into()
+            ))
+        );
+        assert_eq!(
+            dup(&format!(
+                r#"{{{base},"languages":{{"j/s":{{"x":{{"k":1,"k":2}}}}}}}}"#
+            )),
+            Err((
+                "INVALID_MANIFEST",
+                "registry.json has a duplicate key \"k\" in /languages/j~1s/x".into()
+            ))
+        );
+        // The same key in sibling objects is fine; so is an array of equal values.
+        assert!(dup(&format!(r#"{{{base},"a":{{"k":1}},"b":{{"k":1}},"c":[1,1]}}"#)).is_ok());
+        // Duplicates are judged after "is JSON" and before the required fields.
+        assert_eq!(dup(r#"{"x":1,"x":2}"#).unwrap_err().0, "INVALID_MANIFEST");
+        assert_eq!(dup(r#"{"x":1,"x":2"#).unwrap_err().0, "UPLOAD_FAILED");
+    }
+
+    #[test]
+    fn storable_paths_and_clipping() {
+        assert_eq!(unstorable_path("templates/a.txt"), None);
+        assert_eq!(unstorable_path(&"a".repeat(255)), None);
+        assert!(unstorable_path(&"a".repeat(256))
+            .unwrap()
+            .contains("256 bytes long (at most 255)"));
+        let deep = vec!["d".repeat(200); 6].join("/");
+        assert!(unstorable_path(&deep).unwrap().contains("at most 1024"));
+        assert!(unstorable_path("a\0b").is_some());
+        // Messages carry a bounded prefix of the client's path.
+        assert!(unstorable_path(&"x".repeat(100_000)).unwrap().len() < 400);
+        assert_eq!(clip("abc", 5), "abc");
+        assert_eq!(clip("abcdef", 3), "abc...");
+        assert_eq!(clip("ééé", 3), "é...");
     }
 
     #[test]

@@ -32,6 +32,20 @@ impl Version {
     }
 }
 
+/// The first of `stored` equal in SemVer precedence to `version` (the same version, with the
+/// same or other build metadata: `1.0.0+b` for `1.0.0+a`). Two such versions cannot be told
+/// apart by precedence, so "the latest" between them would be arbitrary: a registry keeps one.
+pub fn equal_in_precedence<I, S>(version: &str, stored: I) -> Option<S>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let v = Version::parse(version)?;
+    stored
+        .into_iter()
+        .find(|s| Version::parse(s.as_ref()).is_some_and(|o| o.cmp_precedence(&v) == Ordering::Equal))
+}
+
 /// Sort version strings newest first by precedence, dropping unparsable ones and duplicates
 /// (same string). Versions equal in precedence but spelled differently (`1.0.0+a`, `1.0.0+b`)
 /// are all kept, ordered by their text so the result is deterministic.
@@ -96,6 +110,21 @@ mod tests {
         assert_eq!(a.cmp_precedence(&b), Ordering::Equal);
         let got = sort_descending(["1.0.0+build.5", "1.1.0", "0.9.0"]);
         assert_eq!(got, ["1.1.0", "1.0.0+build.5", "0.9.0"]);
+    }
+
+    #[test]
+    fn equal_precedence_lookup() {
+        let stored = ["2.0.0", "1.0.0+build.1", "1.0.0-rc.1", "junk"];
+        assert_eq!(
+            equal_in_precedence("1.0.0+build.2", stored),
+            Some("1.0.0+build.1")
+        );
+        assert_eq!(equal_in_precedence("1.0.0", stored), Some("1.0.0+build.1"));
+        assert_eq!(equal_in_precedence("2.0.0+x", stored), Some("2.0.0"));
+        assert_eq!(equal_in_precedence("1.0.0-rc.1+b", stored), Some("1.0.0-rc.1"));
+        assert_eq!(equal_in_precedence("1.0.0-rc.2", stored), None);
+        assert_eq!(equal_in_precedence("1.0.1", stored), None);
+        assert_eq!(equal_in_precedence("not-semver", stored), None);
     }
 
     #[test]

@@ -128,6 +128,13 @@ pub struct ServeArgs {
     /// stat every hot read (`off`) [default: auto]
     #[arg(long, env = "FS_WATCH")]
     pub fs_watch: Option<String>,
+    /// Most uploads in progress at once; more are answered 503 with Retry-After [default: 4]
+    #[arg(long, env = "MAX_CONCURRENT_UPLOADS")]
+    pub max_concurrent_uploads: Option<String>,
+    /// Seconds within which an upload's whole body must arrive; a slower one is cut off with
+    /// 408 [default: 300]
+    #[arg(long, env = "UPLOAD_TIMEOUT_SECONDS")]
+    pub upload_timeout_seconds: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +192,10 @@ pub struct Limits {
     pub cache_max_bytes: u64,
     /// Objects larger than this are always served identity (never compressed).
     pub compress_max_bytes: u64,
+    /// Uploads in progress at once (`MAX_CONCURRENT_UPLOADS`, >= 1).
+    pub max_concurrent_uploads: usize,
+    /// Time for an upload's whole body to arrive (`UPLOAD_TIMEOUT_SECONDS`).
+    pub upload_timeout: Duration,
 }
 
 /// Webhook delivery policy (SPEC §7: 4 attempts, 2 s, 4 s, 8 s, 30 s per attempt).
@@ -409,6 +420,14 @@ impl Config {
             )?,
             cache_max_bytes: parse_u64("CACHE_MAX_BYTES", &a.cache_max_bytes, 64 * 1024 * 1024, 0)?,
             compress_max_bytes: parse_u64("COMPRESS_MAX_BYTES", &a.compress_max_bytes, 8 * 1024 * 1024, 0)?,
+            max_concurrent_uploads: parse_u64("MAX_CONCURRENT_UPLOADS", &a.max_concurrent_uploads, 4, 1)?
+                as usize,
+            upload_timeout: Duration::from_secs(parse_u64(
+                "UPLOAD_TIMEOUT_SECONDS",
+                &a.upload_timeout_seconds,
+                300,
+                1,
+            )?),
         };
         let webhook = WebhookSettings {
             max_attempts: parse_u64("WEBHOOK_MAX_ATTEMPTS", &a.webhook_max_attempts, 4, 1)?
@@ -591,5 +610,23 @@ mod tests {
             !dbg.contains("super-secret-admin") && !dbg.contains("very-secret-key"),
             "{dbg}"
         );
+    }
+
+    #[test]
+    fn upload_guards() {
+        let c = with(|_| {}).unwrap();
+        assert_eq!(c.limits.max_concurrent_uploads, 4);
+        assert_eq!(c.limits.upload_timeout, Duration::from_secs(300));
+        let c = with(|a| {
+            a.max_concurrent_uploads = Some("16".into());
+            a.upload_timeout_seconds = Some("5".into());
+        })
+        .unwrap();
+        assert_eq!(c.limits.max_concurrent_uploads, 16);
+        assert_eq!(c.limits.upload_timeout, Duration::from_secs(5));
+        let e = with(|a| a.max_concurrent_uploads = Some("0".into())).unwrap_err();
+        assert_eq!(e.var, "MAX_CONCURRENT_UPLOADS");
+        let e = with(|a| a.upload_timeout_seconds = Some("soon".into())).unwrap_err();
+        assert_eq!(e.var, "UPLOAD_TIMEOUT_SECONDS");
     }
 }

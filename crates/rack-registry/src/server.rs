@@ -107,6 +107,12 @@ pub async fn run(config: Config) -> Result<(), String> {
         audit,
         staging_root: config.storage_root.join(TMP_DIR),
         registry_locks: RegistryLocks::default(),
+        upload_slots: Arc::new(tokio::sync::Semaphore::new(
+            config
+                .limits
+                .max_concurrent_uploads
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
         sinks: vec![webhook_sink as Arc<dyn crate::events::PublishSink>],
     });
     // Finish publishes that a crash interrupted, then drop every other leftover of staging:

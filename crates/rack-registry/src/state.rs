@@ -34,6 +34,8 @@ pub struct AppState {
     /// `<STORAGE_ROOT>/.tmp`: upload staging (same filesystem as the root, for atomic renames).
     pub staging_root: PathBuf,
     pub registry_locks: RegistryLocks,
+    /// One permit per upload in progress (`MAX_CONCURRENT_UPLOADS`).
+    pub upload_slots: Arc<tokio::sync::Semaphore>,
     /// Who hears about each publish (the webhook outbox).
     pub sinks: Vec<Arc<dyn PublishSink>>,
 }

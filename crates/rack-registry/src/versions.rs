@@ -3,8 +3,10 @@
 //! `versions.json` is always *rebuilt* from the version directories that hold a `registry.json`
 //! (plus the version just published) rather than edited, and written by compare-and-swap, so a
 //! racing writer (another request, another replica) can never make it lose a version: the loser
-//! of a swap rebuilds and tries again. Inside one process, updates of one registry are also
-//! serialized by a lock, so the swap rarely has to retry.
+//! of a swap rebuilds and tries again. Inside one process, publishes of one registry are also
+//! serialized by a lock (held by the upload from check 13 to the rewrite of `versions.json`), so
+//! the swap rarely has to retry, and of two versions equal in precedence (`1.0.0+a`, `1.0.0+b`)
+//! racing each other only the first is published.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +34,7 @@ impl RegistryLocks {
 }
 
 /// Version directory names under a registry that hold a `registry.json`.
-async fn stored_versions(storage: &dyn Storage, registry: &str) -> Result<Vec<String>, StorageError> {
+pub async fn stored_versions(storage: &dyn Storage, registry: &str) -> Result<Vec<String>, StorageError> {
     let prefix = format!("{registry}/");
     let mut names = Vec::new();
     let mut start: Option<String> = None;
@@ -66,6 +68,15 @@ pub async fn rebuild(
 ) -> Result<VersionsFile, StorageError> {
     let lock = locks.get(registry);
     let _guard = lock.lock().await;
+    rebuild_locked(storage, registry, also).await
+}
+
+/// [`rebuild`], for a caller that already holds the registry's lock.
+pub async fn rebuild_locked(
+    storage: &dyn Storage,
+    registry: &str,
+    also: Option<&str>,
+) -> Result<VersionsFile, StorageError> {
     let key = layout::versions_key(registry);
     loop {
         let current = storage.head(&key).await?;
@@ -82,6 +93,19 @@ pub async fn rebuild(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Every version a registry has, as far as check 13 is concerned: the version directories that
+/// hold a `registry.json`, and what `versions.json` lists (an unreadable `versions.json` lists
+/// nothing: the publish rewrites it from the directories anyway).
+pub async fn known_versions(storage: &dyn Storage, registry: &str) -> Result<Vec<String>, StorageError> {
+    let mut names = stored_versions(storage, registry).await?;
+    if let Some(obj) = storage.get(&layout::versions_key(registry)).await? {
+        if let Some(file) = VersionsFile::parse(&obj.body) {
+            names.extend(file.versions);
+        }
+    }
+    Ok(names)
 }
 
 /// A record, kept while a publish is in flight, of the version being published: if the process

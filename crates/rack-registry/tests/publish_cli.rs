@@ -396,3 +396,19 @@ fn server_authorization_answers_are_printed() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("403 ANONYMOUS_UPLOAD_FORBIDDEN: "), "{out}");
 }
+
+#[test]
+fn dry_run_refuses_duplicate_keys_like_the_server() {
+    let dir = copy_of(&example_dir());
+    let p = dir.path();
+    let manifest = std::fs::read_to_string(p.join("registry.json")).unwrap();
+    assert_eq!(dry_run(p).0, Some(0), "the example passes as it is");
+    // The second `namespace` would silently win in a plain JSON parser.
+    let doubled = manifest.replacen('{', "{\"namespace\": \"@elsewhere\",", 1);
+    std::fs::write(p.join("registry.json"), doubled).unwrap();
+    assert_rejected(
+        p,
+        "INVALID_MANIFEST",
+        "registry.json has a duplicate key \"namespace\" at the top level",
+    );
+}

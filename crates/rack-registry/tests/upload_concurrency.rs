@@ -34,7 +34,7 @@ fn racer(version: &str, tag: &str) -> Vec<u8> {
 
 #[test]
 fn fifty_versions_at_once_all_listed_in_order() {
-    let (world, server) = start_with(&[]);
+    let (world, server) = start_with(&[("MAX_CONCURRENT_UPLOADS", "64")]);
     // 40 releases and 10 prereleases whose numeric identifiers must compare as numbers.
     let mut versions: Vec<String> = (0..40).map(|i| format!("1.{i}.0")).collect();
     let betas = [1, 2, 3, 5, 7, 8, 10, 11, 20, 100];
@@ -73,7 +73,7 @@ fn fifty_versions_at_once_all_listed_in_order() {
 
 #[test]
 fn twenty_uploads_of_one_version_one_winner() {
-    let (world, server) = start_with(&[]);
+    let (world, server) = start_with(&[("MAX_CONCURRENT_UPLOADS", "64")]);
     let reg = world.storage().join("@company/build/racer");
     let mut published: Vec<String> = Vec::new();
     for round in 0..5 {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::Path;
 
-use rack_core::manifest::EntryKind;
+use rack_core::manifest::{clip, unstorable_path, EntryKind, CLIP};
 use rack_core::ApiError;
 use tar::EntryType;
 
@@ -48,7 +48,7 @@ fn normalize(raw: &str) -> Option<String> {
 }
 
 /// A reader that fails once more than `left` bytes have been read through it.
-struct Capped<R> {
+pub(super) struct Capped<R> {
     inner: R,
     left: u64,
 }
@@ -64,6 +64,35 @@ impl<R: Read> Read for Capped<R> {
     }
 }
 
+/// The decompressed size an archive may reach: the contents budget plus headers and padding
+/// (at most a few blocks per entry).
+fn stream_cap(limits: ExtractLimits) -> u64 {
+    limits
+        .max_bytes
+        .saturating_add(limits.max_entries.saturating_mul(3 * 512))
+        .saturating_add(1 << 20)
+}
+
+/// The decompressed stream of a package, capped at [`stream_cap`].
+pub(super) fn decompressed<R: Read>(
+    compressed: R,
+    limits: ExtractLimits,
+) -> Capped<flate2::read::GzDecoder<R>> {
+    Capped {
+        inner: flate2::read::GzDecoder::new(compressed),
+        left: stream_cap(limits),
+    }
+}
+
+/// Whether `head` (the first bytes of the package) is gzip's magic number.
+pub(super) fn is_gzip(head: &[u8]) -> bool {
+    head.len() >= 2 && head[..2] == [0x1f, 0x8b]
+}
+
+pub(super) fn not_gzip() -> ApiError {
+    invalid("not gzip data")
+}
+
 /// Extract `package` into `dest` (which must not exist yet).
 pub fn extract(package: &Path, dest: &Path, limits: ExtractLimits) -> Result<Entries, ExtractError> {
     std::fs::create_dir(dest).map_err(ExtractError::Io)?;
@@ -71,23 +100,108 @@ pub fn extract(package: &Path, dest: &Path, limits: ExtractLimits) -> Result<Ent
     let mut magic = [0u8; 2];
     {
         let mut f = &file;
-        if f.read_exact(&mut magic).is_err() || magic != [0x1f, 0x8b] {
-            return Err(invalid("not gzip data").into());
+        if f.read_exact(&mut magic).is_err() || !is_gzip(&magic) {
+            return Err(not_gzip().into());
         }
     }
-    // Headers and padding take at most a few blocks per entry on top of the contents.
-    let cap = limits
-        .max_bytes
-        .saturating_add(limits.max_entries.saturating_mul(3 * 512))
-        .saturating_add(1 << 20);
     let open = || -> Result<tar::Archive<Capped<GzFile>>, ExtractError> {
         let file = std::fs::File::open(package).map_err(ExtractError::Io)?;
-        let gz = flate2::read::GzDecoder::new(io::BufReader::new(file));
-        Ok(tar::Archive::new(Capped { inner: gz, left: cap }))
+        Ok(tar::Archive::new(decompressed(io::BufReader::new(file), limits)))
     };
     // The entry limit and metadata sizes are enforced here, before anything is written.
     prescan(open()?, limits)?;
-    let mut archive = open()?;
+    unpack(open()?, &mut Disk { dest }, limits)
+}
+
+/// Where [`unpack`] puts entries: the staging directory ([`Disk`]), or nowhere ([`Tally`]).
+/// Both report the same conflicts, so that a package gets the same answer either way.
+pub(super) trait Sink {
+    /// A regular file of `size` bytes read from `data`. A file or directory already at `path`,
+    /// or a file where a parent directory should be, is `AlreadyExists`/`NotADirectory`.
+    fn file(&mut self, path: &str, data: &mut dyn Read, size: u64) -> io::Result<()>;
+    /// A directory and its parents (existing directories are fine, a file in the way is not).
+    fn dir(&mut self, path: &str) -> io::Result<()>;
+}
+
+/// Writes into a fresh directory tree, fsyncing each file.
+struct Disk<'a> {
+    dest: &'a Path,
+}
+
+impl Sink for Disk<'_> {
+    fn file(&mut self, path: &str, data: &mut dyn Read, size: u64) -> io::Result<()> {
+        write_file(data, &self.dest.join(path), size)
+    }
+    fn dir(&mut self, path: &str) -> io::Result<()> {
+        std::fs::create_dir_all(self.dest.join(path))
+    }
+}
+
+/// Writes nothing: remembers which paths are files and which directories (to report the
+/// conflicts [`Disk`] would meet), reads every file to its end, and keeps `registry.json`.
+#[derive(Default)]
+pub(super) struct Tally {
+    files: std::collections::HashSet<String>,
+    dirs: std::collections::HashSet<String>,
+    /// The root `registry.json`, if the archive has one as a regular file.
+    pub manifest: Option<Vec<u8>>,
+}
+
+impl Tally {
+    /// Mark every parent of `path` a directory, or fail if one is a file.
+    fn parents(&mut self, path: &str) -> io::Result<()> {
+        let mut end = 0;
+        while let Some(i) = path[end..].find('/') {
+            let parent = &path[..end + i];
+            if self.files.contains(parent) {
+                return Err(io::ErrorKind::NotADirectory.into());
+            }
+            self.dirs.insert(parent.to_owned());
+            end += i + 1;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for Tally {
+    fn file(&mut self, path: &str, data: &mut dyn Read, size: u64) -> io::Result<()> {
+        self.parents(path)?;
+        if self.files.contains(path) || self.dirs.contains(path) {
+            return Err(io::ErrorKind::AlreadyExists.into());
+        }
+        self.files.insert(path.to_owned());
+        let mut data = data.take(size);
+        let read = if path == "registry.json" {
+            // Its size was checked against the manifest limit before this call.
+            let mut bytes = Vec::with_capacity(size as usize);
+            let n = data.read_to_end(&mut bytes)?;
+            self.manifest = Some(bytes);
+            n as u64
+        } else {
+            io::copy(&mut data, &mut io::sink())?
+        };
+        if read != size {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated entry"));
+        }
+        Ok(())
+    }
+    fn dir(&mut self, path: &str) -> io::Result<()> {
+        self.parents(path)?;
+        if self.files.contains(path) {
+            return Err(io::ErrorKind::AlreadyExists.into());
+        }
+        self.dirs.insert(path.to_owned());
+        Ok(())
+    }
+}
+
+/// The processing pass of check 6 (after [`prescan`]): every entry checked, then handed to
+/// `sink`; the gzip trailer verified at the end.
+pub(super) fn unpack<R: Read>(
+    mut archive: tar::Archive<R>,
+    sink: &mut dyn Sink,
+    limits: ExtractLimits,
+) -> Result<Entries, ExtractError> {
     let mut entries = Entries::new();
     let mut budget = limits.max_bytes;
     let iter = archive.entries().map_err(invalid)?;
@@ -97,7 +211,8 @@ pub fn extract(package: &Path, dest: &Path, limits: ExtractLimits) -> Result<Ent
         let raw = std::str::from_utf8(&raw)
             .map_err(|_| invalid("an entry name is not UTF-8"))?
             .to_owned();
-        let path = normalize(&raw).ok_or_else(|| invalid(format!("unsafe entry path {raw:?}")))?;
+        let unsafe_path = || invalid(format!("unsafe entry path {:?}", clip(&raw, CLIP)));
+        let path = normalize(&raw).ok_or_else(unsafe_path)?;
         let ty = entry.header().entry_type();
         if matches!(ty, EntryType::XGlobalHeader) {
             continue;
@@ -106,12 +221,22 @@ pub fn extract(package: &Path, dest: &Path, limits: ExtractLimits) -> Result<Ent
             if ty.is_dir() {
                 continue; // the archive root itself (`./`)
             }
-            return Err(invalid(format!("unsafe entry path {raw:?}")).into());
+            return Err(unsafe_path().into());
+        }
+        // Judged by rule, not by the filesystem, so that an entry no disk could hold is a 400
+        // (not a 500), and the same 400 whether or not the upload is written (see `dry`). Links
+        // and special entries are never created, so only files and directories are judged.
+        let written = matches!(
+            ty,
+            EntryType::Regular | EntryType::Continuous | EntryType::Directory
+        );
+        if let Some(why) = unstorable_path(&path).filter(|_| written) {
+            return Err(invalid(format!("entry name too long: {why}")).into());
         }
         if entries.contains_key(&path) {
             return Err(invalid(format!("duplicate entry {path}")).into());
         }
-        let target = dest.join(&path);
+        let conflict = || ExtractError::Api(invalid(format!("conflicting entry {path}")));
         let kind = match ty {
             EntryType::Regular | EntryType::Continuous => {
                 let size = entry.header().size().map_err(invalid)?;
@@ -121,18 +246,15 @@ pub fn extract(package: &Path, dest: &Path, limits: ExtractLimits) -> Result<Ent
                 if size > budget {
                     return Err(ApiError::expands_past(limits.max_bytes).into());
                 }
-                write_file(&mut entry, &target, size).map_err(|e| match e.kind() {
-                    io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory => {
-                        ExtractError::Api(invalid(format!("conflicting entry {path}")))
-                    }
+                sink.file(&path, &mut entry, size).map_err(|e| match e.kind() {
+                    io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory => conflict(),
                     _ => ExtractError::Api(invalid(e)),
                 })?;
                 budget -= size;
                 EntryKind::File
             }
             EntryType::Directory => {
-                std::fs::create_dir_all(&target)
-                    .map_err(|_| ExtractError::Api(invalid(format!("conflicting entry {path}"))))?;
+                sink.dir(&path).map_err(|_| conflict())?;
                 EntryKind::Dir
             }
             EntryType::Symlink | EntryType::Link => {
@@ -166,7 +288,10 @@ const MAX_METADATA_ENTRY: u64 = 64 * 1024;
 /// A first pass over the raw entries (no long-name or pax processing, so nothing is buffered):
 /// refuse oversized metadata entries before the processing pass would read them into memory,
 /// and too many entries before anything is written.
-fn prescan<R: Read>(mut archive: tar::Archive<R>, limits: ExtractLimits) -> Result<(), ExtractError> {
+pub(super) fn prescan<R: Read>(
+    mut archive: tar::Archive<R>,
+    limits: ExtractLimits,
+) -> Result<(), ExtractError> {
     let raw = archive.entries().map_err(invalid)?.raw(true);
     let mut count = 0u64;
     for entry in raw {
@@ -222,7 +347,7 @@ fn link_stays_inside(base: &str, target: &str) -> bool {
     true
 }
 
-fn write_file(entry: &mut impl Read, target: &Path, size: u64) -> io::Result<()> {
+fn write_file(entry: &mut dyn Read, target: &Path, size: u64) -> io::Result<()> {
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -8,14 +8,27 @@
 //! 2. to 5. the body is streamed to a staging file, hashed on the way and cut off at the limit
 //!    ([`receive`]); then file part, file type and checksum are checked;
 //! 6. the archive is extracted into staging under the limits of §5.3 ([`extract`]);
-//! 7. to 12. manifest identity, namespace and token, schema, declared files, entry kinds
-//!    (rules from `rack_core::manifest`, shared with `rack-registry publish --dry-run`);
-//! 13. the version does not exist yet.
+//! 7. to 12. manifest identity (a duplicate key is `INVALID_MANIFEST`), namespace and token,
+//!    schema, declared files, entry kinds (rules from `rack_core::manifest`, shared with
+//!    `rack-registry publish --dry-run`);
+//! 13. no version of the registry equal in SemVer precedence exists (`1.0.0+b` is refused
+//!     next to `1.0.0+a`), judged under the registry's lock, which is held until
+//!     `versions.json` is rewritten, so two racing uploads of such versions have one winner.
 //!
 //! Then the staged tree is published in one step (a `rename` on local disk, manifest-last
 //! create-only writes on a bucket), `versions.json` is rebuilt by compare-and-swap, publish
 //! events are handed to the sinks, and the staging directory is removed before the 201 goes out.
+//!
+//! Guards around the checks (not SPEC checks; they never change a check's answer):
+//! - at most `MAX_CONCURRENT_UPLOADS` uploads at once: the next is refused with 503 and
+//!   `Retry-After` after the header checks 0 to 2, before its body is read;
+//! - the whole body must arrive within `UPLOAD_TIMEOUT_SECONDS` (else 408, connection closed);
+//! - a token that can publish nowhere ends in an error at checks 3 to 9 whatever the package
+//!   holds: such an upload is judged as it streams ([`dry`]), and nothing is written for it.
+//!
+//! Log lines and audit records carry at most [`CLIP`] bytes of any client-supplied string.
 
+pub mod dry;
 pub mod extract;
 pub mod receive;
 pub mod staging;
@@ -26,7 +39,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use rack_core::auth::{Credential, Ctx, Principal};
-use rack_core::manifest::{self, EntryKind, Identity};
+use rack_core::manifest::{self, clip, EntryKind, Identity, CLIP};
 use rack_core::names::{is_segment, is_version};
 use rack_core::{ApiError, ErrorKind};
 use serde_json::json;
@@ -38,7 +51,7 @@ use crate::storage::StorageError;
 use crate::validate;
 use crate::versions::{self, JournalEntry};
 use extract::{ExtractError, ExtractLimits};
-use receive::ReceiveError;
+use receive::{ReceiveError, Target};
 use staging::Staging;
 
 /// Why an upload failed: an answer for the client, or an internal fault (logged, 500).
@@ -71,12 +84,42 @@ fn failed(state: &AppState, client: IpAddr, code: &str, identity: Option<&Identi
         &[
             ("outcome", json!("failure")),
             ("code", json!(code)),
-            ("namespace", json!(identity.map(|i| &i.namespace))),
-            ("name", json!(identity.map(|i| &i.name))),
-            ("version", json!(identity.map(|i| &i.version))),
+            ("namespace", json!(identity.map(|i| clip(&i.namespace, CLIP)))),
+            ("name", json!(identity.map(|i| clip(&i.name, CLIP)))),
+            ("version", json!(identity.map(|i| clip(&i.version, CLIP)))),
             ("client", json!(client.to_string())),
         ],
     );
+}
+
+/// How long a client refused for lack of an upload slot is asked to wait (`Retry-After`).
+const BUSY_RETRY_AFTER_SECS: u64 = 5;
+
+/// The extraction limits of the configuration.
+fn extract_limits(state: &AppState) -> ExtractLimits {
+    ExtractLimits {
+        max_entries: state.limits.max_archive_entries,
+        max_bytes: state.limits.max_extracted_bytes,
+        max_manifest_bytes: state.limits.max_manifest_bytes,
+    }
+}
+
+/// The answer to a failed upload (after its body was read, or cut off).
+fn refuse(state: &AppState, client: IpAddr, identity: Option<&Identity>, failure: Failure) -> Response {
+    match failure {
+        Failure::Api(e) => {
+            failed(state, client, e.code(), identity);
+            let close = matches!(e.kind, ErrorKind::PayloadTooLarge | ErrorKind::RequestTimeout);
+            let mut res = ErrorReply(e).into_response();
+            if close {
+                // The rest of the body is not read: the connection cannot be reused.
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            res
+        }
+        Failure::Internal(msg) => internal(state, client, identity, msg),
+    }
 }
 
 pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body: Body) -> Response {
@@ -115,6 +158,32 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
         return refuse_early(e, body);
     }
 
+    // Not a SPEC check: bound the work in flight. Judged before the body is read, so a
+    // refused client has spent nothing but its headers.
+    let Ok(_slot) = state.upload_slots.clone().try_acquire_owned() else {
+        let e = ApiError::uploads_busy(BUSY_RETRY_AFTER_SECS);
+        failed(state, client, e.code(), None);
+        let mut res = refuse_early(e, body);
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(BUSY_RETRY_AFTER_SECS));
+        return res;
+    };
+
+    // A token that can publish nowhere: judged as the package streams, nothing written. The
+    // policy in force now decides checks 8 and 9 for this upload.
+    let policy = state.policy();
+    let ctx = Ctx {
+        policy: &policy,
+        admin: &state.admin,
+        credential: Some(&cred),
+        now_ms: now_ms(),
+    };
+    if !ctx.may_publish_somewhere() {
+        let mut identity = None;
+        let failure = judge(state, &ctx, body, boundary, &mut identity).await;
+        return refuse(state, client, identity.as_ref(), failure);
+    }
+
     let staging = match Staging::create(&state.staging_root).await {
         Ok(s) => s,
         Err(e) => {
@@ -133,9 +202,9 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
         Ok((identity, principal)) => {
             state.metrics.uploads.with_label_values(&["success"]).inc();
             tracing::info!(
-                namespace = %identity.namespace,
-                name = %identity.name,
-                version = %identity.version,
+                namespace = %clip(&identity.namespace, CLIP),
+                name = %clip(&identity.name, CLIP),
+                version = %clip(&identity.version, CLIP),
                 by = principal_label(&principal),
                 "published"
             );
@@ -143,9 +212,9 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
                 "publish",
                 &[
                     ("outcome", json!("success")),
-                    ("namespace", json!(identity.namespace)),
-                    ("name", json!(identity.name)),
-                    ("version", json!(identity.version)),
+                    ("namespace", json!(clip(&identity.namespace, CLIP))),
+                    ("name", json!(clip(&identity.name, CLIP))),
+                    ("version", json!(clip(&identity.version, CLIP))),
                     ("by", json!(principal_label(&principal))),
                     ("client", json!(client.to_string())),
                 ],
@@ -164,16 +233,64 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             res
         }
-        Err(Failure::Api(e)) => {
-            failed(state, client, e.code(), identity.as_ref());
-            let mut res = ErrorReply(e.clone()).into_response();
-            if e.kind == ErrorKind::PayloadTooLarge {
-                res.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            res
+        Err(failure) => refuse(state, client, identity.as_ref(), failure),
+    }
+}
+
+/// Checks 3 to 9 of an upload whose token can publish nowhere ([`dry`]): the same answer as
+/// [`pipeline`] would give, without a byte written. It always ends in a failure.
+async fn judge(
+    state: &AppState,
+    ctx: &Ctx<'_>,
+    body: Body,
+    boundary: String,
+    known: &mut Option<Identity>,
+) -> Failure {
+    let verdict = async {
+        let timeout = state.limits.upload_timeout;
+        let target = Target::Judge(extract_limits(state));
+        let received = receive::receive(body, boundary, state.limits.max_upload_bytes, timeout, target)
+            .await
+            .map_err(receive_failure)?;
+        // Checks 3 to 5.
+        received.verify()?;
+        // Check 6.
+        let scanned = received
+            .scanned
+            .ok_or_else(|| Failure::Internal("a file part without a verdict".into()))?
+            .map_err(extract_failure)?;
+        // Check 7.
+        if scanned.entries.get("registry.json") != Some(&EntryKind::File) {
+            return Err(ApiError::manifest_not_found().into());
         }
-        Err(Failure::Internal(msg)) => internal(state, client, identity.as_ref(), msg),
+        let bytes = scanned
+            .manifest
+            .ok_or_else(|| Failure::Internal("registry.json was not kept".into()))?;
+        let (_, identity) = manifest::identity(&bytes)?;
+        *known = Some(identity.clone());
+        // Checks 8 and 9: refused by construction.
+        match ctx.publish(&identity.namespace) {
+            Err(e) => Err(e.into()),
+            Ok(_) => Ok(()),
+        }
+    };
+    match verdict.await {
+        Err(failure) => failure,
+        Ok(()) => Failure::Internal("a token that can publish nowhere was allowed to publish".into()),
+    }
+}
+
+fn receive_failure(e: ReceiveError) -> Failure {
+    match e {
+        ReceiveError::Api(e) => Failure::Api(e),
+        ReceiveError::Io(e) => Failure::Internal(format!("writing the upload to staging: {e}")),
+    }
+}
+
+fn extract_failure(e: ExtractError) -> Failure {
+    match e {
+        ExtractError::Api(e) => Failure::Api(e),
+        ExtractError::Io(e) => Failure::Internal(format!("extracting into staging: {e}")),
     }
 }
 
@@ -188,7 +305,8 @@ fn principal_label(p: &Principal) -> String {
 
 fn internal(state: &AppState, client: IpAddr, identity: Option<&Identity>, msg: String) -> Response {
     failed(state, client, "INTERNAL_SERVER_ERROR", identity);
-    tracing::error!(error = %msg, "upload failed");
+    // The message may hold client-derived keys (bounded by check 10) and storage details.
+    tracing::error!(error = %clip(&msg, 4 * CLIP), "upload failed");
     ErrorReply(ApiError::internal()).into_response()
 }
 
@@ -202,29 +320,25 @@ async fn pipeline(
 ) -> Result<(Identity, Principal), Failure> {
     // Checks 2 to 5.
     let package = staging.package();
-    let received = receive::receive(body, boundary, state.limits.max_upload_bytes, &package)
-        .await
-        .map_err(|e| match e {
-            ReceiveError::Api(e) => Failure::Api(e),
-            ReceiveError::Io(e) => Failure::Internal(format!("writing the upload to staging: {e}")),
-        })?;
+    let received = receive::receive(
+        body,
+        boundary,
+        state.limits.max_upload_bytes,
+        state.limits.upload_timeout,
+        Target::Stage(&package),
+    )
+    .await
+    .map_err(receive_failure)?;
     received.verify()?;
 
     // Check 6.
     let tree = staging.tree();
-    let limits = ExtractLimits {
-        max_entries: state.limits.max_archive_entries,
-        max_bytes: state.limits.max_extracted_bytes,
-        max_manifest_bytes: state.limits.max_manifest_bytes,
-    };
+    let limits = extract_limits(state);
     let tree2 = tree.clone();
     let entries = tokio::task::spawn_blocking(move || extract::extract(&package, &tree2, limits))
         .await
         .map_err(|e| Failure::Internal(format!("extraction task: {e}")))?
-        .map_err(|e| match e {
-            ExtractError::Api(e) => Failure::Api(e),
-            ExtractError::Io(e) => Failure::Internal(format!("extracting into staging: {e}")),
-        })?;
+        .map_err(extract_failure)?;
 
     // Check 7.
     if entries.get("registry.json") != Some(&EntryKind::File) {
@@ -260,24 +374,44 @@ async fn pipeline(
         )
         .into());
     }
+    // The schema bounds no length; a key no storage can hold is refused here, not by a 500.
+    if let Some(why) = manifest::unstorable_path(&identity.version_path()) {
+        return Err(ApiError::new(
+            ErrorKind::SchemaValidationFailed,
+            format!("Schema validation failed: the registry path is too long to store: {why}"),
+        )
+        .into());
+    }
 
     // Checks 11 and 12.
     manifest::check_entries(&entries, &manifest::declared_files(&doc))?;
 
-    // Check 13, then publish (which re-checks atomically: of two racing uploads one wins).
+    // Check 13 and the publish, under the registry's lock: the check sees every version
+    // published before, and the publish (create-only, so of two racing uploads of one version
+    // one wins, across replicas too) cannot interleave with another of this registry.
     let registry = identity.registry_key();
-    let exists = || {
+    let exists = |version: &str| {
         ApiError::new(
             ErrorKind::VersionExists,
-            format!("Registry {registry}@{} already exists", identity.version),
+            format!("Registry {registry}@{version} already exists"),
         )
     };
+    let lock = state.registry_locks.get(&registry);
+    let publishing = lock.lock().await;
     let dest = identity.version_path();
     let manifest_key = rack_core::layout::manifest_key(&registry, &identity.version);
     match state.storage.head(&manifest_key).await {
-        Ok(Some(_)) => return Err(exists().into()),
+        Ok(Some(_)) => return Err(exists(&identity.version).into()),
         Ok(None) => {}
         Err(e) => return Err(Failure::Internal(e.to_string())),
+    }
+    // Equal precedence is the same version for every reader (`1.0.0+b` next to `1.0.0+a`:
+    // which is the latest?), so it exists already; the message names the stored spelling.
+    let known = versions::known_versions(state.storage.as_ref(), &registry)
+        .await
+        .map_err(|e| Failure::Internal(format!("listing versions of {}: {e}", clip(&registry, CLIP))))?;
+    if let Some(stored) = rack_core::version::equal_in_precedence(&identity.version, &known) {
+        return Err(exists(stored).into());
     }
     let journal_entry = JournalEntry {
         registry: registry.clone(),
@@ -287,21 +421,20 @@ async fn pipeline(
         .await
         .map_err(|e| Failure::Internal(format!("writing the publish journal: {e}")))?;
     let published = match state.storage.publish_dir(&tree, &dest).await {
-        Ok(()) => versions::rebuild(
-            state.storage.as_ref(),
-            &state.registry_locks,
-            &registry,
-            Some(&identity.version),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| Failure::Internal(format!("updating versions of {registry}: {e}"))),
-        Err(StorageError::AlreadyExists(_)) => Err(exists().into()),
-        Err(e) => Err(Failure::Internal(format!("publishing {dest}: {e}"))),
+        Ok(()) => versions::rebuild_locked(state.storage.as_ref(), &registry, Some(&identity.version))
+            .await
+            .map(|_| ())
+            .map_err(|e| Failure::Internal(format!("updating versions of {}: {e}", clip(&registry, CLIP)))),
+        Err(StorageError::AlreadyExists(_)) => Err(exists(&identity.version).into()),
+        Err(e) => Err(Failure::Internal(format!(
+            "publishing {}: {e}",
+            clip(&dest, CLIP)
+        ))),
     };
     state
         .cache
         .invalidate(&rack_core::layout::versions_key(&registry));
+    drop(publishing);
     published?;
 
     let event = PublishEvent {

@@ -5,12 +5,21 @@
 //! staging file while hashing it. When the body passes the limit the pump reports it (413) and
 //! then keeps reading and discarding, for a bounded time, so that the client can finish sending
 //! and read the answer instead of seeing a reset connection (SPEC §14). The same drain is used
-//! when the request is refused before its body is read (401, 415).
+//! when the request is refused before its body is read (401, 415, 503).
+//!
+//! The whole body must arrive within `UPLOAD_TIMEOUT_SECONDS`: a client that stalls is cut off
+//! (408, connection closed) instead of holding an upload slot and its staging files.
+//!
+//! The file part goes where [`Target`] says: to the staging file, or (an upload that can only
+//! fail, see [`super::dry`]) through a validator that writes nothing.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use super::dry::{Scanned, Validator};
+use super::extract::{ExtractError, ExtractLimits};
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -40,6 +49,17 @@ pub struct Received {
     /// The file part's content type (`application/octet-stream` when the part gave none).
     pub file_type: Option<String>,
     pub checksum: Option<String>,
+    /// With [`Target::Judge`]: the check-6 verdict on the file part.
+    pub scanned: Option<Result<Scanned, ExtractError>>,
+}
+
+/// Where the file part goes.
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    /// Written to this staging file (then extracted).
+    Stage(&'a Path),
+    /// Validated as it streams, under these limits; nothing is written.
+    Judge(ExtractLimits),
 }
 
 impl Received {
@@ -93,38 +113,59 @@ async fn drain_stream(mut stream: axum::body::BodyDataStream) {
     .await;
 }
 
+/// Why the pump stopped feeding the parser.
 #[derive(Debug)]
-struct TooLarge;
+enum Cut {
+    TooLarge,
+    TimedOut,
+}
 
-impl std::fmt::Display for TooLarge {
+impl std::fmt::Display for Cut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("upload body exceeds the limit")
+        f.write_str(match self {
+            Cut::TooLarge => "upload body exceeds the limit",
+            Cut::TimedOut => "upload body not received in time",
+        })
     }
 }
 
-impl std::error::Error for TooLarge {}
+impl std::error::Error for Cut {}
 
-/// Stream the multipart body: the first file part goes to `package` (hashed as it is written),
-/// the `checksum` field is kept, everything else is read and dropped. Errors are API errors in
-/// the pipeline's order (413 wins over whatever the parser thinks of a truncated body).
+/// Stream the multipart body: the first file part goes to `target` (hashed on the way), the
+/// `checksum` field is kept, everything else is read and dropped. Errors are API errors in the
+/// pipeline's order (413 wins over whatever the parser thinks of a truncated body; then 408).
 pub async fn receive(
     body: Body,
     boundary: String,
     limit: u64,
-    package: &Path,
+    timeout: Duration,
+    target: Target<'_>,
 ) -> Result<Received, ReceiveError> {
     let too_large = Arc::new(AtomicBool::new(false));
-    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, TooLarge>>(4);
-    let flag = too_large.clone();
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, Cut>>(4);
+    let (flag, late) = (too_large.clone(), timed_out.clone());
+    let deadline = tokio::time::Instant::now() + timeout;
     tokio::spawn(async move {
         let mut stream = body.into_data_stream();
         let mut total = 0u64;
-        while let Some(chunk) = stream.next().await {
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => return,
+                Err(_) => {
+                    // Not drained: a client this slow would hold the drain for nothing. The
+                    // answer goes out with `Connection: close`.
+                    late.store(true, Ordering::SeqCst);
+                    let _ = tx.send(Err(Cut::TimedOut)).await;
+                    return;
+                }
+            };
             let Ok(chunk) = chunk else { return };
             total += chunk.len() as u64;
             if total > limit {
                 flag.store(true, Ordering::SeqCst);
-                let _ = tx.send(Err(TooLarge)).await;
+                let _ = tx.send(Err(Cut::TooLarge)).await;
                 drop(tx);
                 // Keep reading so that the client can finish and read the 413.
                 drain_stream(stream).await;
@@ -138,11 +179,19 @@ pub async fn receive(
         }
     });
 
-    let result = parse(rx, boundary, package).await;
+    let result = parse(rx, boundary, target).await;
     if too_large.load(Ordering::SeqCst) {
         return Err(ReceiveError::Api(ApiError::payload_too_large(limit)));
     }
+    if timed_out.load(Ordering::SeqCst) {
+        return Err(ReceiveError::Api(ApiError::upload_timeout(timeout.as_secs())));
+    }
     result
+}
+
+enum PartSink {
+    File(tokio::fs::File),
+    Validator(Validator),
 }
 
 /// Receive failures: an API answer, or local I/O (a 500).
@@ -152,15 +201,16 @@ pub enum ReceiveError {
 }
 
 async fn parse(
-    rx: futures::channel::mpsc::Receiver<Result<Bytes, TooLarge>>,
+    rx: futures::channel::mpsc::Receiver<Result<Bytes, Cut>>,
     boundary: String,
-    package: &Path,
+    target: Target<'_>,
 ) -> Result<Received, ReceiveError> {
     let mut multipart = multer::Multipart::new(rx, boundary);
     let mut received = Received {
         sha256: None,
         file_type: None,
         checksum: None,
+        scanned: None,
     };
     // A body that is not well-formed multipart simply yields no file part (MISSING_FILE), unless
     // the pump reported it too large.
@@ -174,19 +224,30 @@ async fn parse(
                 .content_type()
                 .map(|m| m.to_string())
                 .unwrap_or_else(|| "application/octet-stream".into());
-            let mut file = tokio::fs::File::create(package).await.map_err(ReceiveError::Io)?;
+            let mut sink = match target {
+                Target::Stage(package) => {
+                    PartSink::File(tokio::fs::File::create(package).await.map_err(ReceiveError::Io)?)
+                }
+                Target::Judge(limits) => PartSink::Validator(Validator::start(limits)),
+            };
             let mut hasher = Sha256::new();
             loop {
                 match field.chunk().await {
                     Ok(Some(chunk)) => {
                         hasher.update(&chunk);
-                        file.write_all(&chunk).await.map_err(ReceiveError::Io)?;
+                        match &mut sink {
+                            PartSink::File(f) => f.write_all(&chunk).await.map_err(ReceiveError::Io)?,
+                            PartSink::Validator(v) => v.feed(chunk).await,
+                        }
                     }
                     Ok(None) => break,
                     Err(_) => return Ok(received),
                 }
             }
-            file.flush().await.map_err(ReceiveError::Io)?;
+            match sink {
+                PartSink::File(mut f) => f.flush().await.map_err(ReceiveError::Io)?,
+                PartSink::Validator(v) => received.scanned = Some(v.finish().await),
+            }
             received.sha256 = Some(hex::encode(hasher.finalize()));
             received.file_type = Some(file_type);
         } else if field.name() == Some("checksum") && received.checksum.is_none() {
