@@ -35,6 +35,7 @@ pub enum ErrorKind {
     PayloadTooLarge,
     RateLimitExceeded,
     Internal,
+    ServiceUnavailable,
 }
 
 impl ErrorKind {
@@ -65,6 +66,7 @@ impl ErrorKind {
             UnsupportedMediaType => 415,
             RateLimitExceeded => 429,
             Internal => 500,
+            ServiceUnavailable => 503,
         }
     }
 
@@ -99,6 +101,7 @@ impl ErrorKind {
             PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             RateLimitExceeded => "RATE_LIMIT_EXCEEDED",
             Internal => "INTERNAL_SERVER_ERROR",
+            ServiceUnavailable => "SERVICE_UNAVAILABLE",
         }
     }
 }
@@ -240,6 +243,13 @@ impl ApiError {
     }
     pub fn internal() -> ApiError {
         ApiError::new(ErrorKind::Internal, "Internal server error")
+    }
+    /// Publishing is refused while the storage root or its `.healthcheck` marker is missing.
+    pub fn storage_unavailable() -> ApiError {
+        ApiError::new(
+            ErrorKind::ServiceUnavailable,
+            "Storage is unavailable: uploads are refused until it is restored",
+        )
     }
 }
 

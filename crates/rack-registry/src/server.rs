@@ -41,7 +41,11 @@ pub async fn run(config: Config) -> Result<(), String> {
         Backend::Local => {
             prepare_local_root(&config.storage_root)?;
             let local = LocalStorage::open(&config.storage_root)
-                .map_err(|e| format!("storage root {}: {e}", config.storage_root.display()))?;
+                .map_err(|e| format!("storage root {}: {e}", config.storage_root.display()))?
+                .require_marker();
+            if let Err(e) = local.check_writable().await {
+                tracing::warn!(error = %e, "uploads are refused until the storage marker exists");
+            }
             Arc::new(if config.fs_watch {
                 local.with_watcher()
             } else {

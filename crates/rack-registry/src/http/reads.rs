@@ -15,11 +15,15 @@ use serde_json::json;
 use super::response::{ApiResult, ErrorReply, Reply};
 use crate::cache::Cached;
 use crate::state::AppState;
-use crate::storage::StorageError;
+use crate::storage::{bounded, StorageError};
+
+/// At most this many bytes of an error go into the log line (it may quote client input).
+const MAX_LOGGED_ERROR: usize = 1024;
 
 /// A storage failure is a 500 for the client and a log line (with the key) for the operator.
 pub fn internal(e: impl std::fmt::Display) -> ErrorReply {
-    tracing::error!(error = %e, "storage failure");
+    let e = e.to_string();
+    tracing::error!(error = %bounded(&e, MAX_LOGGED_ERROR), "storage failure");
     ErrorReply(ApiError::internal())
 }
 
@@ -147,9 +151,10 @@ pub async fn namespace_registries(state: &AppState, ctx: &Ctx<'_>, ns: &str) -> 
     Ok(Reply::object(cached, "application/json", CacheTier::Short))
 }
 
-/// `/health`: the storage marker is read on every request, never cached.
+/// `/health`: the storage marker is opened and read on every request (SPEC §8: *readable*, so
+/// a marker that exists but cannot be read is unhealthy), never cached.
 pub async fn health(state: &AppState) -> Reply {
-    let problem = match state.storage.head(layout::HEALTHCHECK_KEY).await {
+    let problem = match state.storage.get(layout::HEALTHCHECK_KEY).await {
         Ok(Some(_)) => None,
         Ok(None) => Some(format!("storage marker {} not found", layout::HEALTHCHECK_KEY)),
         Err(e) => {

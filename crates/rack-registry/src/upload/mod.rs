@@ -115,6 +115,14 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
         return refuse_early(e, body);
     }
 
+    // Storage gone (root removed, marker missing): refuse before staging, which would write
+    // into the root.
+    if let Err(e) = state.storage.check_writable().await {
+        tracing::error!(error = %e, "upload refused: storage unavailable");
+        let e = ApiError::storage_unavailable();
+        failed(state, client, e.code(), None);
+        return refuse_early(e, body);
+    }
     let staging = match Staging::create(&state.staging_root).await {
         Ok(s) => s,
         Err(e) => {
@@ -297,6 +305,10 @@ async fn pipeline(
         .map(|_| ())
         .map_err(|e| Failure::Internal(format!("updating versions of {registry}: {e}"))),
         Err(StorageError::AlreadyExists(_)) => Err(exists().into()),
+        Err(e @ StorageError::Unavailable(_)) => {
+            tracing::error!(error = %e, "publish refused: storage unavailable");
+            Err(ApiError::storage_unavailable().into())
+        }
         Err(e) => Err(Failure::Internal(format!("publishing {dest}: {e}"))),
     };
     state
