@@ -94,6 +94,11 @@ pub async fn run(config: Config) -> Result<(), String> {
         policy,
         admin: config.admin.clone(),
         schema_dir: config.schema_dir.clone(),
+        schemas: schemas::SchemaStore::new(
+            matches!(config.backend, Backend::Local).then_some(config.storage_root.as_path()),
+            &config.schema_dir,
+            config.fs_watch,
+        ),
         trust_proxy: config.trust_proxy,
         limits: config.limits.clone(),
         metrics,

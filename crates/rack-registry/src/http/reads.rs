@@ -95,20 +95,20 @@ pub async fn preset(state: &AppState, name: &str) -> ApiResult {
     Ok(Reply::object(obj, "application/json", CacheTier::Day))
 }
 
-/// `/schemas/<file>` serves `<SCHEMA_DIR>/<file>` byte for byte (`file` is from the allowlist).
+/// `/schemas/<file>` serves `schema/<file>` from storage, or `<SCHEMA_DIR>/<file>`, byte for
+/// byte, through the hot cache (`file` is from the allowlist).
 pub async fn schema(state: &AppState, file: &'static str) -> ApiResult {
-    match tokio::fs::read(state.schema_dir.join(file)).await {
-        Ok(bytes) => Ok(Reply::ok(bytes, "application/json", CacheTier::Day)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            Err(ApiError::schema_not_found().into())
-        }
-        Err(e) => Err(internal(format!("reading schema {file}: {e}"))),
-    }
+    let (storage, key) = state
+        .schemas
+        .locate(&state.storage, file)
+        .ok_or_else(ApiError::schema_not_found)?;
+    let obj = state
+        .cache
+        .get(storage.as_ref(), &key)
+        .await
+        .map_err(internal)?
+        .ok_or_else(ApiError::schema_not_found)?;
+    Ok(Reply::object(obj, "application/json", CacheTier::Day))
 }
 
 pub async fn namespaces(state: &AppState, ctx: &Ctx<'_>) -> ApiResult {
