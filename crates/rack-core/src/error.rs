@@ -280,6 +280,13 @@ impl ApiError {
     pub fn internal() -> ApiError {
         ApiError::new(ErrorKind::Internal, "Internal server error")
     }
+    /// Publishing is refused while the storage root or its `.healthcheck` marker is missing.
+    pub fn storage_unavailable() -> ApiError {
+        ApiError::new(
+            ErrorKind::ServiceUnavailable,
+            "Storage is unavailable: uploads are refused until it is restored",
+        )
+    }
 }
 
 impl fmt::Display for ApiError {

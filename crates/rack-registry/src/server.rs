@@ -42,7 +42,8 @@ pub async fn run(config: Config) -> Result<(), String> {
         Backend::Local => {
             prepare_local_root(&config.storage_root)?;
             let local = LocalStorage::open(&config.storage_root)
-                .map_err(|e| format!("storage root {}: {e}", config.storage_root.display()))?;
+                .map_err(|e| format!("storage root {}: {e}", config.storage_root.display()))?
+                .require_marker();
             Arc::new(if config.fs_watch {
                 local.with_watcher()
             } else {
@@ -94,6 +95,11 @@ pub async fn run(config: Config) -> Result<(), String> {
         policy,
         admin: config.admin.clone(),
         schema_dir: config.schema_dir.clone(),
+        schemas: schemas::SchemaStore::new(
+            matches!(config.backend, Backend::Local).then_some(config.storage_root.as_path()),
+            &config.schema_dir,
+            config.fs_watch,
+        ),
         trust_proxy: config.trust_proxy,
         limits: config.limits.clone(),
         metrics,
@@ -116,15 +122,25 @@ pub async fn run(config: Config) -> Result<(), String> {
         sinks: vec![webhook_sink as Arc<dyn crate::events::PublishSink>],
     });
     // Finish publishes that a crash interrupted, then drop every other leftover of staging:
-    // outside an in-flight upload it is empty.
-    match versions::repair_journal(state.storage.as_ref(), &state.registry_locks, &state.staging_root).await {
+    // outside an in-flight upload it is empty. Storage that refuses writes (no `.healthcheck`)
+    // is left as it is, journal included, for the first start with the marker in place.
+    let writable = state.storage.check_writable().await;
+    if let Err(e) = &writable {
+        tracing::warn!(error = %e, "uploads are refused until the storage marker exists");
+    }
+    let repair = if writable.is_ok() {
+        versions::repair_journal(state.storage.as_ref(), &state.registry_locks, &state.staging_root).await
+    } else {
+        Ok(Vec::new())
+    };
+    match repair {
         Ok(fixed) if !fixed.is_empty() => {
             tracing::warn!(registries = ?fixed, "repaired versions.json of versions published before a crash")
         }
         Ok(_) => {}
         Err(e) => return Err(format!("startup repair of versions.json failed: {e}")),
     }
-    if state.staging_root.exists() {
+    if writable.is_ok() && state.staging_root.exists() {
         std::fs::remove_dir_all(&state.staging_root)
             .map_err(|e| format!("cannot clear staging {}: {e}", state.staging_root.display()))?;
     }

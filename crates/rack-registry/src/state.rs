@@ -22,6 +22,8 @@ pub struct AppState {
     pub policy: Arc<Live<Policy>>,
     pub admin: Admin,
     pub schema_dir: PathBuf,
+    /// Where `/schemas/<file>` is read from (the storage, or a store rooted at `SCHEMA_DIR`).
+    pub schemas: crate::schemas::SchemaStore,
     pub trust_proxy: TrustProxy,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,

@@ -100,7 +100,7 @@ impl LargeObjects {
         }
         Err(StorageError::Backend(format!(
             "object {} changed during every read",
-            crate::storage::bounded(key)
+            crate::storage::bounded(key, crate::storage::MAX_LOGGED_KEY)
         )))
     }
 
@@ -136,7 +136,7 @@ impl LargeObjects {
         tokio::spawn(async move {
             let made = me.compress(storage.as_ref(), &job, &version, &etag).await;
             if let Err(e) = made {
-                tracing::warn!(key = %crate::storage::bounded(&job.0), error = %e, "background compression failed");
+                tracing::warn!(key = %crate::storage::bounded(&job.0, crate::storage::MAX_LOGGED_KEY), error = %e, "background compression failed");
             }
             me.in_flight
                 .lock()

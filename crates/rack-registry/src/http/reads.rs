@@ -15,11 +15,15 @@ use serde_json::json;
 use super::response::{ApiResult, ErrorReply, Reply, Streamed};
 use crate::cache::{Cached, Found};
 use crate::state::AppState;
-use crate::storage::StorageError;
+use crate::storage::{bounded, StorageError};
+
+/// At most this many bytes of an error go into the log line (it may quote client input).
+const MAX_LOGGED_ERROR: usize = 1024;
 
 /// A storage failure is a 500 for the client and a log line (with the key) for the operator.
 pub fn internal(e: impl std::fmt::Display) -> ErrorReply {
-    tracing::error!(error = %crate::storage::bounded(&e.to_string()), "storage failure");
+    let e = e.to_string();
+    tracing::error!(error = %bounded(&e, MAX_LOGGED_ERROR), "storage failure");
     ErrorReply(ApiError::internal())
 }
 
@@ -139,20 +143,20 @@ pub async fn preset(state: &AppState, name: &str) -> ApiResult {
     .ok_or_else(ApiError::not_found)?)
 }
 
-/// `/schemas/<file>` serves `<SCHEMA_DIR>/<file>` byte for byte (`file` is from the allowlist).
+/// `/schemas/<file>` serves `schema/<file>` from storage, or `<SCHEMA_DIR>/<file>`, byte for
+/// byte, through the hot cache (`file` is from the allowlist).
 pub async fn schema(state: &AppState, file: &'static str) -> ApiResult {
-    match tokio::fs::read(state.schema_dir.join(file)).await {
-        Ok(bytes) => Ok(Reply::ok(bytes, "application/json", CacheTier::Day)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            Err(ApiError::schema_not_found().into())
-        }
-        Err(e) => Err(internal(format!("reading schema {file}: {e}"))),
-    }
+    let (storage, key) = state
+        .schemas
+        .locate(&state.storage, file)
+        .ok_or_else(ApiError::schema_not_found)?;
+    let obj = state
+        .cache
+        .get(storage.as_ref(), &key)
+        .await
+        .map_err(internal)?
+        .ok_or_else(ApiError::schema_not_found)?;
+    Ok(Reply::object(obj, "application/json", CacheTier::Day))
 }
 
 pub async fn namespaces(state: &AppState, ctx: &Ctx<'_>) -> ApiResult {
@@ -195,9 +199,10 @@ pub async fn namespace_registries(state: &AppState, ctx: &Ctx<'_>, ns: &str) -> 
     Ok(Reply::object(cached, "application/json", CacheTier::Short))
 }
 
-/// `/health`: the storage marker is read on every request, never cached.
+/// `/health`: the storage marker is opened and read on every request (SPEC §8: *readable*, so
+/// a marker that exists but cannot be read is unhealthy), never cached.
 pub async fn health(state: &AppState) -> Reply {
-    let problem = match state.storage.head(layout::HEALTHCHECK_KEY).await {
+    let problem = match state.storage.get(layout::HEALTHCHECK_KEY).await {
         Ok(Some(_)) => None,
         Ok(None) => Some(format!("storage marker {} not found", layout::HEALTHCHECK_KEY)),
         Err(e) => {

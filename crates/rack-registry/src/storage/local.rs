@@ -4,11 +4,20 @@
 //! not per syscall). Writes go to a temp file under `<root>/.tmp/` that is fsynced and then
 //! renamed (overwrite) or hard-linked (create-only: `link(2)` fails atomically if the target
 //! exists), so a reader never sees a half-written object.
+//!
+//! Nothing ever leaves the root: every object is opened with [`open_beneath`] (symlinks are
+//! followed only while they stay beneath the root), directory walks skip symlinks that escape
+//! and never descend into a directory that is already on the current path (a symlink loop).
+//! Writes never create the root itself and, with [`LocalStorage::require_marker`], are refused
+//! while its `.healthcheck` marker is missing (a root deleted or re-created empty while the
+//! server runs is not written into).
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -35,6 +44,8 @@ pub struct LocalStorage {
     walks: Arc<std::sync::Mutex<HashMap<WalkKey, Arc<Walk>>>>,
     /// Change notification for the hot cache (`FS_WATCH`), when the filesystem allows it.
     watcher: Option<Arc<super::watch::Watcher>>,
+    /// Refuse writes while `<root>/.healthcheck` is missing ([`LocalStorage::require_marker`]).
+    require_marker: bool,
 }
 
 fn io_err(key: &str) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
@@ -44,9 +55,114 @@ fn io_err(key: &str) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
     }
 }
 
-/// A missing file, or a path through something that is not a directory, is "no object".
+/// A missing file, a path through something that is not a directory, a name too long to exist
+/// (`ENAMETOOLONG`, from a client's path), a symlink loop (`ELOOP`) or a symlink out of the root
+/// (`EXDEV` from [`open_beneath`]) is "no object".
 fn is_absent(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
     matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
+        || matches!(
+            Errno::from_io_error(e),
+            Some(Errno::NAMETOOLONG | Errno::LOOP | Errno::XDEV)
+        )
+}
+
+/// Whether `openat2(2)` works here (Linux 5.6+, not blocked by a seccomp filter).
+static OPENAT2: AtomicBool = AtomicBool::new(true);
+
+/// Open `rel` (a validated key, or `""` for the root itself) under the canonical directory
+/// `root` without ever leaving it: symlinks are followed only while they resolve beneath
+/// `root`; an absolute target, or one that climbs out with `..`, fails with `EXDEV`, as do
+/// magic links (`/proc/self/fd/...`). `flags` are `open(2)` flags (`O_CLOEXEC` is added).
+///
+/// Uses `openat2(2)` with `RESOLVE_BENEATH`. Where that is unavailable, the canonical path is
+/// checked to be under `root` and opened with `O_NOFOLLOW`; a rename racing between the check
+/// and the open can slip through there, which needs write access to the root anyway.
+///
+/// The root is opened by path on each call rather than held open: a root that an operator
+/// restores (moves back, re-creates) is the one served, never the deleted directory.
+pub fn open_beneath(root: &Path, rel: &str, flags: rustix::fs::OFlags) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use rustix::io::Errno;
+    let rel = rel.trim_end_matches('/');
+    let flags = flags | OFlags::CLOEXEC;
+    if OPENAT2.load(Ordering::Relaxed) {
+        let dir = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let rel = if rel.is_empty() { "." } else { rel };
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+        // EAGAIN: a concurrent rename somewhere under the root; the kernel asks for a retry.
+        let mut attempts = 0;
+        loop {
+            match rustix::fs::openat2(&dir, rel, flags, Mode::empty(), resolve) {
+                Err(Errno::AGAIN) if attempts < 16 => attempts += 1,
+                Err(Errno::NOSYS) | Err(Errno::PERM) => {
+                    OPENAT2.store(false, Ordering::Relaxed);
+                    break;
+                }
+                other => return other.map_err(Into::into),
+            }
+        }
+    }
+    open_beneath_by_path(root, rel, flags)
+}
+
+/// The fallback of [`open_beneath`] without `openat2(2)`: resolve, check, open the result.
+fn open_beneath_by_path(root: &Path, rel: &str, flags: rustix::fs::OFlags) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let path = if rel.is_empty() {
+        root.to_owned()
+    } else {
+        root.join(rel)
+    };
+    let real = std::fs::canonicalize(&path)?;
+    if !real.starts_with(root) {
+        return Err(rustix::io::Errno::XDEV.into());
+    }
+    Ok(rustix::fs::open(
+        &real,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// The metadata of what `rel` resolves to beneath `root` (see [`open_beneath`]).
+pub fn stat_beneath(root: &Path, rel: &str) -> std::io::Result<std::fs::Metadata> {
+    let fd = open_beneath(root, rel, rustix::fs::OFlags::PATH)?;
+    std::fs::File::from(fd).metadata()
+}
+
+/// Create the directory `rel` under `root` and its missing parents, but never `root` itself
+/// (a deleted root stays deleted: the first `mkdir` fails). Fails if `rel` resolves outside.
+fn create_dirs_beneath(root: &Path, rel: &str) -> std::io::Result<()> {
+    let rel = rel.trim_end_matches('/');
+    if rel.is_empty() {
+        return std::fs::metadata(root).map(drop);
+    }
+    if stat_beneath(root, rel).is_ok_and(|md| md.is_dir()) {
+        return Ok(());
+    }
+    let mut end = 0;
+    while end < rel.len() {
+        end = rel[end + 1..].find('/').map_or(rel.len(), |i| end + 1 + i);
+        match std::fs::create_dir(root.join(&rel[..end])) {
+            Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+    }
+    match stat_beneath(root, rel) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) => Err(std::io::Error::new(ErrorKind::NotADirectory, "not a directory")),
+        Err(e) => Err(e),
+    }
+}
+
+/// The key of the directory holding `key` (`""` at the root).
+fn parent_key(key: &str) -> &str {
+    key.trim_end_matches('/').rsplit_once('/').map_or("", |(p, _)| p)
 }
 
 fn meta_of(key: &str, md: &std::fs::Metadata) -> ObjectMeta {
@@ -101,7 +217,38 @@ impl LocalStorage {
             cas_lock: Arc::default(),
             walks: Arc::default(),
             watcher: None,
+            require_marker: false,
         })
+    }
+
+    /// Refuse every write (with [`StorageError::Unavailable`]) while the root or its
+    /// `.healthcheck` marker is missing: the server's storage, where a vanished root means an
+    /// operator mistake or a lost mount, and publishing into it would lose the version.
+    pub fn require_marker(mut self) -> LocalStorage {
+        self.require_marker = true;
+        self
+    }
+
+    /// [`StorageError::Unavailable`] when writes must be refused (see [`Self::require_marker`]).
+    fn check_marker(root: &Path, required: bool) -> Result<()> {
+        if !required {
+            return Ok(());
+        }
+        match stat_beneath(root, rack_core::layout::HEALTHCHECK_KEY) {
+            Ok(md) if md.is_file() => Ok(()),
+            Ok(_) => Err(StorageError::Unavailable(format!(
+                "{} is not a file",
+                rack_core::layout::HEALTHCHECK_KEY
+            ))),
+            Err(e) if std::fs::metadata(root).is_err() => Err(StorageError::Unavailable(format!(
+                "storage root {} is missing: {e}",
+                root.display()
+            ))),
+            Err(e) => Err(StorageError::Unavailable(format!(
+                "storage marker {} is missing: {e}",
+                rack_core::layout::HEALTHCHECK_KEY
+            ))),
+        }
     }
 
     /// Watch the tree for changes (see [`super::watch`]), if its filesystem allows it.
@@ -138,9 +285,11 @@ impl LocalStorage {
     }
 }
 
-fn read_object(path: &Path, key: &str) -> Result<Option<Object>> {
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
+fn read_object(root: &Path, key: &str) -> Result<Option<Object>> {
+    // O_NONBLOCK: a FIFO put into the tree must not hang a blocking thread in open(2).
+    let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK;
+    let mut file = match open_beneath(root, key, flags) {
+        Ok(fd) => std::fs::File::from(fd),
         Err(e) if is_absent(&e) => return Ok(None),
         Err(e) => return Err(io_err(key)(e)),
     };
@@ -157,9 +306,10 @@ fn read_object(path: &Path, key: &str) -> Result<Option<Object>> {
 }
 
 /// Open a regular file for a streamed read, with the metadata of the opened file.
-fn open_object(path: &Path, key: &str) -> Result<Option<(std::fs::File, ObjectMeta)>> {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
+fn open_object(root: &Path, key: &str) -> Result<Option<(std::fs::File, ObjectMeta)>> {
+    let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK;
+    let file = match open_beneath(root, key, flags) {
+        Ok(fd) => std::fs::File::from(fd),
         Err(e) if is_absent(&e) => return Ok(None),
         Err(e) => return Err(io_err(key)(e)),
     };
@@ -170,8 +320,8 @@ fn open_object(path: &Path, key: &str) -> Result<Option<(std::fs::File, ObjectMe
     Ok(Some((file, meta_of(key, &md))))
 }
 
-fn stat_object(path: &Path, key: &str) -> Result<Option<ObjectMeta>> {
-    match std::fs::metadata(path) {
+fn stat_object(root: &Path, key: &str) -> Result<Option<ObjectMeta>> {
+    match stat_beneath(root, key) {
         Ok(md) if md.is_file() => Ok(Some(meta_of(key, &md))),
         Ok(_) => Ok(None),
         Err(e) if is_absent(&e) => Ok(None),
@@ -179,23 +329,24 @@ fn stat_object(path: &Path, key: &str) -> Result<Option<ObjectMeta>> {
     }
 }
 
-/// Sorted `(name, is_dir)` entries of a directory; `None` if it does not exist. Entries that are
-/// neither regular files nor directories (after following links) are skipped.
-fn read_dir_sorted(dir: &Path, key: &str) -> Result<Option<Vec<(String, bool)>>> {
-    let rd = match std::fs::read_dir(dir) {
+/// Sorted `(name, is_dir)` entries of the directory `dir_key` (`""` or ending in `/`); `None`
+/// if it does not exist. Entries that are neither regular files nor directories are skipped,
+/// and so are symlinks that do not resolve beneath the root (see [`open_beneath`]).
+fn read_dir_sorted(root: &Path, dir_key: &str) -> Result<Option<Vec<(String, bool)>>> {
+    let rd = match std::fs::read_dir(root.join(dir_key)) {
         Ok(rd) => rd,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(key)(e)),
+        Err(e) => return Err(io_err(dir_key)(e)),
     };
     let mut out = Vec::new();
     for entry in rd {
-        let entry = entry.map_err(io_err(key))?;
+        let entry = entry.map_err(io_err(dir_key))?;
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        let mut ft = entry.file_type().map_err(io_err(key))?;
+        let mut ft = entry.file_type().map_err(io_err(dir_key))?;
         if ft.is_symlink() {
-            match std::fs::metadata(entry.path()) {
+            match stat_beneath(root, &format!("{dir_key}{name}")) {
                 Ok(md) => ft = md.file_type(),
                 Err(_) => continue,
             }
@@ -208,19 +359,41 @@ fn read_dir_sorted(dir: &Path, key: &str) -> Result<Option<Vec<(String, bool)>>>
     Ok(Some(out))
 }
 
-fn walk_files(dir: &Path, key_prefix: &str, out: &mut Vec<ObjectMeta>) -> Result<()> {
-    let Some(entries) = read_dir_sorted(dir, key_prefix)? else {
+/// A directory's identity, to recognize one already on the current path of a walk (a symlink
+/// loop such as `a/loop -> ..`, or a bind mount of an ancestor).
+fn dir_id(md: &std::fs::Metadata) -> (u64, u64) {
+    (md.dev(), md.ino())
+}
+
+/// Every object under the directory `key_prefix` (`""` or ending in `/`), at any depth.
+/// `ancestors` holds the directories on the current path (empty at the start).
+fn walk_files(
+    root: &Path,
+    key_prefix: &str,
+    ancestors: &mut Vec<(u64, u64)>,
+    out: &mut Vec<ObjectMeta>,
+) -> Result<()> {
+    let id = match std::fs::metadata(root.join(key_prefix)) {
+        Ok(md) => dir_id(&md),
+        Err(e) if is_absent(&e) => return Ok(()),
+        Err(e) => return Err(io_err(key_prefix)(e)),
+    };
+    if ancestors.contains(&id) {
+        return Ok(());
+    }
+    let Some(entries) = read_dir_sorted(root, key_prefix)? else {
         return Ok(());
     };
+    ancestors.push(id);
     for (name, is_dir) in entries {
         let key = format!("{key_prefix}{name}");
-        let path = dir.join(&name);
         if is_dir {
-            walk_files(&path, &format!("{key}/"), out)?;
-        } else if let Some(meta) = stat_object(&path, &key)? {
+            walk_files(root, &format!("{key}/"), ancestors, out)?;
+        } else if let Some(meta) = stat_object(root, &key)? {
             out.push(meta);
         }
     }
+    ancestors.pop();
     Ok(())
 }
 
@@ -232,38 +405,53 @@ fn dir_stamp(md: &std::fs::Metadata) -> DirStamp {
     (md.ino(), md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec())
 }
 
-fn find_marked(
-    dir: &Path,
-    rel: &str,
-    marker: &str,
+/// The walk of [`Storage::find_marked_dirs`] below `dir` (the directory of the root-relative
+/// `key`, ending in `/`), whose results are named relative to the walk's start (`rel`).
+struct MarkedWalk<'a> {
+    root: &'a Path,
+    marker: &'a str,
     descend: DirFilter,
-    out: &mut Vec<String>,
-    stamps: &mut Vec<(PathBuf, DirStamp)>,
-) -> Result<()> {
-    // Stamp before reading: a change during the walk shows as a newer stamp next time.
-    match std::fs::metadata(dir) {
-        Ok(md) => stamps.push((dir.to_owned(), dir_stamp(&md))),
-        Err(e) if is_absent(&e) => return Ok(()),
-        Err(e) => return Err(io_err(rel)(e)),
-    }
-    let Some(entries) = read_dir_sorted(dir, rel)? else {
-        return Ok(());
-    };
-    for (name, is_dir) in entries {
-        if is_dir {
-            if descend(&name) {
-                let child = if rel.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{rel}/{name}")
-                };
-                find_marked(&dir.join(&name), &child, marker, descend, out, stamps)?;
-            }
-        } else if name == marker && !rel.is_empty() {
-            out.push(rel.to_owned());
+    out: Vec<String>,
+    stamps: Vec<(PathBuf, DirStamp)>,
+    /// Directories on the current path: one met again is a loop and is not entered.
+    ancestors: Vec<(u64, u64)>,
+}
+
+impl MarkedWalk<'_> {
+    fn visit(&mut self, key: &str, rel: &str) -> Result<()> {
+        let dir = self.root.join(key);
+        // Stamp before reading: a change during the walk shows as a newer stamp next time.
+        let md = match std::fs::metadata(&dir) {
+            Ok(md) => md,
+            Err(e) if is_absent(&e) => return Ok(()),
+            Err(e) => return Err(io_err(key)(e)),
+        };
+        let id = dir_id(&md);
+        if self.ancestors.contains(&id) {
+            return Ok(());
         }
+        self.stamps.push((dir, dir_stamp(&md)));
+        let Some(entries) = read_dir_sorted(self.root, key)? else {
+            return Ok(());
+        };
+        self.ancestors.push(id);
+        for (name, is_dir) in entries {
+            if is_dir {
+                if (self.descend)(&name) {
+                    let child = if rel.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{rel}/{name}")
+                    };
+                    self.visit(&format!("{key}{name}/"), &child)?;
+                }
+            } else if name == self.marker && !rel.is_empty() {
+                self.out.push(rel.to_owned());
+            }
+        }
+        self.ancestors.pop();
+        Ok(())
     }
-    Ok(())
 }
 
 /// A finished walk of [`Storage::find_marked_dirs`], valid while every directory it read still
@@ -297,7 +485,11 @@ type WalkKey = (String, String, usize);
 
 fn write_temp(root: &Path, body: &[u8], key: &str) -> Result<tempfile::TempPath> {
     let tmp_dir = root.join(TMP_DIR);
-    std::fs::create_dir_all(&tmp_dir).map_err(io_err(key))?;
+    // `mkdir`, not `mkdir -p`: a root that is gone stays gone.
+    match std::fs::create_dir(&tmp_dir) {
+        Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(io_err(key)(e)),
+        _ => {}
+    }
     let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(io_err(key))?;
     tmp.write_all(body).map_err(io_err(key))?;
     tmp.as_file().sync_all().map_err(io_err(key))?;
@@ -324,15 +516,15 @@ fn sync_dir(dir: &Path) {
 #[async_trait]
 impl Storage for LocalStorage {
     async fn get(&self, key: &str) -> Result<Option<Object>> {
-        let path = self.path(key)?;
+        validate_key(key)?;
         let key = key.to_owned();
-        self.blocking(move |_| read_object(&path, &key)).await
+        self.blocking(move |root| read_object(root, &key)).await
     }
 
     async fn get_stream(&self, key: &str) -> Result<Option<ObjectStream>> {
-        let path = self.path(key)?;
+        validate_key(key)?;
         let owned = key.to_owned();
-        let Some((file, meta)) = self.blocking(move |_| open_object(&path, &owned)).await? else {
+        let Some((file, meta)) = self.blocking(move |root| open_object(root, &owned)).await? else {
             return Ok(None);
         };
         let reader =
@@ -343,11 +535,11 @@ impl Storage for LocalStorage {
         }))
     }
 
-    /// A `stat` runs inline: it is one short syscall on a cached inode, cheaper than a hop to
+    /// The `stat` runs inline: a few short syscalls on cached inodes, cheaper than a hop to
     /// the blocking pool, and it sits on the hot path (cache validation on every read).
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
-        let path = self.path(key)?;
-        stat_object(&path, key)
+        validate_key(key)?;
+        stat_object(&self.root, key)
     }
 
     async fn list(
@@ -360,32 +552,35 @@ impl Storage for LocalStorage {
         if !prefix.is_empty() && !prefix.ends_with('/') {
             return Err(StorageError::InvalidKey(prefix.to_owned()));
         }
-        let dir = if prefix.is_empty() {
-            (*self.root).clone()
-        } else {
-            self.path(prefix)?
-        };
+        if !prefix.is_empty() {
+            validate_key(prefix)?;
+        }
         let prefix = prefix.to_owned();
         let start_after = start_after.map(str::to_owned);
         let limit = limit.max(1);
-        self.blocking(move |_| {
+        self.blocking(move |root| {
             let mut page = ListPage::default();
+            // A prefix that resolves outside the root (through a symlink) holds nothing.
+            match stat_beneath(root, &prefix) {
+                Err(e) if is_absent(&e) => return Ok(page),
+                _ => {}
+            }
             // Merge objects and prefixes in key order for pagination.
             let mut all: Vec<(String, Option<ObjectMeta>)> = Vec::new();
             if delimiter {
-                if let Some(entries) = read_dir_sorted(&dir, &prefix)? {
+                if let Some(entries) = read_dir_sorted(root, &prefix)? {
                     for (name, is_dir) in entries {
                         let key = format!("{prefix}{name}");
                         if is_dir {
                             all.push((format!("{key}/"), None));
-                        } else if let Some(m) = stat_object(&dir.join(&name), &key)? {
+                        } else if let Some(m) = stat_object(root, &key)? {
                             all.push((key, Some(m)));
                         }
                     }
                 }
             } else {
                 let mut metas = Vec::new();
-                walk_files(&dir, &prefix, &mut metas)?;
+                walk_files(root, &prefix, &mut Vec::new(), &mut metas)?;
                 all.extend(metas.into_iter().map(|m| (m.key.clone(), Some(m))));
             }
             all.sort_by(|a, b| a.0.cmp(&b.0));
@@ -422,9 +617,11 @@ impl Storage for LocalStorage {
             _ => None,
         };
         let key = key.to_owned();
+        let require_marker = self.require_marker;
         self.blocking(move |root| {
+            LocalStorage::check_marker(root, require_marker)?;
             let parent = path.parent().expect("key has a parent under root");
-            std::fs::create_dir_all(parent).map_err(io_err(&key))?;
+            create_dirs_beneath(root, parent_key(&key)).map_err(io_err(&key))?;
             let tmp = write_temp(root, &body, &key)?;
             match &mode {
                 PutMode::Overwrite => tmp.persist(&path).map_err(|e| io_err(&key)(e.error))?,
@@ -439,7 +636,7 @@ impl Storage for LocalStorage {
                     drop(tmp);
                 }
                 PutMode::IfVersion(expected) => {
-                    let current = stat_object(&path, &key)?;
+                    let current = stat_object(root, &key)?;
                     if current.map(|m| m.version).as_deref() != Some(expected.as_str()) {
                         return Err(StorageError::PreconditionFailed(key.clone()));
                     }
@@ -447,7 +644,7 @@ impl Storage for LocalStorage {
                 }
             }
             sync_dir(parent);
-            stat_object(&path, &key)?
+            stat_object(root, &key)?
                 .ok_or_else(|| StorageError::Backend(format!("{key} vanished after write")))
         })
         .await
@@ -456,7 +653,13 @@ impl Storage for LocalStorage {
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let path = self.path(prefix)?;
         let prefix = prefix.to_owned();
-        self.blocking(move |_| {
+        self.blocking(move |root| {
+            // Nothing outside the root is ever deleted, whatever a symlink on the way says.
+            match stat_beneath(root, parent_key(&prefix)) {
+                Err(e) if is_absent(&e) => return Ok(0),
+                Err(e) => return Err(io_err(&prefix)(e)),
+                Ok(_) => {}
+            }
             let md = match std::fs::symlink_metadata(&path) {
                 Ok(md) => md,
                 Err(e) if is_absent(&e) => return Ok(0),
@@ -464,7 +667,7 @@ impl Storage for LocalStorage {
             };
             if md.is_dir() && prefix.ends_with('/') {
                 let mut files = Vec::new();
-                walk_files(&path, &prefix, &mut files)?;
+                walk_files(root, &prefix, &mut Vec::new(), &mut files)?;
                 std::fs::remove_dir_all(&path).map_err(io_err(&prefix))?;
                 Ok(files.len() as u64)
             } else if md.is_file() && !prefix.ends_with('/') {
@@ -483,7 +686,7 @@ impl Storage for LocalStorage {
         marker: &str,
         descend: DirFilter,
     ) -> Result<Option<Arc<[String]>>> {
-        let dir = self.path(prefix)?;
+        validate_key(prefix)?;
         let key = prefix.to_owned();
         let walk_key: WalkKey = (key.clone(), marker.to_owned(), descend as usize);
         let walks = self.walks.clone();
@@ -505,11 +708,12 @@ impl Storage for LocalStorage {
         // One blocking task for the whole walk (not one per directory), and no walk at all
         // while the previous one is still current (checking that is a stat per directory,
         // which is blocking work too).
-        self.blocking(move |_| {
+        self.blocking(move |root| {
             if let Some(walk) = large.filter(|w| w.is_current()) {
                 return Ok(walk.result.clone());
             }
-            match std::fs::metadata(&dir) {
+            // Beneath the root only: a namespace symlinked to elsewhere holds nothing.
+            match stat_beneath(root, &key) {
                 Err(e) if is_absent(&e) => return Ok(None),
                 Err(e) => return Err(io_err(&key)(e)),
                 Ok(md) if !md.is_dir() => {
@@ -520,10 +724,20 @@ impl Storage for LocalStorage {
                 }
                 Ok(_) => {}
             }
-            let mut out = Vec::new();
-            let mut stamps = Vec::new();
-            find_marked(&dir, "", &marker, descend, &mut out, &mut stamps)?;
-            let anything = std::fs::read_dir(&dir).map_err(io_err(&key))?.next().is_some();
+            let mut walk = MarkedWalk {
+                root,
+                marker: &marker,
+                descend,
+                out: Vec::new(),
+                stamps: Vec::new(),
+                ancestors: Vec::new(),
+            };
+            walk.visit(&key, "")?;
+            let MarkedWalk { mut out, stamps, .. } = walk;
+            let anything = std::fs::read_dir(root.join(&key))
+                .map_err(io_err(&key))?
+                .next()
+                .is_some();
             out.sort();
             let result: Option<Arc<[String]>> = anything.then(|| Arc::from(out));
             let mut walks = walks.lock().unwrap_or_else(|e| e.into_inner());
@@ -549,10 +763,12 @@ impl Storage for LocalStorage {
         let target = self.path(dest)?;
         let staged = staged.to_owned();
         let key = dest.to_owned();
-        self.blocking(move |_| {
+        let require_marker = self.require_marker;
+        self.blocking(move |root| {
+            LocalStorage::check_marker(root, require_marker)?;
             fsync_dirs(&staged).map_err(io_err(&key))?;
             let parent = target.parent().expect("version has a parent");
-            std::fs::create_dir_all(parent).map_err(io_err(&key))?;
+            create_dirs_beneath(root, parent_key(&key)).map_err(io_err(&key))?;
             let cwd = rustix::fs::CWD;
             match rustix::fs::renameat_with(cwd, &staged, cwd, &target, rustix::fs::RenameFlags::NOREPLACE) {
                 Ok(()) => {}
@@ -565,6 +781,11 @@ impl Storage for LocalStorage {
             Ok(())
         })
         .await
+    }
+
+    /// A few `stat`s, inline (see [`LocalStorage::require_marker`]).
+    async fn check_writable(&self) -> Result<()> {
+        LocalStorage::check_marker(&self.root, self.require_marker)
     }
 
     fn describe(&self) -> String {
@@ -755,5 +976,197 @@ mod tests {
         let root = s.list("", true, None, 10).await.unwrap();
         assert_eq!(root.objects.len(), 1);
         assert!(root.prefixes.iter().all(|p| !p.starts_with("@file")));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn overlong_names_are_absent() {
+        let (_d, s) = store().await;
+        let segment = "x".repeat(300);
+        let deep = "abcdefg/".repeat(700);
+        for key in [segment.clone(), format!("@a/{segment}/v"), format!("{deep}f")] {
+            assert!(s.get(&key).await.unwrap().is_none());
+            assert!(s.head(&key).await.unwrap().is_none());
+            assert!(s
+                .find_marked_dirs(&format!("{key}/"), "versions.json", |_| true)
+                .await
+                .unwrap()
+                .is_none());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn symlinks_are_followed_beneath_the_root_only() {
+        use std::os::unix::fs::symlink;
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"secret").unwrap();
+        std::fs::create_dir_all(outside.path().join("reg/1.0.0")).unwrap();
+        std::fs::write(outside.path().join("reg/versions.json"), b"{}").unwrap();
+        let (d, s) = store().await;
+        let root = d.path();
+        std::fs::create_dir_all(root.join("@a/x/1.0.0")).unwrap();
+        std::fs::write(root.join("@a/x/versions.json"), b"{}").unwrap();
+        std::fs::write(root.join("@a/x/1.0.0/f"), b"inside").unwrap();
+        symlink(outside.path().join("secret"), root.join("@a/x/1.0.0/abs")).unwrap();
+        symlink("../../../../secret", root.join("@a/x/1.0.0/rel")).unwrap();
+        symlink(outside.path(), root.join("@a/x/1.0.0/dir")).unwrap();
+        symlink(outside.path().join("reg"), root.join("@a/stolen")).unwrap();
+        symlink(outside.path(), root.join("@out")).unwrap();
+        symlink("f", root.join("@a/x/1.0.0/alias")).unwrap();
+        symlink("x", root.join("@a/y")).unwrap();
+        for key in [
+            "@a/x/1.0.0/abs",
+            "@a/x/1.0.0/rel",
+            "@a/x/1.0.0/dir/secret",
+            "@out/secret",
+        ] {
+            assert!(s.get(key).await.unwrap().is_none(), "{key}");
+            assert!(s.head(key).await.unwrap().is_none(), "{key}");
+        }
+        assert_eq!(
+            &s.get("@a/x/1.0.0/alias").await.unwrap().unwrap().body[..],
+            b"inside"
+        );
+        assert!(s.head("@a/y/versions.json").await.unwrap().is_some());
+        let found = s.find_marked_dirs("@a/", "versions.json", |n| !n.contains('.'));
+        assert_eq!(&found.await.unwrap().unwrap()[..], ["x", "y"]);
+        assert!(s
+            .find_marked_dirs("@out/", "versions.json", |_| true)
+            .await
+            .unwrap()
+            .is_none());
+        let all = s.list("@a/", false, None, 100).await.unwrap();
+        let keys: Vec<_> = all.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "@a/x/1.0.0/alias",
+                "@a/x/1.0.0/f",
+                "@a/x/versions.json",
+                "@a/y/1.0.0/alias",
+                "@a/y/1.0.0/f",
+                "@a/y/versions.json"
+            ]
+        );
+        assert!(s.list("@out/", true, None, 10).await.unwrap().prefixes.is_empty());
+        let root_page = s.list("", true, None, 10).await.unwrap();
+        assert_eq!(root_page.prefixes, ["@a/"]);
+        // Deleting through a symlink never touches what is outside.
+        assert_eq!(s.delete_prefix("@out/").await.unwrap(), 0);
+        assert_eq!(s.delete_prefix("@a/x/1.0.0/dir/").await.unwrap(), 0);
+        assert!(outside.path().join("secret").exists());
+        assert!(outside.path().join("reg/versions.json").exists());
+    }
+
+    #[test]
+    fn both_ways_of_opening_beneath_agree() {
+        use std::os::unix::fs::symlink;
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/b/f"), b"f").unwrap();
+        symlink("b/f", root.join("a/in")).unwrap();
+        symlink("../b", root.join("a/b/up")).unwrap();
+        symlink(outside.path().join("secret"), root.join("a/abs")).unwrap();
+        symlink("../../secret", root.join("a/rel")).unwrap();
+        symlink(outside.path(), root.join("a/dir")).unwrap();
+        symlink("loop", root.join("a/loop")).unwrap();
+        let flags = rustix::fs::OFlags::RDONLY;
+        let kind = |r: std::io::Result<OwnedFd>| match r {
+            Ok(_) => "open",
+            Err(e) if is_absent(&e) => "absent",
+            Err(_) => "error",
+        };
+        for (rel, expected) in [
+            ("a/b/f", "open"),
+            ("a/in", "open"),
+            ("a/b/up/up/f", "open"),
+            ("", "open"),
+            ("a/abs", "absent"),
+            ("a/rel", "absent"),
+            ("a/dir/secret", "absent"),
+            ("a/loop", "absent"),
+            ("a/missing", "absent"),
+            ("a/b/f/x", "absent"),
+        ] {
+            assert_eq!(kind(open_beneath(&root, rel, flags)), expected, "openat2 {rel}");
+            assert_eq!(
+                kind(open_beneath_by_path(&root, rel, flags)),
+                expected,
+                "fallback {rel}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn symlink_loops_end_the_walks() {
+        use std::os::unix::fs::symlink;
+        let (d, s) = store().await;
+        let root = d.path();
+        for reg in ["a", "b/c"] {
+            std::fs::create_dir_all(root.join("@n").join(reg)).unwrap();
+            std::fs::write(root.join("@n").join(reg).join("versions.json"), b"{}").unwrap();
+        }
+        // Three ways back up: a walk that followed them would branch at every level.
+        symlink("..", root.join("@n/a/loop")).unwrap();
+        symlink("../..", root.join("@n/b/c/up")).unwrap();
+        symlink(".", root.join("@n/self")).unwrap();
+        let found = s
+            .find_marked_dirs("@n/", "versions.json", |_| true)
+            .await
+            .unwrap();
+        assert_eq!(&found.unwrap()[..], ["a", "b/c"]);
+        let all = s.list("@n/", false, None, 100).await.unwrap();
+        assert_eq!(all.objects.len(), 2);
+        assert_eq!(s.delete_prefix("@n/").await.unwrap(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn writes_need_the_root_and_its_marker() {
+        let (d, s) = store().await;
+        let s = s.require_marker();
+        let root = d.path().to_owned();
+        let put = |s: LocalStorage, key: &'static str| async move {
+            s.put(key, Bytes::from_static(b"1"), PutMode::Overwrite).await
+        };
+        assert!(matches!(
+            put(s.clone(), "@a/x").await,
+            Err(StorageError::Unavailable(_))
+        ));
+        std::fs::write(root.join(rack_core::layout::HEALTHCHECK_KEY), b"").unwrap();
+        put(s.clone(), "@a/x").await.unwrap();
+        assert!(s.check_writable().await.is_ok());
+
+        let staged = tempfile::tempdir().unwrap();
+        std::fs::create_dir(staged.path().join("v")).unwrap();
+        std::fs::write(staged.path().join("v/registry.json"), b"{}").unwrap();
+        let away = root.with_extension("away");
+        std::fs::rename(&root, &away).unwrap();
+        assert!(matches!(
+            put(s.clone(), "@a/y/z").await,
+            Err(StorageError::Unavailable(_))
+        ));
+        assert!(matches!(
+            s.publish_dir(&staged.path().join("v"), "@a/r/1.0.0").await,
+            Err(StorageError::Unavailable(_))
+        ));
+        assert!(matches!(
+            s.check_writable().await,
+            Err(StorageError::Unavailable(_))
+        ));
+        assert!(!root.exists(), "the root was re-created");
+        // Even without the marker check, a write never re-creates the root.
+        let lenient = LocalStorage {
+            require_marker: false,
+            ..s.clone()
+        };
+        assert!(put(lenient, "@a/y/z").await.is_err());
+        assert!(!root.exists(), "the root was re-created");
+        std::fs::rename(&away, &root).unwrap();
+        s.publish_dir(&staged.path().join("v"), "@a/r/1.0.0")
+            .await
+            .unwrap();
+        assert!(s.head("@a/r/1.0.0/registry.json").await.unwrap().is_some());
     }
 }

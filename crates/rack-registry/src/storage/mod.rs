@@ -67,21 +67,42 @@ pub enum PutMode {
     IfVersion(String),
 }
 
+/// At most this many bytes of a key go into an error message (and so into a log line): keys
+/// come from request paths, and a 5,000-byte path must not become a 5,000-byte ERROR line.
+pub const MAX_LOGGED_KEY: usize = 256;
+
+/// `s` cut to at most `max` bytes (on a character boundary), with an ellipsis and the full
+/// length when something was cut.
+pub fn bounded(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len()).into()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("invalid storage key {0:?}")]
+    #[error("invalid storage key {:?}", bounded(.0, MAX_LOGGED_KEY))]
     InvalidKey(String),
-    #[error("object {0:?} already exists")]
+    #[error("object {:?} already exists", bounded(.0, MAX_LOGGED_KEY))]
     AlreadyExists(String),
-    #[error("object {0:?} changed concurrently")]
+    #[error("object {:?} changed concurrently", bounded(.0, MAX_LOGGED_KEY))]
     PreconditionFailed(String),
-    #[error("storage I/O error on {key:?}: {source}")]
+    #[error("storage I/O error on {:?}: {source}", bounded(.key, MAX_LOGGED_KEY))]
     Io {
         key: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("storage error: {0}")]
+    /// The storage root or its `.healthcheck` marker is gone: nothing may be written (a
+    /// publish into a re-created empty root would be lost, or mixed into the wrong tree).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage error: {}", bounded(.0, 4 * MAX_LOGGED_KEY))]
     Backend(String),
 }
 
@@ -118,20 +139,6 @@ pub fn staged_files(dir: &Path) -> Result<Vec<String>> {
 pub type DirFilter = fn(&str) -> bool;
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
-
-/// A key (or any client-supplied text) cut to a bounded prefix for a log line: a request can
-/// carry kilobytes of path, and a log line never carries more than this of it.
-pub fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
-    const MAX: usize = 200;
-    if text.len() <= MAX {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    std::borrow::Cow::Owned(format!("{}... ({} bytes)", &text[..end], text.len()))
-}
 
 /// Validate a key (or a prefix ending in `/`): relative, `/`-separated, no empty, `.` or `..`
 /// segment, no backslash or NUL. Every key from a request or an archive passes here before it
@@ -284,6 +291,12 @@ pub trait Storage: Send + Sync + 'static {
         }
     }
 
+    /// `Ok` when writes can be accepted now; [`StorageError::Unavailable`] when the storage is
+    /// gone (a local root removed while running). Asked before an upload stages anything.
+    async fn check_writable(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// A short description for logs (`local:/srv/rack`, `s3://bucket`).
     fn describe(&self) -> String;
 
@@ -316,5 +329,20 @@ mod tests {
         ] {
             assert!(validate_key(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn errors_carry_a_bounded_prefix_of_the_key() {
+        let long = format!("@ns/{}", "é".repeat(3000));
+        let shown = super::StorageError::InvalidKey(long.clone()).to_string();
+        assert!(shown.len() < 400, "{}", shown.len());
+        assert!(shown.contains(&long[..100]));
+        assert!(shown.contains(&format!("({} bytes)", long.len())));
+        let io = super::StorageError::Io {
+            key: long.clone(),
+            source: std::io::ErrorKind::Other.into(),
+        };
+        assert!(!io.to_string().contains(&long));
+        assert_eq!(super::bounded("short", 256), "short");
     }
 }

@@ -169,6 +169,15 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
         return res;
     };
 
+    // Storage gone (root removed, marker missing): refuse before staging, which would write
+    // into the root.
+    if let Err(e) = state.storage.check_writable().await {
+        tracing::error!(error = %e, "upload refused: storage unavailable");
+        let e = ApiError::storage_unavailable();
+        failed(state, client, e.code(), None);
+        return refuse_early(e, body);
+    }
+
     // A token that can publish nowhere: judged as the package streams, nothing written. The
     // policy in force now decides checks 8 and 9 for this upload.
     let policy = state.policy();
@@ -426,6 +435,10 @@ async fn pipeline(
             .map(|_| ())
             .map_err(|e| Failure::Internal(format!("updating versions of {}: {e}", clip(&registry, CLIP)))),
         Err(StorageError::AlreadyExists(_)) => Err(exists(&identity.version).into()),
+        Err(e @ StorageError::Unavailable(_)) => {
+            tracing::error!(error = %e, "publish refused: storage unavailable");
+            Err(ApiError::storage_unavailable().into())
+        }
         Err(e) => Err(Failure::Internal(format!(
             "publishing {}: {e}",
             clip(&dest, CLIP)

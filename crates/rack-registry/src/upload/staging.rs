@@ -11,10 +11,15 @@ pub struct Staging {
 }
 
 impl Staging {
-    /// Create a fresh staging directory under `tmp_root`.
+    /// Create a fresh staging directory under `tmp_root` (creating `tmp_root` itself if needed,
+    /// but never its parent: a storage root that is gone is not re-created here).
     pub async fn create(tmp_root: &Path) -> std::io::Result<Staging> {
         let dir = tmp_root.join(format!("upload-{:016x}", rand::random::<u64>()));
-        tokio::fs::create_dir_all(&dir).await?;
+        match tokio::fs::create_dir(tmp_root).await {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        tokio::fs::create_dir(&dir).await?;
         Ok(Staging { dir: Some(dir) })
     }
 

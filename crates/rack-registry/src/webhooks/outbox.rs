@@ -57,6 +57,10 @@ pub struct Delivery {
 
 pub struct Outbox {
     dir: PathBuf,
+    /// The nearest ancestor of `dir` that existed when the outbox was opened. It is never
+    /// re-created: the default outbox lives in the storage root, and a root removed while the
+    /// server runs must stay removed (a retry would otherwise bring back an empty root).
+    anchor: Option<PathBuf>,
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -67,7 +71,10 @@ impl Outbox {
     /// Open the outbox and clear temporary files a crash left behind. The directory is created
     /// with the first delivery, so a server without webhooks leaves no trace.
     pub fn open(dir: &Path) -> std::io::Result<Outbox> {
-        let outbox = Outbox { dir: dir.to_owned() };
+        let outbox = Outbox {
+            dir: dir.to_owned(),
+            anchor: dir.ancestors().skip(1).find(|p| p.is_dir()).map(Path::to_owned),
+        };
         if !dir.exists() {
             return Ok(outbox);
         }
@@ -86,6 +93,12 @@ impl Outbox {
     pub fn ensure_dir(&self) -> std::io::Result<()> {
         if self.dir.is_dir() {
             return Ok(());
+        }
+        if let Some(anchor) = self.anchor.as_deref().filter(|a| !a.is_dir()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} is gone (it is not re-created)", anchor.display()),
+            ));
         }
         std::fs::create_dir_all(&self.dir)?;
         #[cfg(unix)]
@@ -212,6 +225,24 @@ mod tests {
             created_ms: created,
             seq: 0,
         }
+    }
+
+    #[test]
+    fn a_vanished_parent_is_not_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("storage");
+        std::fs::create_dir(&root).unwrap();
+        let ob = Outbox::open(&root.join(".webhooks")).unwrap();
+        std::fs::remove_dir(&root).unwrap();
+        assert!(ob.write_all(&[delivery("1-a", 1)]).is_err());
+        assert!(!root.exists(), "the storage root was re-created");
+        std::fs::create_dir(&root).unwrap();
+        ob.write_all(&[delivery("1-a", 1)]).unwrap();
+        assert!(root.join(".webhooks/1-a.json").is_file());
+        // Missing parents below the anchor are still created.
+        let ob = Outbox::open(&dir.path().join("a/b/outbox")).unwrap();
+        ob.write_all(&[]).unwrap();
+        assert!(dir.path().join("a/b/outbox").is_dir());
     }
 
     #[test]
