@@ -17,7 +17,7 @@ use std::io::{ErrorKind, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -42,6 +42,9 @@ pub struct LocalStorage {
     cas_lock: Arc<tokio::sync::Mutex<()>>,
     /// Recent directory walks, revalidated by directory stamps (see [`Walk`]).
     walks: Arc<std::sync::Mutex<HashMap<WalkKey, Arc<Walk>>>>,
+    /// Writes made through this storage (bumped when each ends): a walk is trusted without a
+    /// look only if none ended since it was confirmed.
+    writes: Arc<AtomicU64>,
     /// Change notification for the hot cache (`FS_WATCH`), when the filesystem allows it.
     watcher: Option<Arc<super::watch::Watcher>>,
     /// Refuse writes while `<root>/.healthcheck` is missing ([`LocalStorage::require_marker`]).
@@ -216,6 +219,7 @@ impl LocalStorage {
             root: Arc::new(root),
             cas_lock: Arc::default(),
             walks: Arc::default(),
+            writes: Arc::default(),
             watcher: None,
             require_marker: false,
         })
@@ -456,15 +460,75 @@ impl MarkedWalk<'_> {
 
 /// A finished walk of [`Storage::find_marked_dirs`], valid while every directory it read still
 /// has the same stamp. Revalidating costs one `stat` per directory instead of an `open`,
-/// `getdents` and `close`, and no allocation: a 10,000-registry listing is answered from here
-/// unless something under the namespace changed, and it is never stale.
+/// `getdents` and `close`, and no allocation.
+///
+/// Even that is O(directories), so a walk is trusted without any check for [`WALK_FRESH`] after
+/// it was last confirmed (a warm listing costs a map lookup, whatever the namespace's size), and
+/// only one request at a time revalidates it (the others keep answering from it meanwhile).
+/// A write through this storage ends that trust for every walk, so a publish shows at once; a
+/// change made by hand shows within [`WALK_FRESH`] (listings are `max-age=60` anyway).
 #[derive(Debug)]
 struct Walk {
     stamps: Vec<(PathBuf, DirStamp)>,
     result: Option<Arc<[String]>>,
+    /// When it was last known current (milliseconds of [`walk_clock`]), and the storage's
+    /// write count read before that check.
+    confirmed_ms: AtomicU64,
+    confirmed_writes: AtomicU64,
+    /// A request is revalidating it.
+    revalidating: AtomicBool,
+}
+
+/// Counts a write when it ends (however it ends: success, failure or a dropped request).
+struct WriteEnds<'a>(&'a AtomicU64);
+
+impl Drop for WriteEnds<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Clears a walk's `revalidating` flag when its revalidation ends, however it ends.
+struct Revalidating(Arc<Walk>);
+
+impl Drop for Revalidating {
+    fn drop(&mut self) {
+        self.0.revalidating.store(false, Ordering::Release);
+    }
+}
+
+/// How long a confirmed walk is trusted without a look at its directories.
+pub const WALK_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Milliseconds since the first call (a monotonic clock for walk freshness).
+fn walk_clock() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
 }
 
 impl Walk {
+    fn new(stamps: Vec<(PathBuf, DirStamp)>, result: Option<Arc<[String]>>, writes: u64) -> Walk {
+        Walk {
+            stamps,
+            result,
+            confirmed_ms: AtomicU64::new(walk_clock()),
+            confirmed_writes: AtomicU64::new(writes),
+            revalidating: AtomicBool::new(false),
+        }
+    }
+
+    fn fresh(&self, writes: u64) -> bool {
+        self.confirmed_writes.load(Ordering::Acquire) == writes
+            && walk_clock().saturating_sub(self.confirmed_ms.load(Ordering::Relaxed))
+                < WALK_FRESH.as_millis() as u64
+    }
+
+    /// Confirmed current now, by a check that began when the storage had seen `writes` writes.
+    fn confirm(&self, writes: u64) {
+        self.confirmed_ms.store(walk_clock(), Ordering::Relaxed);
+        self.confirmed_writes.store(writes, Ordering::Release);
+    }
+
     fn is_current(&self) -> bool {
         self.stamps.iter().all(|(p, st)| {
             std::fs::metadata(p)
@@ -608,6 +672,7 @@ impl Storage for LocalStorage {
     }
 
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> Result<ObjectMeta> {
+        let _ended = WriteEnds(&self.writes);
         let path = self.path(key)?;
         if key.ends_with('/') {
             return Err(StorageError::InvalidKey(key.to_owned()));
@@ -651,6 +716,7 @@ impl Storage for LocalStorage {
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        let _ended = WriteEnds(&self.writes);
         let path = self.path(prefix)?;
         let prefix = prefix.to_owned();
         self.blocking(move |root| {
@@ -690,11 +756,22 @@ impl Storage for LocalStorage {
         let key = prefix.to_owned();
         let walk_key: WalkKey = (key.clone(), marker.to_owned(), descend as usize);
         let walks = self.walks.clone();
+        // Read before anything is checked: a write that ends after this makes the walk
+        // confirmed now untrusted again.
+        let writes = self.writes.load(Ordering::Acquire);
         let cached = walks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&walk_key)
             .cloned();
+        // Fresh, or another request is revalidating it: answer from it.
+        if let Some(w) = &cached {
+            if w.fresh(writes) || w.revalidating.swap(true, Ordering::AcqRel) {
+                return Ok(w.result.clone());
+            }
+        }
+        // This request revalidates (the flag is cleared when the walk is confirmed or dropped).
+        let _revalidating = cached.clone().map(Revalidating);
         // A small cached walk is checked here; a large one in the blocking task below. Either
         // way it is checked once, and a stale one is walked again.
         let (small, large): (Option<Arc<Walk>>, Option<Arc<Walk>>) = match cached {
@@ -702,6 +779,7 @@ impl Storage for LocalStorage {
             other => (None, other),
         };
         if let Some(walk) = small.filter(|w| w.is_current()) {
+            walk.confirm(writes);
             return Ok(walk.result.clone());
         }
         let marker = marker.to_owned();
@@ -710,6 +788,7 @@ impl Storage for LocalStorage {
         // which is blocking work too).
         self.blocking(move |root| {
             if let Some(walk) = large.filter(|w| w.is_current()) {
+                walk.confirm(writes);
                 return Ok(walk.result.clone());
             }
             // Beneath the root only: a namespace symlinked to elsewhere holds nothing.
@@ -744,13 +823,7 @@ impl Storage for LocalStorage {
             if walks.len() >= MAX_WALKS {
                 walks.clear();
             }
-            walks.insert(
-                walk_key,
-                Arc::new(Walk {
-                    stamps,
-                    result: result.clone(),
-                }),
-            );
+            walks.insert(walk_key, Arc::new(Walk::new(stamps, result.clone(), writes)));
             Ok(result)
         })
         .await
@@ -760,6 +833,7 @@ impl Storage for LocalStorage {
     /// two racing uploads exactly one wins. Files were fsynced during extraction; directories
     /// are fsynced here, the parent after the rename.
     async fn publish_dir(&self, staged: &Path, dest: &str) -> Result<()> {
+        let _ended = WriteEnds(&self.writes);
         let target = self.path(dest)?;
         let staged = staged.to_owned();
         let key = dest.to_owned();
@@ -878,7 +952,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn cached_walks_are_never_stale() {
+    async fn cached_walks_see_hand_changes_within_a_second_and_writes_at_once() {
         let (d, s) = store().await;
         let root = d.path();
         let is_seg: DirFilter = |n| !n.contains('.');
@@ -887,22 +961,47 @@ mod tests {
         let list = |s: LocalStorage| async move {
             s.find_marked_dirs("@a/", "versions.json", is_seg).await.unwrap()
         };
-        assert_eq!(&list(s.clone()).await.unwrap()[..], ["x"]);
-        assert_eq!(
-            &list(s.clone()).await.unwrap()[..],
-            ["x"],
-            "served from the cached walk"
+        // Changes made by hand show within WALK_FRESH (polled for a generous bound).
+        let eventually = |s: LocalStorage, want: Option<Vec<&'static str>>| async move {
+            let deadline = std::time::Instant::now() + WALK_FRESH * 10;
+            loop {
+                let got = list(s.clone()).await.map(|l| l.to_vec());
+                let want: Option<Vec<String>> =
+                    want.clone().map(|w| w.iter().map(|x| x.to_string()).collect());
+                if got == want {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{got:?} never became {want:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        let first = list(s.clone()).await.unwrap();
+        assert_eq!(&first[..], ["x"]);
+        let again = list(s.clone()).await.unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "a warm listing is the cached walk itself"
         );
         // A new nested registry, a marker appearing in a visited directory, a removal.
         std::fs::create_dir_all(root.join("@a/y/z")).unwrap();
         std::fs::write(root.join("@a/y/z/versions.json"), "{}").unwrap();
-        assert_eq!(&list(s.clone()).await.unwrap()[..], ["x", "y/z"]);
+        eventually(s.clone(), Some(vec!["x", "y/z"])).await;
         std::fs::write(root.join("@a/y/versions.json"), "{}").unwrap();
-        assert_eq!(&list(s.clone()).await.unwrap()[..], ["x", "y", "y/z"]);
+        eventually(s.clone(), Some(vec!["x", "y", "y/z"])).await;
         std::fs::remove_file(root.join("@a/x/versions.json")).unwrap();
+        eventually(s.clone(), Some(vec!["y", "y/z"])).await;
+        // A write through the storage shows on the very next listing.
+        s.put("@a/w/versions.json", Bytes::from_static(b"{}"), PutMode::Create)
+            .await
+            .unwrap();
+        assert_eq!(&list(s.clone()).await.unwrap()[..], ["w", "y", "y/z"]);
+        s.delete_prefix("@a/w/").await.unwrap();
         assert_eq!(&list(s.clone()).await.unwrap()[..], ["y", "y/z"]);
         std::fs::remove_dir_all(root.join("@a")).unwrap();
-        assert!(list(s.clone()).await.is_none());
+        eventually(s.clone(), None).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
