@@ -45,7 +45,7 @@ trap cleanup EXIT
 echo '{"@demo": []}' >"$W/auth.json"
 env -i PATH="$PATH" HOST=127.0.0.1 PORT="$PORT" STORAGE_ROOT="$W/data" \
   AUTH_CONFIG_PATH="$W/auth.json" WEBHOOK_CONFIG_PATH="$W/none.json" ADMIN_TOKEN="$TOKEN" \
-  AUDIT_LOG_PATH="$W/audit.log" "$BIN" >"$W/server.log" 2>&1 &
+  AUDIT_LOG_PATH="$W/audit.log" RATE_LIMIT_MAX=0 "$BIN" >"$W/server.log" 2>&1 &
 PID=$!
 for _ in $(seq 100); do
   curl -fsS -o /dev/null "$URL/health" 2>/dev/null && break
