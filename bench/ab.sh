@@ -22,11 +22,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 command -v wrk >/dev/null || { echo "ab: wrk is needed (apt-get install -y wrk)" >&2; exit 1; }
 
 if [ -z "${RACK_FIXTURES:-}" ]; then
-  for d in "$ROOT/../shared/fixtures/rack-storage" /work/shared/fixtures/rack-storage; do
-    if [ -f "$d/.healthcheck" ]; then RACK_FIXTURES="$d"; break; fi
-  done
+  RACK_FIXTURES="$ROOT/../shared/fixtures/rack-storage"
 fi
-[ -f "${RACK_FIXTURES:-}/.healthcheck" ] || { echo "ab: fixtures not found (set RACK_FIXTURES)" >&2; exit 1; }
+[ -f "$RACK_FIXTURES/.healthcheck" ] || { echo "ab: fixtures not found at $RACK_FIXTURES (put ../shared next to the repository or set RACK_FIXTURES)" >&2; exit 1; }
 
 W="$(mktemp -d /tmp/rack-ab.XXXXXX)"
 PIDS=()

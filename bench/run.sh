@@ -53,11 +53,10 @@ fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
 if [ -z "${RACK_FIXTURES:-}" ]; then
-  for d in "$ROOT/../shared/fixtures/rack-storage" /work/shared/fixtures/rack-storage; do
-    if [ -f "$d/.healthcheck" ]; then RACK_FIXTURES="$(cd "$d" && pwd)"; break; fi
-  done
+  RACK_FIXTURES="$ROOT/../shared/fixtures/rack-storage"
 fi
-[ -f "${RACK_FIXTURES:-}/.healthcheck" ] || die "fixtures not found (set RACK_FIXTURES)"
+[ -f "$RACK_FIXTURES/.healthcheck" ] || die "fixtures not found at $RACK_FIXTURES (put ../shared next to the repository or set RACK_FIXTURES)"
+RACK_FIXTURES="$(cd "$RACK_FIXTURES" && pwd)"
 
 # --- build -------------------------------------------------------------------------------------
 say "== building the release binary"

@@ -30,7 +30,8 @@ pub struct ServeArgs {
     /// false, true, or a positive hop count [default: false]
     #[arg(long, env = "TRUST_PROXY")]
     pub trust_proxy: Option<String>,
-    /// local, r2 or s3 [default: local]
+    /// Storage backend: local (r2 and s3 are not available yet: refused at startup, exit
+    /// status 2) [default: local]
     #[arg(long, env = "STORAGE_BACKEND")]
     pub storage_backend: Option<String>,
     /// Storage root directory (local backend) [default: ./data]
@@ -69,22 +70,33 @@ pub struct ServeArgs {
     /// Audit log file (JSON lines) [default: stdout]
     #[arg(long, env = "AUDIT_LOG_PATH")]
     pub audit_log_path: Option<String>,
+    // The R2 and S3 settings are accepted (and ignored) so that a configuration written for the
+    // reference server still parses; STORAGE_BACKEND=r2|s3 itself is refused until they land.
+    /// Cloudflare R2 bucket name (reserved: r2 is not available yet)
     #[arg(long, env = "R2_BUCKET_NAME")]
     pub r2_bucket_name: Option<String>,
+    /// Cloudflare account ID of the R2 bucket (reserved: r2 is not available yet)
     #[arg(long, env = "R2_ACCOUNT_ID")]
     pub r2_account_id: Option<String>,
+    /// R2 access key ID (reserved: r2 is not available yet)
     #[arg(long, env = "R2_ACCESS_KEY_ID", hide_env_values = true)]
     pub r2_access_key_id: Option<String>,
+    /// R2 secret access key (reserved: r2 is not available yet)
     #[arg(long, env = "R2_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub r2_secret_access_key: Option<String>,
+    /// S3 API endpoint URL (reserved: s3 is not available yet)
     #[arg(long, env = "S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
+    /// S3 region (reserved: s3 is not available yet) [default: us-east-1]
     #[arg(long, env = "S3_REGION")]
     pub s3_region: Option<String>,
+    /// S3 bucket name (reserved: s3 is not available yet)
     #[arg(long, env = "S3_BUCKET")]
     pub s3_bucket: Option<String>,
+    /// S3 access key ID (reserved: s3 is not available yet)
     #[arg(long, env = "S3_ACCESS_KEY_ID", hide_env_values = true)]
     pub s3_access_key_id: Option<String>,
+    /// S3 secret access key (reserved: s3 is not available yet)
     #[arg(long, env = "S3_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub s3_secret_access_key: Option<String>,
     /// Requests per client per window; 0 disables [default: 1200]
@@ -281,12 +293,6 @@ fn parse_u64(var: &'static str, v: &Option<String>, default: u64, min: u64) -> R
     }
 }
 
-fn required(var: &'static str, v: &Option<String>, backend: &str) -> Result<String, ConfigError> {
-    given(v)
-        .map(str::to_owned)
-        .ok_or_else(|| err(var, format!("is required when STORAGE_BACKEND={backend}")))
-}
-
 pub fn parse_trust_proxy(s: &str) -> Option<TrustProxy> {
     match s.to_ascii_lowercase().as_str() {
         "false" => Some(TrustProxy::No),
@@ -341,27 +347,14 @@ impl Config {
         };
         let backend = match given(&a.storage_backend).map(str::to_ascii_lowercase).as_deref() {
             None | Some("local") => Backend::Local,
-            Some("r2") => {
-                let account = required("R2_ACCOUNT_ID", &a.r2_account_id, "r2")?;
-                Backend::R2(BucketConfig {
-                    bucket: required("R2_BUCKET_NAME", &a.r2_bucket_name, "r2")?,
-                    endpoint: format!("https://{account}.r2.cloudflarestorage.com"),
-                    region: "auto".into(),
-                    access_key_id: required("R2_ACCESS_KEY_ID", &a.r2_access_key_id, "r2")?,
-                    secret_access_key: Secret(required(
-                        "R2_SECRET_ACCESS_KEY",
-                        &a.r2_secret_access_key,
-                        "r2",
-                    )?),
-                })
+            // Refused before anything else (credentials included): object storage is not
+            // served yet, and asking for credentials first would suggest it is.
+            Some(b @ ("r2" | "s3")) => {
+                return Err(err(
+                    "STORAGE_BACKEND",
+                    format!("{b} is not available in this build yet; use local"),
+                ))
             }
-            Some("s3") => Backend::S3(BucketConfig {
-                endpoint: required("S3_ENDPOINT", &a.s3_endpoint, "s3")?,
-                region: given(&a.s3_region).unwrap_or("us-east-1").to_owned(),
-                bucket: required("S3_BUCKET", &a.s3_bucket, "s3")?,
-                access_key_id: required("S3_ACCESS_KEY_ID", &a.s3_access_key_id, "s3")?,
-                secret_access_key: Secret(required("S3_SECRET_ACCESS_KEY", &a.s3_secret_access_key, "s3")?),
-            }),
             Some(s) => {
                 return Err(err(
                     "STORAGE_BACKEND",
@@ -533,11 +526,6 @@ mod tests {
                 "STORAGE_BACKEND",
                 Box::new(|a| a.storage_backend = Some("ftp".into())),
             ),
-            ("S3_ENDPOINT", Box::new(|a| a.storage_backend = Some("s3".into()))),
-            (
-                "R2_ACCOUNT_ID",
-                Box::new(|a| a.storage_backend = Some("r2".into())),
-            ),
             (
                 "RATE_LIMIT_MAX",
                 Box::new(|a| a.rate_limit_max = Some("-1".into())),
@@ -596,20 +584,36 @@ mod tests {
     fn blank_admin_token_is_unset_and_secrets_stay_hidden() {
         let c = with(|a| a.admin_token = Some("   ".into())).unwrap();
         assert!(!c.admin.is_configured());
-        let c = with(|a| {
-            a.admin_token = Some("super-secret-admin".into());
-            a.storage_backend = Some("s3".into());
-            a.s3_endpoint = Some("http://127.0.0.1:9000".into());
-            a.s3_bucket = Some("b".into());
-            a.s3_access_key_id = Some("AK".into());
-            a.s3_secret_access_key = Some("very-secret-key".into());
-        })
-        .unwrap();
+        let c = with(|a| a.admin_token = Some("super-secret-admin".into())).unwrap();
         let dbg = format!("{c:?}");
-        assert!(
-            !dbg.contains("super-secret-admin") && !dbg.contains("very-secret-key"),
-            "{dbg}"
-        );
+        assert!(!dbg.contains("super-secret-admin"), "{dbg}");
+        let dbg = format!("{:?}", Secret("very-secret-key".into()));
+        assert!(!dbg.contains("very-secret-key"), "{dbg}");
+    }
+
+    #[test]
+    fn object_storage_is_refused_before_any_credential_is_asked_for() {
+        for backend in ["r2", "s3", "S3"] {
+            // No credentials at all: the error is about the backend, not a missing variable.
+            let e = with(|a| a.storage_backend = Some(backend.into())).unwrap_err();
+            assert_eq!(e.var, "STORAGE_BACKEND", "{e}");
+            assert!(e.problem.contains("not available"), "{e}");
+            // All credentials given: still refused.
+            let e = with(|a| {
+                a.storage_backend = Some(backend.into());
+                a.s3_endpoint = Some("http://127.0.0.1:9000".into());
+                a.s3_bucket = Some("b".into());
+                a.s3_access_key_id = Some("AK".into());
+                a.s3_secret_access_key = Some("very-secret-key".into());
+                a.r2_account_id = Some("acc".into());
+                a.r2_bucket_name = Some("b".into());
+                a.r2_access_key_id = Some("AK".into());
+                a.r2_secret_access_key = Some("very-secret-key".into());
+            })
+            .unwrap_err();
+            assert_eq!(e.var, "STORAGE_BACKEND", "{e}");
+            assert!(!e.to_string().contains("very-secret-key"), "{e}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `rack-registry`: the command line (serve and operator tools) over the library.
 
-use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use rack_registry::config::{Config, LogFormat, ServeArgs};
 use rack_registry::{logsink, server};
@@ -52,15 +54,24 @@ fn init_tracing(config: &Config) -> logsink::Guard {
             logsink::set_json_lines(writer);
             builder.json().flatten_event(true).with_current_span(false).init()
         }
-        LogFormat::Pretty => builder.init(),
+        // Colour only for a terminal: escape codes in a file or a journal are noise.
+        LogFormat::Pretty => builder.with_ansi(std::io::stdout().is_terminal()).init(),
     }
     guard
+}
+
+/// `--help` shows `[env: HOST]` for every variable: clap's `[env: HOST=]` for an unset one
+/// reads as "set to empty", and a set one would print its value (secrets have it hidden anyway).
+fn env_names_only(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| a.hide_env_values(true))
+        .mut_subcommands(env_names_only)
 }
 
 fn main() -> std::process::ExitCode {
     // `.env` fills in what the real environment does not set; flags win over both.
     let _ = dotenvy::dotenv();
-    let cli = Cli::parse();
+    let matches = env_names_only(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let args = match cli.command {
         Some(Command::Serve(a)) => *a,
         Some(Command::Publish(a)) => return rack_registry::publish::run(a),

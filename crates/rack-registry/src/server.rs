@@ -5,6 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rack_core::auth::Policy;
+
 use crate::audit::Audit;
 use crate::cache::large::LargeObjects;
 use crate::cache::{HotCache, ListingCache};
@@ -15,6 +17,7 @@ use crate::reload::{self, Live};
 use crate::state::AppState;
 use crate::storage::{local::TMP_DIR, LocalStorage, Storage};
 use crate::versions::{self, RegistryLocks};
+use crate::webhooks::WebhookConfig;
 use crate::{auth_file, http, schemas, webhooks};
 
 /// How often config files are checked for changes (SPEC §14: within 5 s).
@@ -56,6 +59,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     };
     let (policy, auth_content) = auth_file::load(&config.auth_config_path)?;
     let (webhook_config, webhook_content) = webhooks::load_config(&config.webhook_config_path)?;
+    log_loaded(&policy, config.admin.is_configured(), &webhook_config);
     let audit = Arc::new(match &config.audit_log_path {
         Some(p) => Audit::file(p).map_err(|e| format!("AUDIT_LOG_PATH {}: {e}", p.display()))?,
         None => Audit::stdout(),
@@ -168,6 +172,33 @@ pub async fn run(config: Config) -> Result<(), String> {
     let _ = webhook_worker.await;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Most namespace names listed in the startup line (the count is always complete).
+const LOGGED_NAMESPACES: usize = 20;
+
+/// One line that confirms what startup loaded, so an operator sees at once a wrong
+/// `AUTH_CONFIG_PATH`, a missing admin token or webhooks that did not load. Never a secret.
+fn log_loaded(policy: &Policy, admin_token: bool, webhooks: &WebhookConfig) {
+    let mut names: Vec<&str> = policy.namespaces().map(|(ns, _)| ns).collect();
+    names.sort_unstable();
+    let mut shown = names
+        .iter()
+        .take(LOGGED_NAMESPACES)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(",");
+    if names.len() > LOGGED_NAMESPACES {
+        shown.push_str(&format!(",... ({} more)", names.len() - LOGGED_NAMESPACES));
+    }
+    tracing::info!(
+        namespaces = names.len(),
+        namespace_names = %shown,
+        admin_token = if admin_token { "set" } else { "not set" },
+        webhooks = webhooks.webhooks.len(),
+        webhooks_enabled = webhooks.enabled_count(),
+        "configuration loaded"
+    );
 }
 
 async fn shutdown_signal() {

@@ -33,7 +33,7 @@ pub fn validate(schema: &Value, doc: &Value) -> Result<Result<(), String>, Strin
     let errors: Vec<String> = validator
         .iter_errors(doc)
         .map(|e| {
-            let at = e.instance_path.to_string();
+            let at = e.instance_path().to_string();
             if at.is_empty() {
                 e.to_string()
             } else {

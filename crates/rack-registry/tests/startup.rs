@@ -574,7 +574,7 @@ fn invalid_values_are_startup_errors_naming_the_variable() {
                 ("S3_ACCESS_KEY_ID", "ak"),
                 ("S3_SECRET_ACCESS_KEY", "sk"),
             ],
-            "S3_ENDPOINT",
+            "STORAGE_BACKEND",
         ),
         (&[("RATE_LIMIT_MAX", "-1")], "RATE_LIMIT_MAX"),
         (&[("RATE_LIMIT_MAX", "many")], "RATE_LIMIT_MAX"),
@@ -589,6 +589,29 @@ fn invalid_values_are_startup_errors_naming_the_variable() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// docs/decisions.md: a configuration error exits with status 2. r2 and s3 are not served yet:
+/// they are refused at once, before any credential is asked for.
+#[test]
+fn object_storage_is_refused_at_once_with_exit_status_2() {
+    for backend in ["r2", "s3"] {
+        let world = World::empty();
+        let (code, output) = run_cli(world.path(), &[s("STORAGE_BACKEND", backend)], &["serve"]);
+        assert_eq!(code, Some(2), "{backend}:\n{output}");
+        assert!(output.contains("STORAGE_BACKEND"), "{backend}:\n{output}");
+        assert!(output.contains("not available"), "{backend}:\n{output}");
+        for credential in ["R2_ACCOUNT_ID", "R2_BUCKET_NAME", "S3_ENDPOINT", "S3_BUCKET"] {
+            assert!(
+                !output.contains(credential),
+                "{backend}: asks for {credential}:\n{output}"
+            );
+        }
+        assert!(!world.path().join("data").exists(), "{backend}: created storage");
+    }
+    let world = World::empty();
+    let (code, output) = run_cli(world.path(), &[s("PORT", "abc")], &["serve"]);
+    assert_eq!(code, Some(2), "{output}");
 }
 
 #[test]
@@ -938,4 +961,176 @@ fn help_is_available_for_the_binary_and_serve() {
     }
     // Help is not a server start: nothing is created.
     assert!(!world.path().join("data").exists());
+}
+
+/// clap shows `[env: HOST=]` for an unset variable (reads as "set to empty") and the value of a
+/// set one: help shows the names only, and every flag says what it is.
+#[test]
+fn help_shows_variable_names_not_values() {
+    let world = World::empty();
+    let env = [
+        s("STORAGE_ROOT", "/some/where/else"),
+        s("R2_BUCKET_NAME", "bucket-name-in-env"),
+    ];
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"][..],
+        &["publish", "--help"][..],
+    ] {
+        let (code, output) = run_cli(world.path(), &env, args);
+        assert_eq!(code, Some(0), "{args:?}:\n{output}");
+        for (i, _) in output.match_indices("[env: ") {
+            let tag = &output[i..i + output[i..].find(']').unwrap() + 1];
+            assert!(!tag.contains('='), "{args:?}: {tag}:\n{output}");
+        }
+        for value in ["/some/where/else", "bucket-name-in-env", "127.0.0.1"] {
+            assert!(!output.contains(value), "{args:?} shows {value}:\n{output}");
+        }
+    }
+    let (_, output) = run_cli(world.path(), &[], &["serve", "--help"]);
+    assert!(output.contains("[env: HOST]"), "{output}");
+    let backend = output
+        .lines()
+        .find(|l| l.contains("[env: STORAGE_BACKEND]"))
+        .unwrap();
+    assert!(backend.contains("not available"), "{backend}");
+    for var in [
+        "R2_BUCKET_NAME",
+        "R2_ACCOUNT_ID",
+        "R2_ACCESS_KEY_ID",
+        "R2_SECRET_ACCESS_KEY",
+        "S3_ENDPOINT",
+        "S3_REGION",
+        "S3_BUCKET",
+        "S3_ACCESS_KEY_ID",
+        "S3_SECRET_ACCESS_KEY",
+    ] {
+        let tag = format!("[env: {var}]");
+        let line = output
+            .lines()
+            .find(|l| l.contains(&tag))
+            .unwrap_or_else(|| panic!("no {tag}:\n{output}"));
+        let description = line[..line.find(&tag).unwrap()].trim();
+        assert!(!description.is_empty(), "{var} has no description:\n{output}");
+    }
+    let (_, output) = run_cli(world.path(), &[], &["publish", "--help"]);
+    assert!(output.contains("[env: RACK_REGISTRY_TOKEN]"), "{output}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// What startup and failures log
+// ---------------------------------------------------------------------------------------------
+
+fn log_line<'a>(lines: &'a [Value], message: &str) -> Option<&'a Value> {
+    lines
+        .iter()
+        .find(|v| field(v, "message").and_then(Value::as_str) == Some(message))
+}
+
+fn json_lines(output: &str) -> Vec<Value> {
+    output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+#[test]
+fn startup_confirms_namespaces_admin_token_and_webhooks_without_secrets() {
+    let world = World::empty();
+    let dir = world.path();
+    std::fs::write(
+        dir.join("auth.json"),
+        r#"{"@zeta": [], "@alpha": [], "@BAD": []}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("webhooks.json"),
+        r#"{"webhooks": [
+            {"url": "http://127.0.0.1:9/a", "secret": "webhook-secret-1", "events": ["uploaded"], "enabled": true},
+            {"url": "http://127.0.0.1:9/b", "secret": "webhook-secret-2", "events": ["uploaded"], "enabled": false}
+        ]}"#,
+    )
+    .unwrap();
+    let files = [
+        s("AUTH_CONFIG_PATH", &dir.join("auth.json").display().to_string()),
+        s(
+            "WEBHOOK_CONFIG_PATH",
+            &dir.join("webhooks.json").display().to_string(),
+        ),
+    ];
+    let mut env = files.to_vec();
+    env.push(s("ADMIN_TOKEN", ADMIN_TOKEN));
+    let server = Server::start(dir, &env);
+    let output = server.output();
+    let lines = json_lines(&output);
+    let line = log_line(&lines, "configuration loaded").unwrap_or_else(|| panic!("{output}"));
+    assert_eq!(field(line, "level"), Some(&json!("INFO")), "{line}");
+    // @BAD is rejected by fail-closed parsing: not loaded, not counted.
+    assert_eq!(field(line, "namespaces"), Some(&json!(2)), "{line}");
+    assert_eq!(
+        field(line, "namespace_names"),
+        Some(&json!("@alpha,@zeta")),
+        "{line}"
+    );
+    assert_eq!(field(line, "admin_token"), Some(&json!("set")), "{line}");
+    assert_eq!(field(line, "webhooks"), Some(&json!(2)), "{line}");
+    assert_eq!(field(line, "webhooks_enabled"), Some(&json!(1)), "{line}");
+    for secret in [ADMIN_TOKEN, "webhook-secret-1", "webhook-secret-2"] {
+        assert!(!output.contains(secret), "{secret} logged:\n{output}");
+    }
+    drop(server);
+
+    let server = Server::start(dir, &files);
+    let output = server.output();
+    let lines = json_lines(&output);
+    let line = log_line(&lines, "configuration loaded").unwrap_or_else(|| panic!("{output}"));
+    assert_eq!(field(line, "admin_token"), Some(&json!("not set")), "{line}");
+}
+
+#[test]
+fn pretty_logs_are_not_coloured_when_not_a_terminal() {
+    let world = World::new();
+    let mut env = world.env();
+    env.push(s("LOG_FORMAT", "pretty"));
+    let server = Server::start(world.path(), &env);
+    let r = get(&server.base, "/health");
+    assert_eq!(r.status, 200);
+    let output = wait_for_output(|| server.output(), |out| out.contains("/health"));
+    assert!(output.contains("listening on"), "{output}");
+    assert!(!output.contains('\u{1b}'), "escape codes in a pipe:\n{output:?}");
+}
+
+#[test]
+fn a_failed_publish_logs_a_warning_with_its_code() {
+    let world = World::new();
+    let server = Server::world(&world);
+    let form = reqwest::blocking::multipart::Form::new().text("checksum", "0".repeat(64));
+    let r = client()
+        .post(format!("{}/registries", server.base))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let code = r.json::<Value>().unwrap()["code"].as_str().unwrap().to_owned();
+    let output = wait_for_output(|| server.output(), |out| out.contains("publish failed"));
+    let lines = json_lines(&output);
+    let line = log_line(&lines, "publish failed").unwrap_or_else(|| panic!("{output}"));
+    assert_eq!(field(line, "level"), Some(&json!("WARN")), "{line}");
+    assert_eq!(field(line, "code"), Some(&json!(code)), "{line}");
+}
+
+#[test]
+fn fixtures_are_found_only_where_documented() {
+    let nowhere = tempfile::tempdir().unwrap();
+    // No RACK_FIXTURES and no ../shared next to this "repository": an error, whatever other
+    // directory this machine has (the old code fell back to /work/shared).
+    let e = common::locate_fixtures(None, &nowhere.path().join("repo")).unwrap_err();
+    assert!(e.contains("../shared") && e.contains("RACK_FIXTURES"), "{e}");
+    let e = common::locate_fixtures(Some(nowhere.path().into()), &common::repo_root()).unwrap_err();
+    assert!(e.contains("RACK_FIXTURES"), "{e}");
+    let fixtures = common::fixtures_root();
+    assert_eq!(
+        common::locate_fixtures(Some(fixtures.clone().into()), &nowhere.path().join("repo")),
+        Ok(fixtures)
+    );
 }

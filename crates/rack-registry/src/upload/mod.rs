@@ -78,6 +78,7 @@ fn refuse_early(e: ApiError, body: Body) -> Response {
 
 /// Record a failed upload (metrics and audit).
 fn failed(state: &AppState, client: IpAddr, code: &str, identity: Option<&Identity>) {
+    tracing::warn!(code, %client, namespace = identity.map(|i| i.namespace.as_str()), name = identity.map(|i| i.name.as_str()), version = identity.map(|i| i.version.as_str()), "publish failed");
     state.metrics.uploads.with_label_values(&["failure"]).inc();
     state.audit.record(
         "publish",

@@ -21,21 +21,31 @@ pub fn repo_root() -> PathBuf {
         .unwrap()
 }
 
-/// The shared fixture storage root: `$RACK_FIXTURES` if set, else
-/// `../shared/fixtures/rack-storage` next to the repository, else `/work/shared/...` (a clone
-/// made elsewhere, e.g. by CI in a temporary directory).
+/// The shared fixture storage root: `$RACK_FIXTURES` if set, else `../shared/fixtures/rack-storage`
+/// next to the repository. Nothing else is tried: a fallback to some machine's path would run
+/// the suite against fixtures nobody chose.
 pub fn fixtures_root() -> PathBuf {
-    let candidates = [
-        std::env::var_os("RACK_FIXTURES").map(PathBuf::from),
-        Some(repo_root().join("../shared/fixtures/rack-storage")),
-        Some(PathBuf::from("/work/shared/fixtures/rack-storage")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join(".healthcheck").is_file())
-        .and_then(|p| p.canonicalize().ok())
-        .expect("shared fixtures not found: set RACK_FIXTURES to the rack-storage directory")
+    locate_fixtures(std::env::var_os("RACK_FIXTURES"), &repo_root()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`fixtures_root`] without the environment: `rack_fixtures` is the value of `RACK_FIXTURES`.
+pub fn locate_fixtures(rack_fixtures: Option<std::ffi::OsString>, repo: &Path) -> Result<PathBuf, String> {
+    let (path, origin) = match rack_fixtures {
+        Some(p) if !p.is_empty() => (PathBuf::from(p), "RACK_FIXTURES"),
+        _ => (
+            repo.join("../shared/fixtures/rack-storage"),
+            "../shared/fixtures/rack-storage next to the repository",
+        ),
+    };
+    match path.canonicalize() {
+        Ok(p) if p.join(".healthcheck").is_file() => Ok(p),
+        _ => Err(format!(
+            "shared fixtures not found at {} (from {origin}): put the shared directory next to \
+             the repository as ../shared, or set RACK_FIXTURES to its fixtures/rack-storage \
+             directory (the one holding .healthcheck)",
+            path.display()
+        )),
+    }
 }
 
 pub fn world_dir() -> PathBuf {
