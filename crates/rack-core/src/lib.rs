@@ -10,6 +10,7 @@
 //! - [`layout`]: storage keys and registry segment derivation (SPEC §3, §5.4);
 //! - [`auth`]: `auth.json` parsing (fail closed) and every access decision (SPEC §6);
 //! - [`limits`]: the default upload and extraction limits (SPEC §5, §10);
+//! - [`etag`]: content-derived strong ETags and `If-None-Match` matching (SPEC §9);
 //! - [`error`]: the error catalogue (SPEC §12), mapped to status, code and message in one place.
 //!
 //! Nothing here does I/O or reads a clock: callers pass the current time in. That keeps every
@@ -17,6 +18,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod etag;
 pub mod layout;
 pub mod limits;
 pub mod manifest;

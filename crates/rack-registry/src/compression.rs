@@ -25,7 +25,7 @@ impl Encoding {
     }
 
     /// Suffix that keeps the ETag of each encoded representation distinct (RFC 9110 §8.8.3).
-    pub fn etag_suffix(self) -> &'static str {
+    pub const fn etag_suffix(self) -> &'static str {
         match self {
             Encoding::Br => "-br",
             Encoding::Zstd => "-zstd",

@@ -278,6 +278,26 @@ fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
 }
 
 /// Blank values count as unset.
+/// The default connection cap: the file-descriptor limit (raised to its hard maximum first),
+/// less a quarter (at least 64) left for storage, logs, the config watcher and webhooks.
+fn default_max_connections() -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(cur), Some(max)) = (limit.current, limit.maximum) {
+        if cur < max {
+            let raised = rustix::process::Rlimit {
+                current: Some(max.min(1 << 20)),
+                maximum: Some(max),
+            };
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                limit = raised;
+            }
+        }
+    }
+    let fds = limit.current.unwrap_or(1 << 20).min(1 << 20) as usize;
+    fds.saturating_sub((fds / 4).max(64)).max(1)
+}
+
 fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
@@ -448,7 +468,7 @@ impl Config {
             1,
         )?);
         let max_connections = match given(&a.max_connections) {
-            None => crate::http::serve::default_max_connections(),
+            None => default_max_connections(),
             Some(_) => parse_u64("MAX_CONNECTIONS", &a.max_connections, 0, 1)?.min(1 << 20) as usize,
         };
         let fs_watch = match given(&a.fs_watch).map(str::to_ascii_lowercase).as_deref() {

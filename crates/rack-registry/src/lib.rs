@@ -13,9 +13,11 @@
 //! The rules themselves (URL grammar, auth decisions, layout, SemVer order) live in `rack-core`,
 //! which has no I/O and also compiles to WebAssembly for the edge Worker.
 
+pub mod api_error;
 pub mod audit;
-pub mod auth_file;
+pub mod auth;
 pub mod cache;
+pub mod cli;
 pub mod clock;
 pub mod compression;
 pub mod config;
@@ -23,14 +25,12 @@ pub mod events;
 pub mod http;
 pub mod logsink;
 pub mod metrics;
-pub mod publish;
 pub mod ratelimit;
 pub mod reload;
 pub mod schemas;
 pub mod server;
 pub mod state;
 pub mod storage;
-pub mod tokens;
 pub mod upload;
 pub mod validate;
 pub mod versions;

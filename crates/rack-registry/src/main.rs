@@ -33,12 +33,12 @@ enum Command {
     /// Run the server (the default).
     Serve(Box<ServeArgs>),
     /// Pack a registry directory and upload it (or check it with --dry-run).
-    Publish(rack_registry::publish::PublishArgs),
+    Publish(rack_registry::cli::publish::PublishArgs),
     /// Print a new random token and its auth.json entry (only the hash).
-    Token(rack_registry::tokens::TokenArgs),
+    Token(rack_registry::cli::tokens::TokenArgs),
     /// Operate on auth.json files.
     #[command(subcommand)]
-    Auth(rack_registry::tokens::AuthCommand),
+    Auth(rack_registry::cli::tokens::AuthCommand),
 }
 
 /// Logs go to stdout through a batching writer thread ([`logsink`]), so a request never waits
@@ -74,9 +74,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let args = match cli.command {
         Some(Command::Serve(a)) => *a,
-        Some(Command::Publish(a)) => return rack_registry::publish::run(a),
-        Some(Command::Token(a)) => return rack_registry::tokens::run_token(a),
-        Some(Command::Auth(c)) => return rack_registry::tokens::run_auth(c),
+        Some(Command::Publish(a)) => return rack_registry::cli::publish::run(a),
+        Some(Command::Token(a)) => return rack_registry::cli::tokens::run_token(a),
+        Some(Command::Auth(c)) => return rack_registry::cli::tokens::run_auth(c),
         None => cli.serve,
     };
     let config = match Config::from_args(&args) {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use rack_core::auth::Policy;
 
 use crate::audit::Audit;
+use crate::auth::file as auth_file;
 use crate::cache::large::LargeObjects;
 use crate::cache::{HotCache, ListingCache};
 use crate::config::{Backend, Config};
@@ -18,7 +19,7 @@ use crate::state::AppState;
 use crate::storage::{local::TMP_DIR, LocalStorage, Storage};
 use crate::versions::{self, RegistryLocks};
 use crate::webhooks::WebhookConfig;
-use crate::{auth_file, http, schemas, webhooks};
+use crate::{http, schemas, webhooks};
 
 /// How often config files are checked for changes (SPEC §14: within 5 s).
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);

@@ -20,8 +20,8 @@ use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
 use crate::compression::{compress_fast, Encoding};
-use crate::http::response::{etag_from_digest, with_suffix};
 use crate::storage::{ObjectStream, Storage, StorageError};
+use rack_core::etag::{etag_from_digest, with_suffix};
 
 /// Background compressions at once (each holds one object of up to `COMPRESS_MAX_BYTES`).
 pub const COMPRESS_JOBS: usize = 2;
@@ -164,8 +164,8 @@ impl LargeObjects {
         let body = tokio::task::spawn_blocking(move || compress_fast(enc, &obj.body))
             .await
             .map_err(|e| StorageError::Backend(format!("compression task failed: {e}")))?;
-        let etag_header =
-            HeaderValue::from_str(&with_suffix(etag, Some(enc))).expect("hex is a valid header value");
+        let etag_header = HeaderValue::from_str(&with_suffix(etag, Some(enc.etag_suffix())))
+            .expect("hex is a valid header value");
         self.variants.insert(
             (key.clone(), enc),
             Arc::new(Variant {
@@ -194,8 +194,8 @@ async fn hash_stream(mut stream: ObjectStream, key: &str) -> Result<String, Stor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::response::etag_of;
     use crate::storage::{LocalStorage, PutMode};
+    use rack_core::etag::etag_of;
 
     #[tokio::test(flavor = "multi_thread")]
     async fn tags_follow_the_version_served() {

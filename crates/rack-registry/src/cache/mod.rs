@@ -23,9 +23,9 @@ use http::HeaderValue;
 use rack_core::layout::VersionsFile;
 
 use crate::compression::{compress, Encoding};
-use crate::http::response::{etag_of, with_suffix};
 use crate::storage::watch::UNWATCHED;
-use crate::storage::{Object, Storage, StorageError};
+use crate::storage::{Fetched, Object, Storage, StorageError};
+use rack_core::etag::{etag_of, with_suffix};
 
 /// Objects larger than this are never cached whole (they are streamed from storage).
 pub const MAX_CACHED_OBJECT: usize = 256 * 1024;
@@ -63,8 +63,14 @@ impl Cached {
     }
 
     pub fn from_bytes(body: Bytes, version: String) -> Cached {
+        let etag = etag_of(&body);
+        Cached::with_etag(body, version, etag)
+    }
+
+    /// An object whose tag is already known (see [`TagMemo`]).
+    pub fn with_etag(body: Bytes, version: String, etag: String) -> Cached {
         Cached {
-            etag: etag_of(&body),
+            etag,
             version,
             body,
             variants: Default::default(),
@@ -86,7 +92,8 @@ impl Cached {
         let slot = enc.map_or(0, |e| e.index() + 1);
         self.etag_headers[slot]
             .get_or_init(|| {
-                HeaderValue::from_str(&with_suffix(&self.etag, enc)).expect("hex is a valid header value")
+                HeaderValue::from_str(&with_suffix(&self.etag, enc.map(Encoding::etag_suffix)))
+                    .expect("hex is a valid header value")
             })
             .clone()
     }
@@ -126,13 +133,52 @@ struct Weigher;
 
 impl quick_cache::Weighter<String, Arc<Cached>> for Weigher {
     fn weight(&self, key: &String, val: &Arc<Cached>) -> u64 {
-        // Body plus a rough allowance for key, ETag and whatever variants get computed.
-        (key.len() + val.body.len() * 2 + 128) as u64
+        // Body plus an allowance for key, ETag and the variants that may be computed (half the
+        // body: text compresses to a third or less, and few clients ask for two encodings).
+        (key.len() + val.body.len() * 3 / 2 + 128) as u64
     }
 }
 
 pub struct HotCache {
     inner: quick_cache::sync::Cache<String, Arc<Cached>, Weigher>,
+    /// Tags of objects read before, by version: an object evicted and read again (a working
+    /// set larger than the cache) is not hashed again.
+    tags: TagMemo,
+}
+
+/// Strong ETags remembered per key and storage version (a few hundred bytes an entry, so many
+/// more than the objects the cache can hold). A version names one content (on disk: file
+/// identity, size and modification time to the nanosecond; in a bucket: the ETag), which is
+/// what the hot cache already trusts to reuse a whole entry.
+pub struct TagMemo {
+    inner: quick_cache::sync::Cache<String, (String, String)>,
+}
+
+impl TagMemo {
+    pub fn new(entries: usize) -> TagMemo {
+        TagMemo {
+            inner: quick_cache::sync::Cache::new(entries.max(16)),
+        }
+    }
+
+    /// The tag of `key` at `version`, if remembered.
+    pub fn get(&self, key: &str, version: &str) -> Option<String> {
+        self.inner
+            .get(key)
+            .and_then(|(v, tag)| (v == version).then_some(tag))
+    }
+
+    pub fn insert(&self, key: &str, version: &str, tag: &str) {
+        self.inner
+            .insert(key.to_owned(), (version.to_owned(), tag.to_owned()));
+    }
+}
+
+/// Remembered tags for a cache of `max_bytes`: room for four times the objects of 4 KiB it
+/// could hold, between 1,024 and 131,072 (65,536 for the default 64 MiB: about 13 MiB when
+/// full, which takes that many distinct files read).
+fn tag_entries(max_bytes: u64) -> usize {
+    ((max_bytes / 1024) as usize).clamp(1024, 131_072)
 }
 
 impl HotCache {
@@ -140,6 +186,7 @@ impl HotCache {
         let items = (max_bytes / 4096).max(16) as usize;
         HotCache {
             inner: quick_cache::sync::Cache::with_weighter(items, max_bytes.max(1), Weigher),
+            tags: TagMemo::new(tag_entries(max_bytes)),
         }
     }
 
@@ -177,25 +224,43 @@ impl HotCache {
         // Watches go in before the stat and the read, so no change after them is missed.
         let watched = watcher.is_some_and(|w| w.watch(key));
         let confirmed = if watched { generation } else { UNWATCHED };
-        let Some(meta) = storage.head(key).await? else {
-            self.inner.remove(key);
-            return Ok(None);
-        };
+        // A cached entry is confirmed by its version (a `stat` on disk); a miss reads at once
+        // (one storage operation, not a `stat` and then a read).
         if let Some(hit) = hit {
+            let Some(meta) = storage.head(key).await? else {
+                self.inner.remove(key);
+                return Ok(None);
+            };
             if hit.version == meta.version {
                 hit.confirmed.store(confirmed, Ordering::Release);
                 return Ok(Some(Found::Small(hit)));
             }
         }
-        if stream_large && meta.size > MAX_CACHED_OBJECT as u64 {
-            self.inner.remove(key);
-            return Ok(Some(Found::Large(meta)));
-        }
-        let Some(obj) = storage.get(key).await? else {
-            self.inner.remove(key);
-            return Ok(None);
+        let limit = if stream_large {
+            MAX_CACHED_OBJECT as u64
+        } else {
+            u64::MAX
         };
-        let cached = Arc::new(Cached::new(obj));
+        let obj = match storage.get_up_to(key, limit).await? {
+            None => {
+                self.inner.remove(key);
+                return Ok(None);
+            }
+            Some(Fetched::TooLarge(meta)) => {
+                self.inner.remove(key);
+                return Ok(Some(Found::Large(meta)));
+            }
+            Some(Fetched::Whole(obj)) => obj,
+        };
+        let etag = match self.tags.get(key, &obj.meta.version) {
+            Some(tag) => tag,
+            None => {
+                let tag = etag_of(&obj.body);
+                self.tags.insert(key, &obj.meta.version, &tag);
+                tag
+            }
+        };
+        let cached = Arc::new(Cached::with_etag(obj.body, obj.meta.version, etag));
         cached.confirmed.store(confirmed, Ordering::Release);
         if cached.body.len() <= MAX_CACHED_OBJECT {
             self.inner.insert(key.to_owned(), cached.clone());

@@ -16,7 +16,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, Method, Request};
 use hyper::body::Incoming;
-use rack_core::auth::{extract_token, Credential, Ctx};
+use rack_core::auth::Ctx;
 use rack_core::route::{route, Route};
 use rack_core::ApiError;
 use serde_json::json;
@@ -32,8 +32,8 @@ pub fn service(state: Arc<AppState>) -> impl serve::App {
 
 /// Header names of ours, parsed once (a `&str` name is parsed again on every lookup).
 pub mod names {
+    pub use crate::auth::X_REGISTRY_TOKEN;
     use http::HeaderName;
-    pub const X_REGISTRY_TOKEN: HeaderName = HeaderName::from_static("x-registry-token");
     pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
     pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -41,11 +41,7 @@ pub mod names {
     pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 }
 
-/// The presented token, if any (SPEC §6): hashed at once, never kept in clear.
-pub fn credential(headers: &HeaderMap) -> Option<Credential> {
-    let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    extract_token(get(header::AUTHORIZATION), get(names::X_REGISTRY_TOKEN)).map(Credential::new)
-}
+pub use crate::auth::credential;
 
 /// Every request: client address and rate limit (every route counts, SPEC §14), dispatch on the
 /// route, then what every answer gets ([`logging::finish`]). One function rather than a

@@ -8,10 +8,9 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
+use rack_core::etag::{etag_of, if_none_match, with_suffix};
 use rack_core::mime::is_compressible;
 use rack_core::route::CacheTier;
-use rack_core::ApiError;
-use sha2::{Digest, Sha256};
 
 use crate::cache::large::LargeObjects;
 use crate::cache::{Cached, INLINE_COMPRESS_MAX};
@@ -82,44 +81,9 @@ impl Reply {
     }
 }
 
-/// A strong ETag derived from the bytes alone (SPEC §9): the same content gives the same tag on
-/// every replica and after a restart. 128 bits of SHA-256 are kept.
-pub fn etag_of(body: &[u8]) -> String {
-    etag_from_digest(&Sha256::digest(body))
-}
-
-/// The ETag for a SHA-256 digest of the content (for content hashed as a stream).
-pub fn etag_from_digest(digest: &[u8]) -> String {
-    format!("\"{}\"", hex::encode(&digest[..16]))
-}
-
-/// The content part of a tag: without `W/` and without an encoding suffix (`-gzip`...), so that
-/// a client holding any representation of the same bytes revalidates successfully.
-fn tag_base(tag: &str) -> &str {
-    let t = tag.trim();
-    let t = t.strip_prefix("W/").unwrap_or(t).trim_matches('"');
-    ["-br", "-zstd", "-gzip"]
-        .iter()
-        .find_map(|s| t.strip_suffix(s))
-        .unwrap_or(t)
-}
-
-/// Whether an `If-None-Match` header value matches `etag` (weak comparison, as RFC 9110 wants
-/// for `If-None-Match`; `*` matches any current representation).
-pub fn if_none_match(header_value: &str, etag: &str) -> bool {
-    let want = tag_base(etag);
-    header_value
-        .split(',')
-        .map(str::trim)
-        .any(|t| t == "*" || (!t.is_empty() && tag_base(t) == want))
-}
-
-/// The tag of one representation: the content tag plus the encoding's suffix.
-pub fn with_suffix(etag: &str, enc: Option<Encoding>) -> String {
-    match enc {
-        None => etag.to_owned(),
-        Some(e) => format!("{}{}\"", &etag[..etag.len() - 1], e.etag_suffix()),
-    }
+/// The tag of one representation of `etag`: the content tag, or with the encoding's suffix.
+pub fn tag_for(etag: &str, enc: Option<Encoding>) -> String {
+    with_suffix(etag, enc.map(Encoding::etag_suffix))
 }
 
 /// What the body of a 200 is made of.
@@ -269,7 +233,7 @@ impl Reply {
             (Some(o), _) => o.etag_header(encoding),
             (None, Some(v)) => v.etag_header.clone(),
             (None, None) => {
-                HeaderValue::from_str(&with_suffix(base_etag, encoding)).expect("hex is a valid header value")
+                HeaderValue::from_str(&tag_for(base_etag, encoding)).expect("hex is a valid header value")
             }
         };
         // Matching ignores the encoding suffix, so the content tag is enough here.
@@ -445,50 +409,6 @@ fn static_value(s: &'static str) -> HeaderValue {
     }
 }
 
-/// Wrapper so that `ApiError` (defined in the core crate) can be returned from handlers.
-pub struct ErrorReply(pub ApiError);
-
-impl From<ApiError> for ErrorReply {
-    fn from(e: ApiError) -> Self {
-        ErrorReply(e)
-    }
-}
-
-impl IntoResponse for ErrorReply {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut res = Reply::ok(Bytes::from(self.0.body()), "application/json", CacheTier::NoStore);
-        res.status = status;
-        let mut res = res.into_response();
-        res.extensions_mut().insert(self.0.kind);
-        res
-    }
-}
+pub use crate::api_error::ErrorReply;
 
 pub type ApiResult = Result<Reply, ErrorReply>;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn etags() {
-        let a = etag_of(b"hello");
-        assert_eq!(a, etag_of(b"hello"));
-        assert_ne!(a, etag_of(b"hello "));
-        assert!(a.starts_with('"') && a.ends_with('"') && a.len() == 34);
-        assert!(if_none_match(&a, &a));
-        assert!(if_none_match(&format!("W/{a}"), &a));
-        assert!(if_none_match(&format!("\"x\", {a}"), &a));
-        assert!(if_none_match("*", &a));
-        assert!(!if_none_match("\"x\"", &a));
-        assert!(!if_none_match("", &a));
-        let gz = with_suffix(&a, Some(Encoding::Gzip));
-        assert!(gz.ends_with("-gzip\""));
-        assert!(
-            if_none_match(&gz, &a),
-            "any representation of the same bytes revalidates"
-        );
-        assert!(if_none_match(&a, &gz));
-    }
-}

@@ -66,26 +66,6 @@ pub struct Settings {
     pub max_connections: usize,
 }
 
-/// The default connection cap: the file-descriptor limit (raised to its hard maximum first),
-/// less a quarter (at least 64) left for storage, logs, the config watcher and webhooks.
-pub fn default_max_connections() -> usize {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut limit = getrlimit(Resource::Nofile);
-    if let (Some(cur), Some(max)) = (limit.current, limit.maximum) {
-        if cur < max {
-            let raised = rustix::process::Rlimit {
-                current: Some(max.min(1 << 20)),
-                maximum: Some(max),
-            };
-            if setrlimit(Resource::Nofile, raised).is_ok() {
-                limit = raised;
-            }
-        }
-    }
-    let fds = limit.current.unwrap_or(1 << 20).min(1 << 20) as usize;
-    fds.saturating_sub((fds / 4).max(64)).max(1)
-}
-
 /// What the workers serve: a function from a request and the connection's peer address to
 /// the response. A plain function rather than a tower service: hyper keeps the returned future
 /// in place, whereas a boxed handler future cost an allocation and a copy of the whole request

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    validate_key, DirFilter, ListPage, Object, ObjectMeta, ObjectStream, PutMode, Result, Storage,
+    validate_key, DirFilter, Fetched, ListPage, Object, ObjectMeta, ObjectStream, PutMode, Result, Storage,
     StorageError,
 };
 
@@ -49,6 +49,9 @@ pub struct LocalStorage {
     watcher: Option<Arc<super::watch::Watcher>>,
     /// Refuse writes while `<root>/.healthcheck` is missing ([`LocalStorage::require_marker`]).
     require_marker: bool,
+    /// Small reads on the calling thread: the root is on a local filesystem (see
+    /// [`INLINE_READ_MAX`]; set with the watcher, which checks exactly that).
+    inline_reads: bool,
 }
 
 fn io_err(key: &str) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
@@ -83,7 +86,9 @@ static OPENAT2: AtomicBool = AtomicBool::new(true);
 /// and the open can slip through there, which needs write access to the root anyway.
 ///
 /// The root is opened by path on each call rather than held open: a root that an operator
-/// restores (moves back, re-creates) is the one served, never the deleted directory.
+/// restores (moves back, re-creates) is the one served, never the deleted directory. (Holding
+/// it would save an `open` and a `close` per access, but a root moved away keeps its marker
+/// and its files: the held descriptor would go on serving and accepting writes there.)
 pub fn open_beneath(root: &Path, rel: &str, flags: rustix::fs::OFlags) -> std::io::Result<OwnedFd> {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
     use rustix::io::Errno;
@@ -221,6 +226,7 @@ impl LocalStorage {
             walks: Arc::default(),
             writes: Arc::default(),
             watcher: None,
+            inline_reads: false,
             require_marker: false,
         })
     }
@@ -258,6 +264,7 @@ impl LocalStorage {
     /// Watch the tree for changes (see [`super::watch`]), if its filesystem allows it.
     pub fn with_watcher(mut self) -> LocalStorage {
         self.watcher = super::watch::Watcher::new(&self.root).map(Arc::new);
+        self.inline_reads = self.watcher.is_some();
         self
     }
 
@@ -301,12 +308,55 @@ fn read_object(root: &Path, key: &str) -> Result<Option<Object>> {
     if !md.is_file() {
         return Ok(None);
     }
-    let mut buf = Vec::with_capacity(md.len() as usize);
-    std::io::Read::read_to_end(&mut file, &mut buf).map_err(io_err(key))?;
+    let body = read_sized(&mut file, md.len()).map_err(io_err(key))?;
     Ok(Some(Object {
         meta: meta_of(key, &md),
-        body: Bytes::from(buf),
+        body,
     }))
+}
+
+/// Files up to this size are read on the calling thread when the root is on a local
+/// filesystem (as nginx does): a read from the page cache costs less than the hop to the
+/// blocking pool. Elsewhere (NFS, FUSE...), and above it, reads go to the blocking pool.
+pub const INLINE_READ_MAX: u64 = 64 * 1024;
+
+/// The read of [`Storage::get_up_to`] on an opened file: the whole of it if it is at most
+/// `limit` bytes and, unless `any_size`, at most [`INLINE_READ_MAX`] (`Err(file)`: read it
+/// elsewhere).
+fn read_opened(
+    mut file: std::fs::File,
+    meta: ObjectMeta,
+    limit: u64,
+    any_size: bool,
+) -> Result<Result<Fetched, (std::fs::File, ObjectMeta)>> {
+    if meta.size > limit {
+        return Ok(Ok(Fetched::TooLarge(meta)));
+    }
+    if !any_size && meta.size > INLINE_READ_MAX {
+        return Ok(Err((file, meta)));
+    }
+    let body = read_sized(&mut file, meta.size).map_err(io_err(&meta.key))?;
+    Ok(Ok(Fetched::Whole(Object { meta, body })))
+}
+
+/// Read an opened file of `size` bytes (its `fstat` size): one `read` for a small file, where
+/// `read_to_end` would add a `statx`, an `lseek` and a `read` that finds the end. Bytes written
+/// past that size meanwhile are not read: the version tag (from the same `fstat`) names the
+/// state that was read, so the next read that compares tags sees the change and reads again.
+fn read_sized(file: &mut std::fs::File, size: u64) -> std::io::Result<Bytes> {
+    use std::io::Read;
+    let mut buf = vec![0u8; size as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(Bytes::from(buf))
 }
 
 /// Open a regular file for a streamed read, with the metadata of the opened file.
@@ -597,6 +647,30 @@ impl Storage for LocalStorage {
             meta,
             body: Box::pin(reader),
         }))
+    }
+
+    /// On a local filesystem a small file is opened and read on the calling thread (see
+    /// [`INLINE_READ_MAX`]); otherwise one trip to the blocking pool does it all.
+    async fn get_up_to(&self, key: &str, limit: u64) -> Result<Option<Fetched>> {
+        validate_key(key)?;
+        let owned = key.to_owned();
+        if self.inline_reads {
+            let Some((file, meta)) = open_object(&self.root, key)? else {
+                return Ok(None);
+            };
+            return match read_opened(file, meta, limit, false)? {
+                Ok(done) => Ok(Some(done)),
+                Err((file, meta)) => {
+                    self.blocking(move |_| read_opened(file, meta, limit, true).map(|r| r.ok()))
+                        .await
+                }
+            };
+        }
+        self.blocking(move |root| match open_object(root, &owned)? {
+            None => Ok(None),
+            Some((file, meta)) => read_opened(file, meta, limit, true).map(|r| r.ok()),
+        })
+        .await
     }
 
     /// The `stat` runs inline: a few short syscalls on cached inodes, cheaper than a hop to

@@ -44,6 +44,15 @@ pub struct ObjectStream {
     pub body: futures::stream::BoxStream<'static, std::io::Result<Bytes>>,
 }
 
+/// What [`Storage::get_up_to`] found.
+#[derive(Debug)]
+pub enum Fetched {
+    /// The object, whole.
+    Whole(Object),
+    /// The object is larger than asked for: its metadata only.
+    TooLarge(ObjectMeta),
+}
+
 /// One page of a listing.
 #[derive(Debug, Clone, Default)]
 pub struct ListPage {
@@ -179,6 +188,16 @@ pub trait Storage: Send + Sync + 'static {
             meta: o.meta,
             body: Box::pin(futures::stream::once(async move { Ok(o.body) })),
         }))
+    }
+
+    /// The object at `key` if it is at most `limit` bytes, else only its metadata; `None` if
+    /// absent. The read of a cache miss: one operation where a `head` then a `get` would be two.
+    async fn get_up_to(&self, key: &str, limit: u64) -> Result<Option<Fetched>> {
+        match self.head(key).await? {
+            None => Ok(None),
+            Some(meta) if meta.size > limit => Ok(Some(Fetched::TooLarge(meta))),
+            Some(_) => Ok(self.get(key).await?.map(Fetched::Whole)),
+        }
     }
 
     /// The metadata of the object at `key`, or `None`.

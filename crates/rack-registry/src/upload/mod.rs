@@ -44,8 +44,8 @@ use rack_core::names::{is_segment, is_version};
 use rack_core::{ApiError, ErrorKind};
 use serde_json::json;
 
+use crate::api_error::ErrorReply;
 use crate::events::PublishEvent;
-use crate::http::response::ErrorReply;
 use crate::state::{now_ms, AppState};
 use crate::storage::StorageError;
 use crate::validate;
@@ -78,7 +78,16 @@ fn refuse_early(e: ApiError, body: Body) -> Response {
 
 /// Record a failed upload (metrics and audit).
 fn failed(state: &AppState, client: IpAddr, code: &str, identity: Option<&Identity>) {
-    tracing::warn!(code, %client, namespace = identity.map(|i| i.namespace.as_str()), name = identity.map(|i| i.name.as_str()), version = identity.map(|i| i.version.as_str()), "publish failed");
+    // Client-supplied names by a bounded prefix only (they may be kilobytes long).
+    let bounded = |f: fn(&Identity) -> &str| identity.map(|i| clip(f(i), CLIP).into_owned());
+    tracing::warn!(
+        code,
+        %client,
+        namespace = bounded(|i| &i.namespace),
+        name = bounded(|i| &i.name),
+        version = bounded(|i| &i.version),
+        "publish failed"
+    );
     state.metrics.uploads.with_label_values(&["failure"]).inc();
     state.audit.record(
         "publish",
@@ -125,7 +134,7 @@ fn refuse(state: &AppState, client: IpAddr, identity: Option<&Identity>, failure
 
 pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body: Body) -> Response {
     // Check 0: a token, before the body.
-    let Some(cred) = crate::http::credential(headers) else {
+    let Some(cred) = crate::auth::credential(headers) else {
         let e = ApiError::unauthorized_upload();
         failed(state, client, e.code(), None);
         return refuse_early(e, body);

@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use rand::Rng;
 use serde::Serialize;
 use sha2::Sha256;
 
 use super::config::Webhook;
-use super::outbox::Delivery;
+use super::outbox::{delivery_id, Delivery};
 use crate::events::PublishEvent;
 
 pub const USER_AGENT: &str = "Rack-Registry-Webhook/1.0";
@@ -26,28 +25,6 @@ struct Payload<'a> {
 }
 
 pub use crate::clock::{epoch_ms, format_timestamp, now_ms};
-
-/// `<epoch ms>-<6 random base36 characters>` (SPEC §14 allows 1 to 6).
-pub fn delivery_id(ms: i64) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut rng = rand::rng();
-    let suffix: String = (0..6).map(|_| DIGITS[rng.random_range(0..36)] as char).collect();
-    format!("{ms}-{suffix}")
-}
-
-/// Is `id` shaped like a delivery id (so it is safe as a file name)?
-pub fn is_delivery_id(id: &str) -> bool {
-    let Some((ms, suffix)) = id.split_once('-') else {
-        return false;
-    };
-    !ms.is_empty()
-        && ms.len() <= 20
-        && ms.bytes().all(|b| b.is_ascii_digit())
-        && (1..=6).contains(&suffix.len())
-        && suffix
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
-}
 
 /// `sha256=<hex HMAC-SHA256 of body with secret>`.
 pub fn sign(secret: &str, body: &[u8]) -> String {
@@ -192,6 +169,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::webhooks::outbox::is_delivery_id;
 
     fn hook() -> Webhook {
         Webhook {

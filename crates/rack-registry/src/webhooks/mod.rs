@@ -171,7 +171,7 @@ impl Webhooks {
                 let seq = self.seq.fetch_add(1, Ordering::Relaxed);
                 let mut d = delivery::build(hook, name, event, at, seq, after);
                 while ids.contains(&d.id) || self.outbox.exists(&d.id) {
-                    d.id = delivery::delivery_id(d.created_ms);
+                    d.id = outbox::delivery_id(d.created_ms);
                 }
                 ids.insert(d.id.clone());
                 if name == "uploaded" {

@@ -16,8 +16,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::delivery::is_delivery_id;
-
 /// Version of the file format.
 pub const FORMAT: u32 = 1;
 
@@ -203,6 +201,29 @@ impl Outbox {
         found.sort_by(|a, b| (a.created_ms, a.seq, &a.id).cmp(&(b.created_ms, b.seq, &b.id)));
         Ok((found, corrupt))
     }
+}
+
+/// `<epoch ms>-<6 random base36 characters>` (SPEC §14 allows 1 to 6).
+pub fn delivery_id(ms: i64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let suffix: String = (0..6).map(|_| DIGITS[rng.random_range(0..36)] as char).collect();
+    format!("{ms}-{suffix}")
+}
+
+/// Is `id` shaped like a delivery id (so it is safe as a file name)?
+pub fn is_delivery_id(id: &str) -> bool {
+    let Some((ms, suffix)) = id.split_once('-') else {
+        return false;
+    };
+    !ms.is_empty()
+        && ms.len() <= 20
+        && ms.bytes().all(|b| b.is_ascii_digit())
+        && (1..=6).contains(&suffix.len())
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
 }
 
 #[cfg(test)]

@@ -1,0 +1,9 @@
+//! The operator commands of the `rack-registry` binary, apart from `serve`: each is a client
+//! of the same rules the server applies (the core crate, the bundled schemas), never of the
+//! server's internals.
+//!
+//! - [`publish`]: pack a registry directory, check it as the server would, upload it;
+//! - [`tokens`]: `token` (a fresh token and its `auth.json` entry) and `auth check`.
+
+pub mod publish;
+pub mod tokens;
