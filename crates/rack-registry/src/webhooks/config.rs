@@ -49,7 +49,7 @@ impl std::fmt::Debug for Webhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Webhook")
             .field("index", &self.index)
-            .field("url", &super::delivery::redact_url(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("secret", &"<redacted>")
             .field("events", &self.events)
             .field("enabled", &self.enabled)
@@ -131,6 +131,25 @@ pub fn parse_str(text: &str) -> Result<WebhookConfig, String> {
         });
     }
     Ok(WebhookConfig { webhooks })
+}
+
+/// The URL for logs: scheme, host, port and path; never user info or query (which may carry
+/// credentials of the receiver).
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let mut s = format!("{}://{}", u.scheme(), u.host_str().unwrap_or(""));
+            if let Some(p) = u.port() {
+                s.push_str(&format!(":{p}"));
+            }
+            s.push_str(u.path());
+            if u.query().is_some() {
+                s.push_str("?...");
+            }
+            s
+        }
+        Err(_) => "<invalid url>".into(),
+    }
 }
 
 #[cfg(test)]

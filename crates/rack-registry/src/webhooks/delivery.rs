@@ -71,25 +71,6 @@ pub fn build(
     }
 }
 
-/// The URL for logs: scheme, host, port and path; never user info or query (which may carry
-/// credentials of the receiver).
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => {
-            let mut s = format!("{}://{}", u.scheme(), u.host_str().unwrap_or(""));
-            if let Some(p) = u.port() {
-                s.push_str(&format!(":{p}"));
-            }
-            s.push_str(u.path());
-            if u.query().is_some() {
-                s.push_str("?...");
-            }
-            s
-        }
-        Err(_) => "<invalid url>".into(),
-    }
-}
-
 /// The HTTP client for deliveries: per-attempt timeout, no redirects (a 3xx is a failure), and
 /// a fresh connection per attempt (deliveries are rare; a pooled connection the receiver has
 /// closed would only turn into a spurious failed attempt).
@@ -169,6 +150,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::webhooks::config::redact_url;
     use crate::webhooks::outbox::is_delivery_id;
 
     fn hook() -> Webhook {

@@ -49,7 +49,8 @@ use crate::events::{PublishEvent, PublishSink};
 use crate::metrics::Metrics;
 use crate::reload::{self, FileContent, Live, Watch};
 pub use config::{WebhookConfig, EVENTS};
-use delivery::{now_ms, redact_url, Outcome};
+use config::redact_url;
+use delivery::{now_ms, Outcome};
 use outbox::{Delivery, Outbox};
 
 /// Longest wait for in-flight attempts on shutdown before they are abandoned (their deliveries
