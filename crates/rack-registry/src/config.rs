@@ -87,6 +87,17 @@ pub struct ServeArgs {
     pub s3_access_key_id: Option<String>,
     #[arg(long, env = "S3_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub s3_secret_access_key: Option<String>,
+    /// Key prefix inside the bucket, so one bucket can hold several registries [default: none]
+    #[arg(long, env = "STORAGE_PREFIX")]
+    pub storage_prefix: Option<String>,
+    /// true: run on a bucket that ignores conditional writes, serializing them in this process
+    /// (only one replica may then write) [default: false]
+    #[arg(long, env = "STORAGE_SINGLE_WRITER")]
+    pub storage_single_writer: Option<String>,
+    /// Bucket backends: how long a mutable object read from the bucket is served without asking
+    /// the bucket again, in ms [default: 1000]
+    #[arg(long, env = "STORAGE_REVALIDATE_MS")]
+    pub storage_revalidate_ms: Option<String>,
     /// Requests per client per window; 0 disables [default: 1200]
     #[arg(long, env = "RATE_LIMIT_MAX")]
     pub rate_limit_max: Option<String>,
@@ -167,11 +178,18 @@ impl std::fmt::Debug for Secret {
 /// Settings of an S3-compatible bucket (`r2` is S3 with a derived endpoint and region `auto`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketConfig {
-    pub endpoint: String,
+    /// `None`: AWS itself.
+    pub endpoint: Option<String>,
     pub region: String,
     pub bucket: String,
-    pub access_key_id: String,
-    pub secret_access_key: Secret,
+    /// Access key id and secret; `None`: the standard AWS credential chain.
+    pub credentials: Option<(String, Secret)>,
+    /// `STORAGE_PREFIX`, normalized: empty or ending in `/`.
+    pub prefix: String,
+    /// `STORAGE_SINGLE_WRITER`.
+    pub single_writer: bool,
+    /// `STORAGE_REVALIDATE_MS`.
+    pub revalidate: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,6 +313,50 @@ pub fn parse_trust_proxy(s: &str) -> Option<TrustProxy> {
     }
 }
 
+/// The bucket settings shared by `r2` and `s3` (SPEC §11): prefix, single writer, revalidation.
+fn bucket_settings(a: &ServeArgs) -> Result<BucketConfig, ConfigError> {
+    let prefix = match given(&a.storage_prefix) {
+        None => String::new(),
+        Some(p) => {
+            let p = format!("{}/", p.trim_end_matches('/'));
+            crate::storage::validate_key(&p).map_err(|_| {
+                err(
+                    "STORAGE_PREFIX",
+                    format!("{p:?} is not a relative key prefix (segments separated by /, no . or ..)"),
+                )
+            })?;
+            p
+        }
+    };
+    let single_writer = match given(&a.storage_single_writer)
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(s) => {
+            return Err(err(
+                "STORAGE_SINGLE_WRITER",
+                format!("{s:?} is not one of true, false"),
+            ))
+        }
+    };
+    Ok(BucketConfig {
+        endpoint: None,
+        region: String::new(),
+        bucket: String::new(),
+        credentials: None,
+        prefix,
+        single_writer,
+        revalidate: Duration::from_millis(parse_u64(
+            "STORAGE_REVALIDATE_MS",
+            &a.storage_revalidate_ms,
+            1000,
+            0,
+        )?),
+    })
+}
+
 impl Config {
     pub fn from_args(a: &ServeArgs) -> Result<Config, ConfigError> {
         let port = match given(&a.port) {
@@ -345,23 +407,40 @@ impl Config {
                 let account = required("R2_ACCOUNT_ID", &a.r2_account_id, "r2")?;
                 Backend::R2(BucketConfig {
                     bucket: required("R2_BUCKET_NAME", &a.r2_bucket_name, "r2")?,
-                    endpoint: format!("https://{account}.r2.cloudflarestorage.com"),
+                    endpoint: Some(format!("https://{account}.r2.cloudflarestorage.com")),
                     region: "auto".into(),
-                    access_key_id: required("R2_ACCESS_KEY_ID", &a.r2_access_key_id, "r2")?,
-                    secret_access_key: Secret(required(
-                        "R2_SECRET_ACCESS_KEY",
-                        &a.r2_secret_access_key,
-                        "r2",
-                    )?),
+                    credentials: Some((
+                        required("R2_ACCESS_KEY_ID", &a.r2_access_key_id, "r2")?,
+                        Secret(required("R2_SECRET_ACCESS_KEY", &a.r2_secret_access_key, "r2")?),
+                    )),
+                    ..bucket_settings(a)?
                 })
             }
-            Some("s3") => Backend::S3(BucketConfig {
-                endpoint: required("S3_ENDPOINT", &a.s3_endpoint, "s3")?,
-                region: given(&a.s3_region).unwrap_or("us-east-1").to_owned(),
-                bucket: required("S3_BUCKET", &a.s3_bucket, "s3")?,
-                access_key_id: required("S3_ACCESS_KEY_ID", &a.s3_access_key_id, "s3")?,
-                secret_access_key: Secret(required("S3_SECRET_ACCESS_KEY", &a.s3_secret_access_key, "s3")?),
-            }),
+            Some("s3") => {
+                let credentials = match (given(&a.s3_access_key_id), given(&a.s3_secret_access_key)) {
+                    (Some(id), Some(secret)) => Some((id.to_owned(), Secret(secret.to_owned()))),
+                    (None, None) => None,
+                    (Some(_), None) => {
+                        return Err(err(
+                            "S3_SECRET_ACCESS_KEY",
+                            "is required when S3_ACCESS_KEY_ID is set",
+                        ))
+                    }
+                    (None, Some(_)) => {
+                        return Err(err(
+                            "S3_ACCESS_KEY_ID",
+                            "is required when S3_SECRET_ACCESS_KEY is set",
+                        ))
+                    }
+                };
+                Backend::S3(BucketConfig {
+                    endpoint: given(&a.s3_endpoint).map(str::to_owned),
+                    region: given(&a.s3_region).unwrap_or("us-east-1").to_owned(),
+                    bucket: required("S3_BUCKET", &a.s3_bucket, "s3")?,
+                    credentials,
+                    ..bucket_settings(a)?
+                })
+            }
             Some(s) => {
                 return Err(err(
                     "STORAGE_BACKEND",
@@ -533,7 +612,31 @@ mod tests {
                 "STORAGE_BACKEND",
                 Box::new(|a| a.storage_backend = Some("ftp".into())),
             ),
-            ("S3_ENDPOINT", Box::new(|a| a.storage_backend = Some("s3".into()))),
+            ("S3_BUCKET", Box::new(|a| a.storage_backend = Some("s3".into()))),
+            (
+                "STORAGE_PREFIX",
+                Box::new(|a| {
+                    a.storage_backend = Some("s3".into());
+                    a.s3_bucket = Some("b".into());
+                    a.storage_prefix = Some("a/../b".into());
+                }),
+            ),
+            (
+                "STORAGE_SINGLE_WRITER",
+                Box::new(|a| {
+                    a.storage_backend = Some("s3".into());
+                    a.s3_bucket = Some("b".into());
+                    a.storage_single_writer = Some("yes".into());
+                }),
+            ),
+            (
+                "S3_SECRET_ACCESS_KEY",
+                Box::new(|a| {
+                    a.storage_backend = Some("s3".into());
+                    a.s3_bucket = Some("b".into());
+                    a.s3_access_key_id = Some("AK".into());
+                }),
+            ),
             (
                 "R2_ACCOUNT_ID",
                 Box::new(|a| a.storage_backend = Some("r2".into())),
@@ -610,6 +713,39 @@ mod tests {
             !dbg.contains("super-secret-admin") && !dbg.contains("very-secret-key"),
             "{dbg}"
         );
+    }
+
+    #[test]
+    fn bucket_settings() {
+        let c = with(|a| {
+            a.storage_backend = Some("s3".into());
+            a.s3_bucket = Some("b".into());
+        })
+        .unwrap();
+        let Backend::S3(b) = c.backend else { panic!() };
+        assert_eq!(
+            (b.endpoint, b.region.as_str(), b.credentials, b.prefix.as_str()),
+            (None, "us-east-1", None, "")
+        );
+        assert_eq!(b.revalidate, Duration::from_secs(1));
+        assert!(!b.single_writer);
+        let c = with(|a| {
+            a.storage_backend = Some("r2".into());
+            a.r2_account_id = Some("acct".into());
+            a.r2_bucket_name = Some("reg".into());
+            a.r2_access_key_id = Some("AK".into());
+            a.r2_secret_access_key = Some("SK".into());
+            a.storage_prefix = Some("team/a/".into());
+            a.storage_single_writer = Some("true".into());
+        })
+        .unwrap();
+        let Backend::R2(b) = c.backend else { panic!() };
+        assert_eq!(
+            b.endpoint.as_deref(),
+            Some("https://acct.r2.cloudflarestorage.com")
+        );
+        assert_eq!((b.region.as_str(), b.prefix.as_str()), ("auto", "team/a/"));
+        assert!(b.single_writer);
     }
 
     #[test]

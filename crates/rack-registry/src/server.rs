@@ -8,14 +8,16 @@ use std::time::Duration;
 use crate::audit::Audit;
 use crate::cache::large::LargeObjects;
 use crate::cache::{HotCache, ListingCache};
-use crate::config::{Backend, Config};
+use crate::config::{Backend, BucketConfig, Config};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::reload::{self, Live};
 use crate::state::AppState;
-use crate::storage::{local::TMP_DIR, LocalStorage, Storage};
+use crate::storage::s3::{Probe, S3Options, S3Storage};
+use crate::storage::{local::TMP_DIR, LocalStorage, PutMode, Storage, StorageError};
 use crate::versions::{self, RegistryLocks};
 use crate::{auth_file, http, schemas, webhooks};
+use bytes::Bytes;
 
 /// How often config files are checked for changes (SPEC §14: within 5 s).
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -37,6 +39,74 @@ fn prepare_local_root(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Open the bucket (SPEC §11.1): reachable, initialised when empty, conditional writes probed.
+pub async fn open_bucket(bucket: &BucketConfig) -> Result<S3Storage, String> {
+    let opts = S3Options {
+        endpoint: bucket.endpoint.clone(),
+        region: bucket.region.clone(),
+        bucket: bucket.bucket.clone(),
+        credentials: bucket
+            .credentials
+            .as_ref()
+            .map(|(id, secret)| (id.clone(), secret.0.clone())),
+        prefix: bucket.prefix.clone(),
+    };
+    let s3 = S3Storage::new(&opts)?;
+    let unreachable = |e: StorageError| {
+        format!(
+            "bucket {} at {} is not reachable: {e}",
+            s3.bucket(),
+            s3.endpoint()
+        )
+    };
+    let first = s3.list("", false, None, 1).await.map_err(unreachable)?;
+    if first.objects.is_empty() {
+        // A bucket (or prefix) with nothing at all: a brand-new storage root.
+        let marker = (rack_core::layout::HEALTHCHECK_KEY.to_owned(), "");
+        let schemas = schemas::BUNDLED.iter().map(|(n, b)| (format!("schema/{n}"), *b));
+        for (key, body) in std::iter::once(marker).chain(schemas) {
+            match s3
+                .put(&key, Bytes::from_static(body.as_bytes()), PutMode::Create)
+                .await
+            {
+                Ok(_) | Err(StorageError::AlreadyExists(_)) => {}
+                Err(e) => return Err(unreachable(e)),
+            }
+        }
+        tracing::info!(storage = %s3.describe(), "initialised an empty bucket");
+    }
+    match s3.probe_conditional_writes().await.map_err(unreachable)? {
+        Probe::Honoured => {
+            if bucket.single_writer {
+                tracing::info!(
+                    "STORAGE_SINGLE_WRITER=true is not needed: the bucket honours conditional writes"
+                );
+            }
+            Ok(s3)
+        }
+        failed if bucket.single_writer => {
+            tracing::warn!(
+                probe = ?failed,
+                "the bucket does not honour conditional writes: STORAGE_SINGLE_WRITER=true, so \
+                 conditional writes are serialized in this process; only ONE replica may write"
+            );
+            Ok(s3.single_writer())
+        }
+        failed => Err(format!(
+            "bucket {} at {} does not honour conditional writes ({}): publishing would not be safe \
+             across replicas; use a store that does, or set STORAGE_SINGLE_WRITER=true to run a \
+             single writing replica",
+            s3.bucket(),
+            s3.endpoint(),
+            match failed {
+                Probe::Ignored(header) => format!("{header} was ignored"),
+                Probe::Unsupported(e) => format!("a conditional write was refused: {e}"),
+                Probe::Honoured => unreachable!(),
+            }
+        )),
+    }
+}
+
 pub async fn run(config: Config) -> Result<(), String> {
     let storage: Arc<dyn Storage> = match &config.backend {
         Backend::Local => {
@@ -50,8 +120,16 @@ pub async fn run(config: Config) -> Result<(), String> {
                 local
             })
         }
-        Backend::R2(_) | Backend::S3(_) => {
-            return Err("STORAGE_BACKEND: r2 and s3 are not available in this build yet; use local".into())
+        Backend::R2(bucket) | Backend::S3(bucket) => {
+            // STORAGE_ROOT is only local scratch space here: upload staging (`.tmp`) and the
+            // default webhook outbox (`.webhooks`).
+            std::fs::create_dir_all(&config.storage_root).map_err(|e| {
+                format!(
+                    "STORAGE_ROOT {} (upload staging): {e}",
+                    config.storage_root.display()
+                )
+            })?;
+            Arc::new(open_bucket(bucket).await?)
         }
     };
     let (policy, auth_content) = auth_file::load(&config.auth_config_path)?;

@@ -8,6 +8,7 @@
 //! absolute path, a backslash or a NUL.
 
 pub mod local;
+pub mod s3;
 pub mod watch;
 
 use std::path::Path;
