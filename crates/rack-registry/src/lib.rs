@@ -30,6 +30,7 @@ pub mod schemas;
 pub mod server;
 pub mod state;
 pub mod storage;
+pub mod storage_cli;
 pub mod tokens;
 pub mod upload;
 pub mod validate;

@@ -39,8 +39,9 @@ fn prepare_local_root(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Open the bucket (SPEC §11.1): reachable, initialised when empty, conditional writes probed.
-pub async fn open_bucket(bucket: &BucketConfig) -> Result<S3Storage, String> {
+/// A client for the configured bucket, checked reachable (one list call); the error names the
+/// bucket and the endpoint.
+pub async fn connect_bucket(bucket: &BucketConfig) -> Result<S3Storage, String> {
     let opts = S3Options {
         endpoint: bucket.endpoint.clone(),
         region: bucket.region.clone(),
@@ -59,6 +60,14 @@ pub async fn open_bucket(bucket: &BucketConfig) -> Result<S3Storage, String> {
             s3.endpoint()
         )
     };
+    s3.list("", false, None, 1).await.map_err(unreachable)?;
+    Ok(s3)
+}
+
+/// Open the bucket (SPEC §11.1): reachable, initialised when empty, conditional writes probed.
+pub async fn open_bucket(bucket: &BucketConfig) -> Result<S3Storage, String> {
+    let s3 = connect_bucket(bucket).await?;
+    let unreachable = |e: StorageError| format!("bucket {} at {}: {e}", s3.bucket(), s3.endpoint());
     let first = s3.list("", false, None, 1).await.map_err(unreachable)?;
     if first.objects.is_empty() {
         // A bucket (or prefix) with nothing at all: a brand-new storage root.
