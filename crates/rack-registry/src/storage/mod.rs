@@ -7,6 +7,8 @@
 //! validated by [`validate_key`] before any backend sees them: no backend ever resolves `..`, an
 //! absolute path, a backslash or a NUL.
 
+#[doc(hidden)]
+pub mod contract;
 pub mod local;
 pub mod s3;
 pub mod watch;
