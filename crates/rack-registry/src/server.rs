@@ -52,7 +52,7 @@ pub async fn connect_bucket(bucket: &BucketConfig) -> Result<S3Storage, String> 
             .map(|(id, secret)| (id.clone(), secret.0.clone())),
         prefix: bucket.prefix.clone(),
     };
-    let s3 = S3Storage::new(&opts)?;
+    let s3 = S3Storage::new(&opts)?.with_revalidate(bucket.revalidate);
     let unreachable = |e: StorageError| {
         format!(
             "bucket {} at {} is not reachable: {e}",

@@ -303,6 +303,14 @@ pub trait Storage: Send + Sync + 'static {
     /// A short description for logs (`local:/srv/rack`, `s3://bucket`).
     fn describe(&self) -> String;
 
+    /// How long the hot cache may serve an entry for `key` it confirmed current without asking
+    /// the backend again (SPEC §11.3: a bucket revalidates mutable objects at most once per
+    /// `STORAGE_REVALIDATE_MS` and a version's files once a minute). `None`: ask on every read
+    /// (unless the [`watcher`](Storage::watcher) vouches for it), as the local disk does.
+    fn revalidate_after(&self, _key: &str) -> Option<std::time::Duration> {
+        None
+    }
+
     /// The backend's change watcher, if it has one ([`watch`]): the hot cache may then trust
     /// an entry without asking the backend, as long as the watcher saw no change.
     fn watcher(&self) -> Option<&watch::Watcher> {

@@ -79,6 +79,23 @@ pub struct S3Storage {
     /// `STORAGE_SINGLE_WRITER` on a store without conditional writes: conditional puts are
     /// checked and written under this lock instead.
     emulate: Option<tokio::sync::Mutex<()>>,
+    /// [`Storage::revalidate_after`] for mutable objects (`STORAGE_REVALIDATE_MS`).
+    revalidate: Duration,
+}
+
+/// Objects under a version directory never change once published (SPEC §3); they are asked for
+/// again only this often, in case an operator removed them.
+pub const IMMUTABLE_REVALIDATE: Duration = Duration::from_secs(60);
+
+/// Whether `key` lies under a version directory (`@ns/<segments>/<version>/...`): registry path
+/// segments have no dots, so the first segment that parses as a version is the version.
+pub fn under_version_dir(key: &str) -> bool {
+    let mut segs = key.split('/');
+    key.starts_with('@') && segs.next().is_some() && {
+        let mut inner: Vec<&str> = segs.collect();
+        inner.pop();
+        inner.into_iter().any(rack_core::names::is_version)
+    }
 }
 
 /// The status line and S3 error code of an `object_store` error message, without the response
@@ -134,6 +151,7 @@ impl S3Storage {
             endpoint: opts.endpoint.clone().unwrap_or_else(|| "AWS".into()),
             prefix: opts.prefix.clone(),
             emulate: None,
+            revalidate: Duration::from_secs(1),
         })
     }
 
@@ -141,6 +159,12 @@ impl S3Storage {
     /// them): correct only while this process is the only writer.
     pub fn single_writer(mut self) -> S3Storage {
         self.emulate = Some(tokio::sync::Mutex::new(()));
+        self
+    }
+
+    /// How long a mutable object read from the bucket is trusted (`STORAGE_REVALIDATE_MS`).
+    pub fn with_revalidate(mut self, every: Duration) -> S3Storage {
+        self.revalidate = every;
         self
     }
 
@@ -476,6 +500,14 @@ impl Storage for S3Storage {
         }
     }
 
+    fn revalidate_after(&self, key: &str) -> Option<Duration> {
+        if under_version_dir(key) {
+            Some(IMMUTABLE_REVALIDATE)
+        } else {
+            Some(self.revalidate).filter(|d| !d.is_zero())
+        }
+    }
+
     fn describe(&self) -> String {
         format!("s3://{}/{} ({})", self.bucket, self.prefix, self.endpoint)
     }
@@ -483,7 +515,28 @@ impl Storage for S3Storage {
 
 #[cfg(test)]
 mod tests {
-    use super::scrub;
+    use super::{scrub, under_version_dir};
+
+    #[test]
+    fn version_directories_are_told_apart() {
+        for yes in [
+            "@ns/a/1.0.0/registry.json",
+            "@ns/a/b/2.0.0-rc.1/src/x.ts",
+            "@ns/a/1.0.0/lib/3.0.0/y",
+        ] {
+            assert!(under_version_dir(yes), "{yes}");
+        }
+        for no in [
+            "@ns/a/versions.json",
+            "@ns/a/b/versions.json",
+            "@ns/.registries.json",
+            "presets/1.0.0/preset.json",
+            "schema/rack.json",
+            "@ns/a/1.0.0",
+        ] {
+            assert!(!under_version_dir(no), "{no}");
+        }
+    }
 
     #[test]
     fn error_bodies_never_reach_a_message() {

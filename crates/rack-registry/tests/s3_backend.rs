@@ -1,0 +1,118 @@
+//! The server on a bucket (SPEC §11.1, §11.3), against a real S3 server (moto, `common/s3.rs`):
+//! startup on an empty, a missing and an unreachable bucket, and the revalidation policy.
+
+mod common;
+
+use common::s3::Bucket;
+
+/// Replace one object in the bucket as another replica would (through `storage push`).
+fn write_in_bucket(bucket: &Bucket, rel: &str, body: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, body).unwrap();
+    bucket.storage_cli(dir.path(), &["push", &dir.path().display().to_string()]);
+}
+
+#[test]
+fn an_empty_bucket_is_initialised_like_a_new_storage_root() {
+    let Some(bucket) = Bucket::new() else { return };
+    let world = common::World::empty();
+    let mut env = bucket.env();
+    env.push((
+        "STORAGE_ROOT".into(),
+        world.path().join("scratch").display().to_string(),
+    ));
+    let server = common::Server::start(world.path(), &env);
+    let c = common::client();
+    let health = c.get(server.url("/health")).send().unwrap();
+    assert_eq!(health.status(), 200, "the marker was written");
+    for (name, body) in [
+        ("registry-item.json", "registry-item"),
+        ("preset.json", "preset"),
+        ("rack.json", "rack"),
+    ] {
+        let r = c.get(server.url(&format!("/schemas/{name}"))).send().unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        assert!(r.text().unwrap().contains("$schema"), "{body}");
+    }
+    // The probe left nothing behind, and a pull sees exactly the initial objects.
+    let back = world.path().join("back");
+    bucket.storage_cli(world.path(), &["pull", &back.display().to_string()]);
+    let mut names: Vec<String> = std::fs::read_dir(back.join("schema"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["preset.json", "rack.json", "registry-item.json"]);
+    assert!(back.join(".healthcheck").is_file());
+    assert!(!back.join(".rack").exists());
+}
+
+#[test]
+fn a_missing_or_unreachable_bucket_stops_startup_naming_bucket_and_endpoint() {
+    let Some(endpoint) = common::s3::endpoint() else {
+        return;
+    };
+    let world = common::World::empty();
+    let base = Bucket {
+        endpoint: endpoint.clone(),
+        name: "rack-no-such-bucket".into(),
+    };
+    let (code, out) = common::run_cli(world.path(), &base.env(), &["serve"]);
+    assert!(matches!(code, Some(c) if c != 0), "{code:?}\n{out}");
+    assert!(
+        out.contains("rack-no-such-bucket") && out.contains(&endpoint),
+        "{out}"
+    );
+    assert!(out.contains("does not exist"), "{out}");
+
+    // Nothing listens on port 1 of loopback.
+    let dead = Bucket {
+        endpoint: "http://127.0.0.1:1".into(),
+        name: "rack-unreachable".into(),
+    };
+    let (code, out) = common::run_cli(world.path(), &dead.env(), &["serve"]);
+    assert!(matches!(code, Some(c) if c != 0), "{code:?}\n{out}");
+    assert!(
+        out.contains("rack-unreachable at http://127.0.0.1:1 is not reachable"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(common::s3::SECRET_KEY),
+        "no secret in errors:\n{out}"
+    );
+}
+
+#[test]
+fn warm_reads_trust_the_cache_within_storage_revalidate_ms() {
+    let Some(bucket) = Bucket::new() else { return };
+    let world = common::World::new();
+    let mut env = world.env_on_bucket(&bucket);
+    env.push(("STORAGE_REVALIDATE_MS".into(), "3600000".into()));
+    let server = common::Server::start(world.path(), &env);
+    let c = common::client();
+    let first = c.get(server.url("/presets/node")).send().unwrap().text().unwrap();
+    write_in_bucket(&bucket, "presets/node/preset.json", "{\"changed\":true}");
+    let warm = c.get(server.url("/presets/node")).send().unwrap().text().unwrap();
+    assert_eq!(
+        warm, first,
+        "within the window a warm read does not ask the bucket"
+    );
+    drop(server);
+
+    // With STORAGE_REVALIDATE_MS=0 every read asks the bucket: a change is seen at once.
+    let mut env = bucket.env();
+    env.extend(world.env().into_iter().filter(|(k, _)| k != "STORAGE_ROOT"));
+    env.push((
+        "STORAGE_ROOT".into(),
+        world.path().join("scratch").display().to_string(),
+    ));
+    env.push(("STORAGE_REVALIDATE_MS".into(), "0".into()));
+    let server = common::Server::start(world.path(), &env);
+    let r = c.get(server.url("/presets/node")).send().unwrap().text().unwrap();
+    assert_eq!(r, "{\"changed\":true}");
+    write_in_bucket(&bucket, "presets/node/preset.json", "{\"changed\":2}");
+    let r = c.get(server.url("/presets/node")).send().unwrap().text().unwrap();
+    assert_eq!(r, "{\"changed\":2}");
+}
