@@ -2,8 +2,14 @@
 //! startup on an empty, a missing and an unreachable bucket, and the revalidation policy.
 
 mod common;
+#[path = "common/pkg.rs"]
+mod pkg;
 
 use common::s3::Bucket;
+use serde_json::json;
+
+const PUBLISH: &str = "company-publish-token";
+const READ: &str = "company-read-token";
 
 /// Replace one object in the bucket as another replica would (through `storage push`).
 fn write_in_bucket(bucket: &Bucket, rel: &str, body: &str) {
@@ -115,4 +121,65 @@ fn warm_reads_trust_the_cache_within_storage_revalidate_ms() {
     write_in_bucket(&bucket, "presets/node/preset.json", "{\"changed\":2}");
     let r = c.get(server.url("/presets/node")).send().unwrap().text().unwrap();
     assert_eq!(r, "{\"changed\":2}");
+}
+
+#[test]
+fn publishing_to_a_bucket_stores_the_version_and_keeps_the_first_upload() {
+    let Some(bucket) = Bucket::new() else { return };
+    let world = common::World::new();
+    let env = world.env_on_bucket(&bucket);
+    let server = common::Server::start(world.path(), &env);
+    let m1 = pkg::manifest(
+        "@company",
+        "widget",
+        "1.0.0",
+        "registry:build",
+        &["templates/a.txt"],
+    );
+    let first = pkg::package(&m1, &[("templates/a.txt", b"first\n")]);
+    let reply = pkg::Upload::new(first).bearer(PUBLISH).send(&server.base);
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(reply.json()["path"], json!("@company/build/widget/1.0.0"));
+
+    let mut m2 = m1.clone();
+    m2["description"] = json!("second");
+    let second = pkg::package(&m2, &[("templates/a.txt", b"second\n")]);
+    let reply = pkg::Upload::new(second).bearer(PUBLISH).send(&server.base);
+    reply.assert_error(
+        409,
+        "VERSION_EXISTS",
+        "Registry @company/build/widget@1.0.0 already exists",
+    );
+    let (status, body) = pkg::get(
+        &server.base,
+        "/registries/@company/build/widget/1.0.0/files/templates/a.txt",
+        Some(READ),
+    );
+    assert_eq!((status, body), (200, b"first\n".to_vec()));
+    let (status, body) = pkg::get(&server.base, "/registries/@company/build/widget", Some(READ));
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap(), m1);
+
+    // In the bucket itself: the layout of SPEC §3, nothing of staging.
+    let back = world.path().join("back");
+    bucket.storage_cli(world.path(), &["pull", &back.display().to_string()]);
+    let reg = back.join("@company/build/widget");
+    assert_eq!(
+        std::fs::read_to_string(reg.join("versions.json")).unwrap(),
+        pkg::versions_json(&["1.0.0"])
+    );
+    assert_eq!(
+        std::fs::read(reg.join("1.0.0/templates/a.txt")).unwrap(),
+        b"first\n"
+    );
+    assert_eq!(
+        std::fs::read(reg.join("1.0.0/registry.json")).unwrap(),
+        serde_json::to_vec_pretty(&m1).unwrap()
+    );
+    assert!(!back.join(".tmp").exists());
+    let scratch = world.path().join("scratch/.tmp");
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "staging is cleaned: {left:?}");
 }
