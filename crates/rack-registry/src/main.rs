@@ -39,7 +39,7 @@ enum Command {
     Auth(rack_registry::tokens::AuthCommand),
     /// Copy a storage root to the configured storage (a bucket) and back.
     #[command(subcommand)]
-    Storage(rack_registry::storage_cli::StorageCommand),
+    Storage(Box<rack_registry::storage_cli::StorageCommand>),
 }
 
 /// Logs go to stdout through a batching writer thread ([`logsink`]), so a request never waits
@@ -69,7 +69,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::Publish(a)) => return rack_registry::publish::run(a),
         Some(Command::Token(a)) => return rack_registry::tokens::run_token(a),
         Some(Command::Auth(c)) => return rack_registry::tokens::run_auth(c),
-        Some(Command::Storage(c)) => return rack_registry::storage_cli::run(c),
+        Some(Command::Storage(c)) => return rack_registry::storage_cli::run(*c),
         None => cli.serve,
     };
     let config = match Config::from_args(&args) {
