@@ -98,6 +98,10 @@ pub struct ServeArgs {
     /// the bucket again, in ms [default: 1000]
     #[arg(long, env = "STORAGE_REVALIDATE_MS")]
     pub storage_revalidate_ms: Option<String>,
+    /// Bucket backends: lifetime of a publish lease in seconds, longer than any publish; a
+    /// publisher that dies is cleaned up after it [default: 120]
+    #[arg(long, env = "PUBLISH_LEASE_SECONDS")]
+    pub publish_lease_seconds: Option<String>,
     /// Requests per client per window; 0 disables [default: 1200]
     #[arg(long, env = "RATE_LIMIT_MAX")]
     pub rate_limit_max: Option<String>,
@@ -190,6 +194,8 @@ pub struct BucketConfig {
     pub single_writer: bool,
     /// `STORAGE_REVALIDATE_MS`.
     pub revalidate: Duration,
+    /// `PUBLISH_LEASE_SECONDS`.
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,6 +359,12 @@ fn bucket_settings(a: &ServeArgs) -> Result<BucketConfig, ConfigError> {
             &a.storage_revalidate_ms,
             1000,
             0,
+        )?),
+        lease: Duration::from_secs(parse_u64(
+            "PUBLISH_LEASE_SECONDS",
+            &a.publish_lease_seconds,
+            120,
+            1,
         )?),
     })
 }
@@ -728,6 +740,7 @@ mod tests {
             (None, "us-east-1", None, "")
         );
         assert_eq!(b.revalidate, Duration::from_secs(1));
+        assert_eq!(b.lease, Duration::from_secs(120));
         assert!(!b.single_writer);
         let c = with(|a| {
             a.storage_backend = Some("r2".into());

@@ -52,7 +52,9 @@ pub async fn connect_bucket(bucket: &BucketConfig) -> Result<S3Storage, String> 
             .map(|(id, secret)| (id.clone(), secret.0.clone())),
         prefix: bucket.prefix.clone(),
     };
-    let s3 = S3Storage::new(&opts)?.with_revalidate(bucket.revalidate);
+    let s3 = S3Storage::new(&opts)?
+        .with_revalidate(bucket.revalidate)
+        .with_lease(bucket.lease);
     let unreachable = |e: StorageError| {
         format!(
             "bucket {} at {} is not reachable: {e}",
@@ -231,6 +233,9 @@ pub async fn run(config: Config) -> Result<(), String> {
         std::fs::remove_dir_all(&state.staging_root)
             .map_err(|e| format!("cannot clear staging {}: {e}", state.staging_root.display()))?;
     }
+    if let Backend::R2(bucket) | Backend::S3(bucket) = &config.backend {
+        spawn_lease_sweep(state.storage.clone(), bucket.lease, shutdown_rx.clone());
+    }
     let addr = SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -255,6 +260,29 @@ pub async fn run(config: Config) -> Result<(), String> {
     let _ = webhook_worker.await;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Every replica finishes the publishes of dead replicas (SPEC §11.2): once at startup, then
+/// once per lease lifetime (one list call of `.rack/leases/` when there is nothing to do).
+fn spawn_lease_sweep(
+    storage: Arc<dyn Storage>,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            match crate::storage::publish::sweep_all(storage.as_ref()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(leases = n, "finished publishes left by a dead publisher"),
+                Err(e) => tracing::error!(error = %e, "publish lease sweep failed"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -10,6 +10,7 @@
 #[doc(hidden)]
 pub mod contract;
 pub mod local;
+pub mod publish;
 pub mod s3;
 pub mod watch;
 
@@ -292,6 +293,12 @@ pub trait Storage: Send + Sync + 'static {
                 Err(e)
             }
         }
+    }
+
+    /// Whether [`publish_dir`](Storage::publish_dir) also adds the version to `versions.json`
+    /// (the bucket's lease protocol, SPEC §11.2), so the caller need not rebuild it.
+    fn publish_lists_version(&self) -> bool {
+        false
     }
 
     /// `Ok` when writes can be accepted now; [`StorageError::Unavailable`] when the storage is

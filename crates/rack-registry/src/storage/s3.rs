@@ -81,6 +81,8 @@ pub struct S3Storage {
     emulate: Option<tokio::sync::Mutex<()>>,
     /// [`Storage::revalidate_after`] for mutable objects (`STORAGE_REVALIDATE_MS`).
     revalidate: Duration,
+    /// Lifetime of a publish lease (`PUBLISH_LEASE_SECONDS`, [`super::publish`]).
+    lease: Duration,
 }
 
 /// Objects under a version directory never change once published (SPEC §3); they are asked for
@@ -152,6 +154,7 @@ impl S3Storage {
             prefix: opts.prefix.clone(),
             emulate: None,
             revalidate: Duration::from_secs(1),
+            lease: super::publish::DEFAULT_LEASE,
         })
     }
 
@@ -166,6 +169,16 @@ impl S3Storage {
     pub fn with_revalidate(mut self, every: Duration) -> S3Storage {
         self.revalidate = every;
         self
+    }
+
+    /// Lifetime of a publish lease (`PUBLISH_LEASE_SECONDS`).
+    pub fn with_lease(mut self, lease: Duration) -> S3Storage {
+        self.lease = lease;
+        self
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 
     pub fn bucket(&self) -> &str {
@@ -498,6 +511,16 @@ impl Storage for S3Storage {
                 return Ok(deleted);
             }
         }
+    }
+
+    /// The lease protocol of SPEC §11.2 ([`super::publish`]): only the lease holder writes
+    /// under a version's prefix, and `versions.json` is merged by compare-and-swap.
+    async fn publish_dir(&self, staged: &std::path::Path, dest: &str) -> Result<()> {
+        super::publish::publish_dir(self, staged, dest, self.lease).await
+    }
+
+    fn publish_lists_version(&self) -> bool {
+        true
     }
 
     fn revalidate_after(&self, key: &str) -> Option<Duration> {
