@@ -567,14 +567,22 @@ fn invalid_values_are_startup_errors_naming_the_variable() {
         (&[("TRUST_PROXY", "0")], "TRUST_PROXY"),
         (&[("TRUST_PROXY", "-2")], "TRUST_PROXY"),
         (&[("STORAGE_BACKEND", "ftp")], "STORAGE_BACKEND"),
+        // S3_ENDPOINT is optional (unset: AWS, SPEC 11.1); the bucket is not.
+        (
+            &[
+                ("STORAGE_BACKEND", "s3"),
+                ("S3_ACCESS_KEY_ID", "ak"),
+                ("S3_SECRET_ACCESS_KEY", "sk"),
+            ],
+            "S3_BUCKET",
+        ),
         (
             &[
                 ("STORAGE_BACKEND", "s3"),
                 ("S3_BUCKET", "b"),
-                ("S3_ACCESS_KEY_ID", "ak"),
-                ("S3_SECRET_ACCESS_KEY", "sk"),
+                ("STORAGE_PREFIX", "../x"),
             ],
-            "S3_ENDPOINT",
+            "STORAGE_PREFIX",
         ),
         (&[("RATE_LIMIT_MAX", "-1")], "RATE_LIMIT_MAX"),
         (&[("RATE_LIMIT_MAX", "many")], "RATE_LIMIT_MAX"),
