@@ -17,7 +17,7 @@ use clap::{Args, Subcommand};
 use md5::{Digest, Md5};
 
 use crate::config::{Backend, Config, ServeArgs};
-use crate::storage::{staged_files, validate_key, LocalStorage, ObjectMeta, PutMode, Storage};
+use crate::storage::{index, staged_files, validate_key, LocalStorage, ObjectMeta, PutMode, Storage};
 
 #[derive(Debug, Subcommand)]
 pub enum StorageCommand {
@@ -52,6 +52,8 @@ pub struct Counts {
     pub unchanged: u64,
     /// Files whose name is not a storage key (pushed nowhere).
     pub skipped: u64,
+    /// Namespace indexes rebuilt after a push.
+    pub indexes: u64,
 }
 
 fn md5_hex(body: &[u8]) -> String {
@@ -92,8 +94,14 @@ async fn listing(storage: &dyn Storage) -> Result<HashMap<String, ObjectMeta>, S
     }
 }
 
-/// Upload every file under `dir` that differs from what `storage` holds.
-pub async fn push(storage: &dyn Storage, dir: &Path, dry_run: bool) -> Result<Counts, String> {
+/// Upload every file under `dir` that differs from what `storage` holds; on a bucket
+/// (`rebuild_indexes`), then rewrite the index of every namespace pushed (SPEC §11.5).
+pub async fn push(
+    storage: &dyn Storage,
+    dir: &Path,
+    dry_run: bool,
+    rebuild_indexes: bool,
+) -> Result<Counts, String> {
     let files = staged_files(dir).map_err(|e| e.to_string())?;
     let remote = listing(storage).await?;
     let mut counts = Counts::default();
@@ -118,6 +126,23 @@ pub async fn push(storage: &dyn Storage, dir: &Path, dry_run: bool) -> Result<Co
                 .map_err(|e| e.to_string())?;
         }
     }
+    if rebuild_indexes && !dry_run {
+        let mut namespaces: Vec<&str> = files
+            .iter()
+            .filter_map(|f| f.split_once('/').map(|(ns, _)| ns))
+            .filter(|ns| rack_core::names::is_namespace(ns))
+            .collect();
+        namespaces.dedup();
+        for ns in namespaces {
+            if index::rebuild(storage, ns)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                counts.indexes += 1;
+            }
+        }
+    }
     Ok(counts)
 }
 
@@ -127,7 +152,11 @@ pub async fn pull(storage: &dyn Storage, dir: &Path, dry_run: bool) -> Result<Co
     remote.sort_by(|a, b| a.key.cmp(&b.key));
     let mut counts = Counts::default();
     for meta in remote {
-        // Keys come back from storage validated on the way in; check again before any path.
+        // Namespace indexes are derived (push rebuilds them); keys come back from storage
+        // validated on the way in, and are checked again before they become a path.
+        if index::is_index_key(&meta.key) {
+            continue;
+        }
         if validate_key(&meta.key).is_err() || meta.key.ends_with('/') {
             counts.skipped += 1;
             continue;
@@ -200,7 +229,8 @@ pub fn run(cmd: StorageCommand) -> ExitCode {
     let result = runtime.block_on(async {
         let storage = open(&config).await?;
         if is_push {
-            push(storage.as_ref(), &t.dir, t.dry_run).await
+            let bucket = !matches!(config.backend, Backend::Local);
+            push(storage.as_ref(), &t.dir, t.dry_run, bucket).await
         } else {
             pull(storage.as_ref(), &t.dir, t.dry_run).await
         }
@@ -215,8 +245,8 @@ pub fn run(cmd: StorageCommand) -> ExitCode {
                 (false, true) => "would download",
             };
             println!(
-                "{target}: {verb} {}, unchanged {}, skipped {}",
-                c.copied, c.unchanged, c.skipped
+                "{target}: {verb} {}, unchanged {}, skipped {}, namespace indexes rebuilt {}",
+                c.copied, c.unchanged, c.skipped, c.indexes
             );
             ExitCode::SUCCESS
         }

@@ -238,3 +238,88 @@ async fn the_background_sweep_finishes_every_expired_lease() {
     assert!(keys(s.as_ref(), LEASES).await.is_empty());
     assert_eq!(publish::sweep_all(s.as_ref()).await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_registries_join_the_namespace_index_even_when_racing() {
+    let Some(bucket) = bucket().await else { return };
+    let (a, b) = (replica(&bucket), replica(&bucket));
+    let staging = tempfile::tempdir().unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let dir = stage(staging.path(), &format!("r{i}"));
+        tasks.push(tokio::spawn(async move {
+            let dest = format!("@idx/group/reg-{i}/1.0.0");
+            publish::publish_dir(s.as_ref(), &dir, &dest, publish::DEFAULT_LEASE).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let index = a
+        .get("@idx/.registries.json")
+        .await
+        .unwrap()
+        .expect("index written");
+    let v: serde_json::Value = serde_json::from_slice(&index.body).unwrap();
+    let want: Vec<String> = (0..10).map(|i| format!("group/reg-{i}")).collect();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    assert_eq!(v["registries"], serde_json::json!(want_sorted));
+    // Listings read it: what the index says is what a listing answers (it is authoritative on
+    // a bucket), with no walk.
+    let fresh = replica(&bucket);
+    let listed = fresh
+        .find_marked_dirs("@idx/", "versions.json", rack_core::names::is_segment)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&listed[..], &want_sorted[..]);
+    a.put(
+        "@idx/.registries.json",
+        Bytes::from_static(b"{\"registries\":[\"only-this\"]}"),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    let fresh = replica(&bucket);
+    let listed = fresh
+        .find_marked_dirs("@idx/", "versions.json", rack_core::names::is_segment)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&listed[..], ["only-this"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listing_without_an_index_walks_once_and_writes_it() {
+    let Some(bucket) = bucket().await else { return };
+    let s = replica(&bucket);
+    for k in [
+        "@walk/a/versions.json",
+        "@walk/b/c/versions.json",
+        "@walk/b/c/1.0.0/registry.json",
+    ] {
+        s.put(k, Bytes::from_static(b"{}"), PutMode::Overwrite)
+            .await
+            .unwrap();
+    }
+    let listed = s
+        .find_marked_dirs("@walk/", "versions.json", rack_core::names::is_segment)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&listed[..], ["a", "b/c"]);
+    let index = s
+        .get("@walk/.registries.json")
+        .await
+        .unwrap()
+        .expect("written by the reader");
+    assert_eq!(&index.body[..], b"{\"registries\":[\"a\",\"b/c\"]}\n");
+    assert!(s
+        .find_marked_dirs("@nothing/", "versions.json", rack_core::names::is_segment)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s.get("@nothing/.registries.json").await.unwrap().is_none());
+}

@@ -9,6 +9,7 @@
 
 #[doc(hidden)]
 pub mod contract;
+pub mod index;
 pub mod local;
 pub mod publish;
 pub mod s3;
@@ -139,6 +140,43 @@ pub fn staged_files(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// [`Storage::find_marked_dirs`] by delimited listings: one list call per directory (the default,
+/// and the fallback of backends that keep an index).
+pub async fn walk_marked_dirs<S: Storage + ?Sized>(
+    s: &S,
+    prefix: &str,
+    marker: &str,
+    descend: DirFilter,
+) -> Result<Option<Arc<[String]>>> {
+    let mut found = Vec::new();
+    let mut stack = vec![prefix.to_owned()];
+    let mut anything = false;
+    while let Some(dir) = stack.pop() {
+        let mut start: Option<String> = None;
+        loop {
+            let page = s.list(&dir, true, start.as_deref(), 1000).await?;
+            anything |= !page.objects.is_empty() || !page.prefixes.is_empty();
+            for o in &page.objects {
+                if o.key.strip_prefix(&dir) == Some(marker) && dir.len() > prefix.len() {
+                    found.push(dir[prefix.len()..dir.len() - 1].to_owned());
+                }
+            }
+            for p in &page.prefixes {
+                let name = p[dir.len()..].trim_end_matches('/');
+                if descend(name) {
+                    stack.push(p.clone());
+                }
+            }
+            match page.next {
+                Some(n) => start = Some(n),
+                None => break,
+            }
+        }
+    }
+    found.sort();
+    Ok(anything.then(|| Arc::from(found)))
+}
+
 /// Which sub-directories a search descends into (by name).
 pub type DirFilter = fn(&str) -> bool;
 
@@ -219,33 +257,7 @@ pub trait Storage: Send + Sync + 'static {
         marker: &str,
         descend: DirFilter,
     ) -> Result<Option<Arc<[String]>>> {
-        let mut found = Vec::new();
-        let mut stack = vec![prefix.to_owned()];
-        let mut anything = false;
-        while let Some(dir) = stack.pop() {
-            let mut start: Option<String> = None;
-            loop {
-                let page = self.list(&dir, true, start.as_deref(), 1000).await?;
-                anything |= !page.objects.is_empty() || !page.prefixes.is_empty();
-                for o in &page.objects {
-                    if o.key.strip_prefix(&dir) == Some(marker) && dir.len() > prefix.len() {
-                        found.push(dir[prefix.len()..dir.len() - 1].to_owned());
-                    }
-                }
-                for p in &page.prefixes {
-                    let name = p[dir.len()..].trim_end_matches('/');
-                    if descend(name) {
-                        stack.push(p.clone());
-                    }
-                }
-                match page.next {
-                    Some(n) => start = Some(n),
-                    None => break,
-                }
-            }
-        }
-        found.sort();
-        Ok(anything.then(|| Arc::from(found)))
+        walk_marked_dirs(self, prefix, marker, descend).await
     }
 
     /// Make a staged version directory visible at `dest` (a key prefix without trailing `/`)

@@ -183,7 +183,10 @@ pub async fn add_version(s: &dyn Storage, registry: &str, version: &str) -> Resu
         }
         versions.push(version.to_owned());
         let body = Bytes::from(VersionsFile::from_versions(versions).render());
+        let new_registry = mode == PutMode::Create;
         match s.put(&key, body, mode).await {
+            // A new registry joins its namespace's index (SPEC §3).
+            Ok(_) if new_registry => return super::index::add_registry(s, registry).await,
             Ok(_) => return Ok(()),
             Err(StorageError::PreconditionFailed(_) | StorageError::AlreadyExists(_)) => continue,
             Err(e) => return Err(e),

@@ -15,6 +15,8 @@
 //! [`S3Storage::single_writer`] is the explicit escape hatch: conditional puts are then checked
 //! under one in-process lock (safe for one writing replica only).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,7 +30,8 @@ use object_store::{
 };
 
 use super::{
-    validate_key, ListPage, Object, ObjectMeta, ObjectStream, PutMode, Result, Storage, StorageError,
+    validate_key, walk_marked_dirs, DirFilter, ListPage, Object, ObjectMeta, ObjectStream, PutMode, Result,
+    Storage, StorageError,
 };
 
 /// Where and how to reach a bucket.
@@ -83,6 +86,15 @@ pub struct S3Storage {
     revalidate: Duration,
     /// Lifetime of a publish lease (`PUBLISH_LEASE_SECONDS`, [`super::publish`]).
     lease: Duration,
+    /// Namespace indexes read recently ([`super::index`]), by namespace: the same shared list
+    /// while the index is unchanged (so its rendering is reused), trusted for `revalidate`.
+    indexes: std::sync::Mutex<HashMap<String, IndexEntry>>,
+}
+
+struct IndexEntry {
+    etag: String,
+    list: Arc<[String]>,
+    checked: std::time::Instant,
 }
 
 /// Objects under a version directory never change once published (SPEC §3); they are asked for
@@ -155,6 +167,7 @@ impl S3Storage {
             emulate: None,
             revalidate: Duration::from_secs(1),
             lease: super::publish::DEFAULT_LEASE,
+            indexes: Default::default(),
         })
     }
 
@@ -511,6 +524,60 @@ impl Storage for S3Storage {
                 return Ok(deleted);
             }
         }
+    }
+
+    /// Registries of a namespace from its index (SPEC §3): one GET (none within the revalidation
+    /// window) instead of a list call per directory; a missing index is walked and written.
+    async fn find_marked_dirs(
+        &self,
+        prefix: &str,
+        marker: &str,
+        descend: DirFilter,
+    ) -> Result<Option<Arc<[String]>>> {
+        use super::index;
+        let ns = prefix
+            .strip_suffix('/')
+            .filter(|ns| marker == "versions.json" && rack_core::names::is_namespace(ns));
+        let Some(ns) = ns else {
+            return walk_marked_dirs(self, prefix, marker, descend).await;
+        };
+        let lock = || self.indexes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = lock().get(ns) {
+            if hit.checked.elapsed() < self.revalidate {
+                return Ok(Some(hit.list.clone()));
+            }
+        }
+        let key = index::index_key(ns);
+        if let Some(obj) = self.get(&key).await? {
+            if let Some(list) = index::parse(&obj.body) {
+                let mut map = lock();
+                let list = match map.get(ns) {
+                    Some(hit) if hit.etag == obj.meta.version => hit.list.clone(),
+                    _ => Arc::from(list),
+                };
+                if map.len() >= 1024 {
+                    map.clear();
+                }
+                map.insert(
+                    ns.to_owned(),
+                    IndexEntry {
+                        etag: obj.meta.version,
+                        list: list.clone(),
+                        checked: std::time::Instant::now(),
+                    },
+                );
+                return Ok(Some(list));
+            }
+        }
+        let found = walk_marked_dirs(self, prefix, marker, descend).await?;
+        if let Some(list) = &found {
+            // Create-only: a publish's index (which may list more) always wins.
+            match self.put(&key, index::render(list), PutMode::Create).await {
+                Ok(_) | Err(StorageError::AlreadyExists(_)) => {}
+                Err(e) => tracing::warn!(error = %e, "could not write the namespace index"),
+            }
+        }
+        Ok(found)
     }
 
     /// The lease protocol of SPEC §11.2 ([`super::publish`]): only the lease holder writes
