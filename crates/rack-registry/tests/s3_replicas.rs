@@ -106,7 +106,19 @@ fn a_version_published_on_one_replica_is_read_on_the_other() {
         let reply = pkg::Upload::new(p).bearer(PUBLISH).send(&server.base);
         assert_eq!(reply.status, 201, "{}", reply.text);
     };
+    let listing = |server: &common::Server| {
+        let (status, body) = pkg::get(&server.base, "/namespaces/@company/registries", Some(READ));
+        assert_eq!(status, 200);
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["registries"].clone()
+    };
+    let before = listing(&a);
+    assert!(
+        !before.as_array().unwrap().contains(&json!("build/shared")),
+        "{before}"
+    );
     publish(&a, "1.0.0");
+    // The publishing replica lists the new registry at once (its own index change).
+    assert!(listing(&a).as_array().unwrap().contains(&json!("build/shared")));
     let (status, _) = pkg::get(&b.base, "/registries/@company/build/shared/1.0.0", Some(READ));
     assert_eq!(status, 200);
     // B has versions.json cached now; a publish on A shows on B once the revalidation window

@@ -468,6 +468,11 @@ impl Storage for S3Storage {
         if key.ends_with('/') {
             return Err(StorageError::InvalidKey(key.to_owned()));
         }
+        if super::index::is_index_key(key) {
+            // This replica's own index change is seen by its next listing at once.
+            let ns = key.split_once('/').map_or(key, |(ns, _)| ns);
+            self.indexes.lock().unwrap_or_else(|e| e.into_inner()).remove(ns);
+        }
         let Some(lock) = &self.emulate else {
             return self.put_raw(key, &path, body, &mode).await;
         };
