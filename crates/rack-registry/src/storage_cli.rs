@@ -17,7 +17,7 @@ use clap::{Args, Subcommand};
 use md5::{Digest, Md5};
 
 use crate::config::{Backend, Config, ServeArgs};
-use crate::storage::{index, staged_files, validate_key, LocalStorage, ObjectMeta, PutMode, Storage};
+use crate::storage::{check, index, staged_files, validate_key, LocalStorage, ObjectMeta, PutMode, Storage};
 
 #[derive(Debug, Subcommand)]
 pub enum StorageCommand {
@@ -25,6 +25,17 @@ pub enum StorageCommand {
     Push(Transfer),
     /// Download the configured storage into a directory (a backup), skipping identical files
     Pull(Transfer),
+    /// Report every violated storage invariant (exit 1 if any); --repair fixes them
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Fix what is found
+    #[arg(long)]
+    pub repair: bool,
+    #[command(flatten)]
+    pub storage: ServeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -200,10 +211,71 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Storage>, String> {
     }
 }
 
+/// `storage check [--repair]`.
+fn run_check(a: CheckArgs) -> ExitCode {
+    let config = match Config::from_args(&a.storage) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rack-registry storage check: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let bucket = !matches!(config.backend, Backend::Local);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rack-registry: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let storage = open(&config).await?;
+        let found = check::check(storage.as_ref(), bucket)
+            .await
+            .map_err(|e| e.to_string())?;
+        let left = if a.repair && !found.is_empty() {
+            check::repair(storage.as_ref(), bucket)
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            found.clone()
+        };
+        Ok::<_, String>((storage.describe(), found, left))
+    });
+    match result {
+        Ok((target, found, left)) => {
+            for p in &found {
+                println!("{}: {}", p.key, p.what);
+            }
+            if found.is_empty() {
+                println!("{target}: clean");
+            } else if a.repair {
+                println!(
+                    "{target}: {} problem(s) found, {} left after repair",
+                    found.len(),
+                    left.len()
+                );
+            } else {
+                println!("{target}: {} problem(s) found (fix with --repair)", found.len());
+            }
+            if left.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("rack-registry storage check: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 pub fn run(cmd: StorageCommand) -> ExitCode {
     let (name, t, is_push) = match cmd {
         StorageCommand::Push(t) => ("push", t, true),
         StorageCommand::Pull(t) => ("pull", t, false),
+        StorageCommand::Check(a) => return run_check(a),
     };
     let config = match Config::from_args(&t.storage) {
         Ok(c) => c,

@@ -7,6 +7,7 @@
 //! validated by [`validate_key`] before any backend sees them: no backend ever resolves `..`, an
 //! absolute path, a backslash or a NUL.
 
+pub mod check;
 #[doc(hidden)]
 pub mod contract;
 pub mod index;
