@@ -109,7 +109,7 @@ fn warm_reads_trust_the_cache_within_storage_revalidate_ms() {
 
     // With STORAGE_REVALIDATE_MS=0 every read asks the bucket: a change is seen at once.
     let mut env = bucket.env();
-    env.extend(world.env().into_iter().filter(|(k, _)| k != "STORAGE_ROOT"));
+    env.extend(world.local_env().into_iter().filter(|(k, _)| k != "STORAGE_ROOT"));
     env.push((
         "STORAGE_ROOT".into(),
         world.path().join("scratch").display().to_string(),

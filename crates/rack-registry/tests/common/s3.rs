@@ -163,6 +163,14 @@ fn rand_suffix() -> String {
 }
 
 impl World {
+    /// Bring the world's bucket (if the tests run on S3) up to date with its storage directory,
+    /// after a test changed files there while its server runs.
+    pub fn sync(&self) {
+        if let Some(bucket) = self.bucket.get() {
+            bucket.storage_cli(self.path(), &["push", &self.storage().display().to_string()]);
+        }
+    }
+
     /// Environment for a server on this world with its storage in `bucket` (seeded from the
     /// world's storage directory by `storage push`); `STORAGE_ROOT` becomes a scratch directory
     /// for upload staging, so nothing is read from the world's directory.
@@ -170,7 +178,7 @@ impl World {
         let scratch = self.path().join("scratch");
         bucket.storage_cli(self.path(), &["push", &self.storage().display().to_string()]);
         let mut env: Vec<(String, String)> = self
-            .env()
+            .local_env()
             .into_iter()
             .filter(|(k, _)| k != "STORAGE_ROOT")
             .collect();
@@ -178,6 +186,26 @@ impl World {
         env.extend(bucket.env());
         env
     }
+}
+
+/// The target of the whole test binary: `RACK_TEST_TARGET=s3` runs every [`World`]'s server on
+/// a bucket (the HTTP test binaries parameterised, not copied); default `local`.
+pub fn test_target() -> Target {
+    match std::env::var("RACK_TEST_TARGET").ok().as_deref() {
+        Some("s3") => Target::S3,
+        None | Some("") | Some("local") => Target::Local,
+        Some(other) => panic!("RACK_TEST_TARGET={other}: local or s3"),
+    }
+}
+
+/// `true` (after a message) when this test binary runs on S3 (`RACK_TEST_TARGET=s3`) and the
+/// test is about the local disk itself (`why`): the caller returns.
+pub fn local_only(why: &str) -> bool {
+    let skip = test_target() == Target::S3;
+    if skip {
+        eprintln!("skipped on s3: {why}");
+    }
+    skip
 }
 
 /// Where a test's server keeps its storage.
@@ -209,7 +237,7 @@ impl Target {
 /// through the returned value).
 pub fn serve_on(world: &World, target: Target) -> (super::Server, Option<Bucket>) {
     match target {
-        Target::Local => (super::Server::world(world), None),
+        Target::Local => (super::Server::start(world.path(), &world.local_env()), None),
         Target::S3 => {
             let bucket = Bucket::new().expect("Target::all only offers s3 with a server");
             let env = world.env_on_bucket(&bucket);
