@@ -217,7 +217,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     if let Err(e) = &writable {
         tracing::warn!(error = %e, "uploads are refused until the storage marker exists");
     }
-    let repair = if writable.is_ok() {
+    // On a bucket the publish leases are the journal (their sweep finishes such publishes, and
+    // keeps the namespace index too).
+    let repair = if writable.is_ok() && !state.storage.publish_lists_version() {
         versions::repair_journal(state.storage.as_ref(), &state.registry_locks, &state.staging_root).await
     } else {
         Ok(Vec::new())
