@@ -21,6 +21,8 @@ pub struct Behaviour {
     pub stall_put_suffix: Mutex<Option<String>>,
     /// How many requests are being held.
     pub stalled: AtomicUsize,
+    /// How many requests arrived (all of them).
+    pub requests: AtomicUsize,
 }
 
 /// Start a front to `upstream` on a free loopback port (its own runtime thread); its URL.
@@ -59,6 +61,7 @@ async fn forward(
     behaviour: Arc<Behaviour>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    behaviour.requests.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let path = parts.uri.path().to_owned();
