@@ -29,6 +29,67 @@ pub enum StorageCommand {
     Check(CheckArgs),
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct AuthPush {
+    /// The auth.json file
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub storage: ServeArgs,
+}
+
+/// Where `auth push` writes the policy (SPEC §3, bucket only by convention).
+pub const AUTH_KEY: &str = ".auth/auth.json";
+
+/// `auth push <file>`: the same verdict as `auth check` (nothing written on any rejection), then
+/// the file's bytes to `.auth/auth.json`.
+pub fn run_auth_push(a: AuthPush) -> ExitCode {
+    let text = match std::fs::read_to_string(&a.file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rack-registry auth push: cannot read {}: {e}", a.file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let (report, ok) = crate::tokens::check_report(&text, crate::state::now_ms());
+    print!("{report}");
+    if !ok {
+        eprintln!("rack-registry auth push: refused (fix the rejected namespaces first); nothing written");
+        return ExitCode::FAILURE;
+    }
+    let config = match Config::from_args(&a.storage) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rack-registry auth push: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rack-registry: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let storage = open(&config).await?;
+        storage
+            .put(AUTH_KEY, Bytes::from(text.into_bytes()), PutMode::Overwrite)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(storage.describe())
+    });
+    match result {
+        Ok(target) => {
+            println!("{target}: wrote {AUTH_KEY}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rack-registry auth push: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Fix what is found

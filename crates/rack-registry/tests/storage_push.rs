@@ -103,3 +103,40 @@ fn push_skips_working_state_and_uploads_only_what_changed() {
     );
     assert_eq!(got["@a/x/versions.json"], b"{\"versions\":[\"1.0.0\"]}\n");
 }
+
+#[test]
+fn auth_push_writes_a_valid_policy_and_refuses_a_rejected_one() {
+    let Some(bucket) = Bucket::new() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let good = work.path().join("good.json");
+    let text = format!(
+        "{{\"@team\": [{{\"tokenSha256\": \"{}\", \"publish\": true}}]}}\n",
+        common::sha256_hex("a-team-token")
+    );
+    std::fs::write(&good, &text).unwrap();
+    let env = bucket.env();
+    let (code, out) = common::run_cli(work.path(), &env, &["auth", "push", &good.display().to_string()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("wrote .auth/auth.json"), "{out}");
+    let back = work.path().join("back");
+    bucket.storage_cli(work.path(), &["pull", &back.display().to_string()]);
+    assert_eq!(
+        std::fs::read_to_string(back.join(".auth/auth.json")).unwrap(),
+        text
+    );
+
+    // The world's policy rejects two namespaces on purpose: refused, nothing written.
+    let bad = common::world_dir().join("auth.json");
+    let (code, out) = common::run_cli(work.path(), &env, &["auth", "push", &bad.display().to_string()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("REJECTED") && out.contains("nothing written"),
+        "{out}"
+    );
+    let again = work.path().join("again");
+    bucket.storage_cli(work.path(), &["pull", &again.display().to_string()]);
+    assert_eq!(
+        std::fs::read_to_string(again.join(".auth/auth.json")).unwrap(),
+        text
+    );
+}
