@@ -98,6 +98,10 @@ pub struct ServeArgs {
     /// the bucket again, in ms [default: 1000]
     #[arg(long, env = "STORAGE_REVALIDATE_MS")]
     pub storage_revalidate_ms: Option<String>,
+    /// Where the auth policy comes from: file (AUTH_CONFIG_PATH) or bucket (.auth/auth.json in
+    /// the bucket, polled every 5 s) [default: file]
+    #[arg(long, env = "AUTH_SOURCE")]
+    pub auth_source: Option<String>,
     /// Bucket backends: lifetime of a publish lease in seconds, longer than any publish; a
     /// publisher that dies is cleaned up after it [default: 120]
     #[arg(long, env = "PUBLISH_LEASE_SECONDS")]
@@ -272,6 +276,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Whether the local backend may use inotify to skip the per-read stat (`FS_WATCH`).
     pub fs_watch: bool,
+    /// `AUTH_SOURCE=bucket`: the policy is `.auth/auth.json` in the bucket.
+    pub auth_from_bucket: bool,
 }
 
 /// A configuration error: names the variable, the bad value (unless secret) and what is accepted.
@@ -554,7 +560,19 @@ impl Config {
             Some("off") => false,
             Some(s) => return Err(err("FS_WATCH", format!("{s:?} is not one of auto, off"))),
         };
+        let auth_from_bucket = match given(&a.auth_source).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("file") => false,
+            Some("bucket") if backend != Backend::Local => true,
+            Some("bucket") => {
+                return Err(err(
+                    "AUTH_SOURCE",
+                    "bucket needs STORAGE_BACKEND=r2 or s3 (on disk use AUTH_CONFIG_PATH)",
+                ))
+            }
+            Some(s) => return Err(err("AUTH_SOURCE", format!("{s:?} is not one of file, bucket"))),
+        };
         Ok(Config {
+            auth_from_bucket,
             fs_watch,
             http_workers,
             header_timeout,
@@ -687,6 +705,8 @@ mod tests {
             ),
             ("HTTP_WORKERS", Box::new(|a| a.http_workers = Some("0".into()))),
             ("FS_WATCH", Box::new(|a| a.fs_watch = Some("on".into()))),
+            ("AUTH_SOURCE", Box::new(|a| a.auth_source = Some("bucket".into()))),
+            ("AUTH_SOURCE", Box::new(|a| a.auth_source = Some("s3".into()))),
             (
                 "HEADER_TIMEOUT_SECONDS",
                 Box::new(|a| a.header_timeout_seconds = Some("0".into())),

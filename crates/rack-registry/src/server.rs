@@ -143,7 +143,11 @@ pub async fn run(config: Config) -> Result<(), String> {
             Arc::new(open_bucket(bucket).await?)
         }
     };
-    let (policy, auth_content) = auth_file::load(&config.auth_config_path)?;
+    let (policy, auth_content) = if config.auth_from_bucket {
+        auth_file::load_from_bucket(&storage).await?
+    } else {
+        auth_file::load(&config.auth_config_path)?
+    };
     let (webhook_config, webhook_content) = webhooks::load_config(&config.webhook_config_path)?;
     let audit = Arc::new(match &config.audit_log_path {
         Some(p) => Audit::file(p).map_err(|e| format!("AUDIT_LOG_PATH {}: {e}", p.display()))?,
@@ -153,7 +157,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     let policy = Arc::new(Live::new(policy));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     reload::spawn(
-        auth_file::watch(&config.auth_config_path, RELOAD_INTERVAL),
+        if config.auth_from_bucket {
+            auth_file::watch_bucket(storage.clone())
+        } else {
+            auth_file::watch(&config.auth_config_path, RELOAD_INTERVAL)
+        },
         policy.clone(),
         &auth_content,
         metrics.clone(),

@@ -183,3 +183,47 @@ fn publishing_to_a_bucket_stores_the_version_and_keeps_the_first_upload() {
         .unwrap_or_default();
     assert!(left.is_empty(), "staging is cleaned: {left:?}");
 }
+
+#[test]
+fn auth_source_bucket_reads_and_reloads_the_policy_from_the_bucket() {
+    let Some(bucket) = Bucket::new() else { return };
+    let world = common::World::new();
+    let mut env = world.env_on_bucket(&bucket);
+    env.push(("AUTH_SOURCE".into(), "bucket".into()));
+    // The file policy (which declares @rack) is not used: nothing in the bucket yet.
+    let server = common::Server::start(world.path(), &env);
+    let c = common::client();
+    let status = |path: &str| c.get(server.url(path)).send().unwrap().status().as_u16();
+    assert_eq!(
+        status("/registries/@rack/build/rollup"),
+        403,
+        "undeclared without a policy"
+    );
+
+    let policy = world.path().join("policy.json");
+    std::fs::write(&policy, "{\"@rack\": []}\n").unwrap();
+    let (code, out) = common::run_cli(
+        world.path(),
+        &bucket.env(),
+        &["auth", "push", &policy.display().to_string()],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    // Polled every 5 s (by ETag): wait for the change to be picked up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while status("/registries/@rack/build/rollup") != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bucket policy was never loaded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    // A broken policy in the bucket is refused; the last good one stays in force.
+    write_in_bucket(&bucket, ".auth/auth.json", "not json");
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert_eq!(status("/registries/@rack/build/rollup"), 200);
+    assert!(
+        server.output().contains("config change refused"),
+        "{}",
+        server.output()
+    );
+}

@@ -89,6 +89,7 @@ pub fn watch(path: &Path, interval: Duration) -> Watch<WebhookConfig> {
         interval,
         parse: Box::new(config::parse),
         on_change: Some(Box::new(log_loaded)),
+        reader: None,
     }
 }
 
