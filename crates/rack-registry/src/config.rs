@@ -30,8 +30,8 @@ pub struct ServeArgs {
     /// false, true, or a positive hop count [default: false]
     #[arg(long, env = "TRUST_PROXY")]
     pub trust_proxy: Option<String>,
-    /// Storage backend: local (r2 and s3 are not available yet: refused at startup, exit
-    /// status 2) [default: local]
+    /// Storage backend: local (a directory), s3 (any S3 API) or r2 (Cloudflare R2)
+    /// [default: local]
     #[arg(long, env = "STORAGE_BACKEND")]
     pub storage_backend: Option<String>,
     /// Storage root directory (local backend) [default: ./data]
@@ -70,35 +70,52 @@ pub struct ServeArgs {
     /// Audit log file (JSON lines) [default: stdout]
     #[arg(long, env = "AUDIT_LOG_PATH")]
     pub audit_log_path: Option<String>,
-    // The R2 and S3 settings are accepted (and ignored) so that a configuration written for the
-    // reference server still parses; STORAGE_BACKEND=r2|s3 itself is refused until they land.
-    /// Cloudflare R2 bucket name (reserved: r2 is not available yet)
+    /// Cloudflare R2 bucket name
     #[arg(long, env = "R2_BUCKET_NAME")]
     pub r2_bucket_name: Option<String>,
-    /// Cloudflare account ID of the R2 bucket (reserved: r2 is not available yet)
+    /// Cloudflare account ID of the R2 bucket
     #[arg(long, env = "R2_ACCOUNT_ID")]
     pub r2_account_id: Option<String>,
-    /// R2 access key ID (reserved: r2 is not available yet)
+    /// R2 access key ID
     #[arg(long, env = "R2_ACCESS_KEY_ID", hide_env_values = true)]
     pub r2_access_key_id: Option<String>,
-    /// R2 secret access key (reserved: r2 is not available yet)
+    /// R2 secret access key
     #[arg(long, env = "R2_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub r2_secret_access_key: Option<String>,
-    /// S3 API endpoint URL (reserved: s3 is not available yet)
+    /// S3 API endpoint URL
     #[arg(long, env = "S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
-    /// S3 region (reserved: s3 is not available yet) [default: us-east-1]
+    /// S3 region [default: us-east-1]
     #[arg(long, env = "S3_REGION")]
     pub s3_region: Option<String>,
-    /// S3 bucket name (reserved: s3 is not available yet)
+    /// S3 bucket name
     #[arg(long, env = "S3_BUCKET")]
     pub s3_bucket: Option<String>,
-    /// S3 access key ID (reserved: s3 is not available yet)
+    /// S3 access key ID
     #[arg(long, env = "S3_ACCESS_KEY_ID", hide_env_values = true)]
     pub s3_access_key_id: Option<String>,
-    /// S3 secret access key (reserved: s3 is not available yet)
+    /// S3 secret access key
     #[arg(long, env = "S3_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub s3_secret_access_key: Option<String>,
+    /// Key prefix inside the bucket, so one bucket can hold several registries [default: none]
+    #[arg(long, env = "STORAGE_PREFIX")]
+    pub storage_prefix: Option<String>,
+    /// true: run on a bucket that ignores conditional writes, serializing them in this process
+    /// (only one replica may then write) [default: false]
+    #[arg(long, env = "STORAGE_SINGLE_WRITER")]
+    pub storage_single_writer: Option<String>,
+    /// Bucket backends: how long a mutable object read from the bucket is served without asking
+    /// the bucket again, in ms [default: 1000]
+    #[arg(long, env = "STORAGE_REVALIDATE_MS")]
+    pub storage_revalidate_ms: Option<String>,
+    /// Where the auth policy comes from: file (AUTH_CONFIG_PATH) or bucket (.auth/auth.json in
+    /// the bucket, polled every 5 s) [default: file]
+    #[arg(long, env = "AUTH_SOURCE")]
+    pub auth_source: Option<String>,
+    /// Bucket backends: lifetime of a publish lease in seconds, longer than any publish; a
+    /// publisher that dies is cleaned up after it [default: 120]
+    #[arg(long, env = "PUBLISH_LEASE_SECONDS")]
+    pub publish_lease_seconds: Option<String>,
     /// Requests per client per window; 0 disables [default: 1200]
     #[arg(long, env = "RATE_LIMIT_MAX")]
     pub rate_limit_max: Option<String>,
@@ -179,11 +196,20 @@ impl std::fmt::Debug for Secret {
 /// Settings of an S3-compatible bucket (`r2` is S3 with a derived endpoint and region `auto`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketConfig {
-    pub endpoint: String,
+    /// `None`: AWS itself.
+    pub endpoint: Option<String>,
     pub region: String,
     pub bucket: String,
-    pub access_key_id: String,
-    pub secret_access_key: Secret,
+    /// Access key id and secret; `None`: the standard AWS credential chain.
+    pub credentials: Option<(String, Secret)>,
+    /// `STORAGE_PREFIX`, normalized: empty or ending in `/`.
+    pub prefix: String,
+    /// `STORAGE_SINGLE_WRITER`.
+    pub single_writer: bool,
+    /// `STORAGE_REVALIDATE_MS`.
+    pub revalidate: Duration,
+    /// `PUBLISH_LEASE_SECONDS`.
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,6 +286,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Whether the local backend may use inotify to skip the per-read stat (`FS_WATCH`).
     pub fs_watch: bool,
+    /// `AUTH_SOURCE=bucket`: the policy is `.auth/auth.json` in the bucket.
+    pub auth_from_bucket: bool,
 }
 
 /// A configuration error: names the variable, the bad value (unless secret) and what is accepted.
@@ -313,12 +341,68 @@ fn parse_u64(var: &'static str, v: &Option<String>, default: u64, min: u64) -> R
     }
 }
 
+fn required(var: &'static str, v: &Option<String>, backend: &str) -> Result<String, ConfigError> {
+    given(v)
+        .map(str::to_owned)
+        .ok_or_else(|| err(var, format!("is required when STORAGE_BACKEND={backend}")))
+}
+
 pub fn parse_trust_proxy(s: &str) -> Option<TrustProxy> {
     match s.to_ascii_lowercase().as_str() {
         "false" => Some(TrustProxy::No),
         "true" => Some(TrustProxy::All),
         n => n.parse::<u32>().ok().filter(|n| *n > 0).map(TrustProxy::Hops),
     }
+}
+
+/// The bucket settings shared by `r2` and `s3` (SPEC §11): prefix, single writer, revalidation.
+fn bucket_settings(a: &ServeArgs) -> Result<BucketConfig, ConfigError> {
+    let prefix = match given(&a.storage_prefix) {
+        None => String::new(),
+        Some(p) => {
+            let p = format!("{}/", p.trim_end_matches('/'));
+            crate::storage::validate_key(&p).map_err(|_| {
+                err(
+                    "STORAGE_PREFIX",
+                    format!("{p:?} is not a relative key prefix (segments separated by /, no . or ..)"),
+                )
+            })?;
+            p
+        }
+    };
+    let single_writer = match given(&a.storage_single_writer)
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(s) => {
+            return Err(err(
+                "STORAGE_SINGLE_WRITER",
+                format!("{s:?} is not one of true, false"),
+            ))
+        }
+    };
+    Ok(BucketConfig {
+        endpoint: None,
+        region: String::new(),
+        bucket: String::new(),
+        credentials: None,
+        prefix,
+        single_writer,
+        revalidate: Duration::from_millis(parse_u64(
+            "STORAGE_REVALIDATE_MS",
+            &a.storage_revalidate_ms,
+            1000,
+            0,
+        )?),
+        lease: Duration::from_secs(parse_u64(
+            "PUBLISH_LEASE_SECONDS",
+            &a.publish_lease_seconds,
+            120,
+            1,
+        )?),
+    })
 }
 
 impl Config {
@@ -367,13 +451,43 @@ impl Config {
         };
         let backend = match given(&a.storage_backend).map(str::to_ascii_lowercase).as_deref() {
             None | Some("local") => Backend::Local,
-            // Refused before anything else (credentials included): object storage is not
-            // served yet, and asking for credentials first would suggest it is.
-            Some(b @ ("r2" | "s3")) => {
-                return Err(err(
-                    "STORAGE_BACKEND",
-                    format!("{b} is not available in this build yet; use local"),
-                ))
+            Some("r2") => {
+                let account = required("R2_ACCOUNT_ID", &a.r2_account_id, "r2")?;
+                Backend::R2(BucketConfig {
+                    bucket: required("R2_BUCKET_NAME", &a.r2_bucket_name, "r2")?,
+                    endpoint: Some(format!("https://{account}.r2.cloudflarestorage.com")),
+                    region: "auto".into(),
+                    credentials: Some((
+                        required("R2_ACCESS_KEY_ID", &a.r2_access_key_id, "r2")?,
+                        Secret(required("R2_SECRET_ACCESS_KEY", &a.r2_secret_access_key, "r2")?),
+                    )),
+                    ..bucket_settings(a)?
+                })
+            }
+            Some("s3") => {
+                let credentials = match (given(&a.s3_access_key_id), given(&a.s3_secret_access_key)) {
+                    (Some(id), Some(secret)) => Some((id.to_owned(), Secret(secret.to_owned()))),
+                    (None, None) => None,
+                    (Some(_), None) => {
+                        return Err(err(
+                            "S3_SECRET_ACCESS_KEY",
+                            "is required when S3_ACCESS_KEY_ID is set",
+                        ))
+                    }
+                    (None, Some(_)) => {
+                        return Err(err(
+                            "S3_ACCESS_KEY_ID",
+                            "is required when S3_SECRET_ACCESS_KEY is set",
+                        ))
+                    }
+                };
+                Backend::S3(BucketConfig {
+                    endpoint: given(&a.s3_endpoint).map(str::to_owned),
+                    region: given(&a.s3_region).unwrap_or("us-east-1").to_owned(),
+                    bucket: required("S3_BUCKET", &a.s3_bucket, "s3")?,
+                    credentials,
+                    ..bucket_settings(a)?
+                })
             }
             Some(s) => {
                 return Err(err(
@@ -476,7 +590,19 @@ impl Config {
             Some("off") => false,
             Some(s) => return Err(err("FS_WATCH", format!("{s:?} is not one of auto, off"))),
         };
+        let auth_from_bucket = match given(&a.auth_source).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("file") => false,
+            Some("bucket") if backend != Backend::Local => true,
+            Some("bucket") => {
+                return Err(err(
+                    "AUTH_SOURCE",
+                    "bucket needs STORAGE_BACKEND=r2 or s3 (on disk use AUTH_CONFIG_PATH)",
+                ))
+            }
+            Some(s) => return Err(err("AUTH_SOURCE", format!("{s:?} is not one of file, bucket"))),
+        };
         Ok(Config {
+            auth_from_bucket,
             fs_watch,
             http_workers,
             header_timeout,
@@ -546,6 +672,35 @@ mod tests {
                 "STORAGE_BACKEND",
                 Box::new(|a| a.storage_backend = Some("ftp".into())),
             ),
+            ("S3_BUCKET", Box::new(|a| a.storage_backend = Some("s3".into()))),
+            (
+                "STORAGE_PREFIX",
+                Box::new(|a| {
+                    a.storage_backend = Some("s3".into());
+                    a.s3_bucket = Some("b".into());
+                    a.storage_prefix = Some("a/../b".into());
+                }),
+            ),
+            (
+                "STORAGE_SINGLE_WRITER",
+                Box::new(|a| {
+                    a.storage_backend = Some("s3".into());
+                    a.s3_bucket = Some("b".into());
+                    a.storage_single_writer = Some("yes".into());
+                }),
+            ),
+            (
+                "S3_SECRET_ACCESS_KEY",
+                Box::new(|a| {
+                    a.storage_backend = Some("s3".into());
+                    a.s3_bucket = Some("b".into());
+                    a.s3_access_key_id = Some("AK".into());
+                }),
+            ),
+            (
+                "R2_ACCOUNT_ID",
+                Box::new(|a| a.storage_backend = Some("r2".into())),
+            ),
             (
                 "RATE_LIMIT_MAX",
                 Box::new(|a| a.rate_limit_max = Some("-1".into())),
@@ -580,6 +735,8 @@ mod tests {
             ),
             ("HTTP_WORKERS", Box::new(|a| a.http_workers = Some("0".into()))),
             ("FS_WATCH", Box::new(|a| a.fs_watch = Some("on".into()))),
+            ("AUTH_SOURCE", Box::new(|a| a.auth_source = Some("bucket".into()))),
+            ("AUTH_SOURCE", Box::new(|a| a.auth_source = Some("s3".into()))),
             (
                 "HEADER_TIMEOUT_SECONDS",
                 Box::new(|a| a.header_timeout_seconds = Some("0".into())),
@@ -604,36 +761,54 @@ mod tests {
     fn blank_admin_token_is_unset_and_secrets_stay_hidden() {
         let c = with(|a| a.admin_token = Some("   ".into())).unwrap();
         assert!(!c.admin.is_configured());
-        let c = with(|a| a.admin_token = Some("super-secret-admin".into())).unwrap();
+        let c = with(|a| {
+            a.admin_token = Some("super-secret-admin".into());
+            a.storage_backend = Some("s3".into());
+            a.s3_endpoint = Some("http://127.0.0.1:9000".into());
+            a.s3_bucket = Some("b".into());
+            a.s3_access_key_id = Some("AK".into());
+            a.s3_secret_access_key = Some("very-secret-key".into());
+        })
+        .unwrap();
         let dbg = format!("{c:?}");
-        assert!(!dbg.contains("super-secret-admin"), "{dbg}");
-        let dbg = format!("{:?}", Secret("very-secret-key".into()));
-        assert!(!dbg.contains("very-secret-key"), "{dbg}");
+        assert!(
+            !dbg.contains("super-secret-admin") && !dbg.contains("very-secret-key"),
+            "{dbg}"
+        );
     }
 
     #[test]
-    fn object_storage_is_refused_before_any_credential_is_asked_for() {
-        for backend in ["r2", "s3", "S3"] {
-            // No credentials at all: the error is about the backend, not a missing variable.
-            let e = with(|a| a.storage_backend = Some(backend.into())).unwrap_err();
-            assert_eq!(e.var, "STORAGE_BACKEND", "{e}");
-            assert!(e.problem.contains("not available"), "{e}");
-            // All credentials given: still refused.
-            let e = with(|a| {
-                a.storage_backend = Some(backend.into());
-                a.s3_endpoint = Some("http://127.0.0.1:9000".into());
-                a.s3_bucket = Some("b".into());
-                a.s3_access_key_id = Some("AK".into());
-                a.s3_secret_access_key = Some("very-secret-key".into());
-                a.r2_account_id = Some("acc".into());
-                a.r2_bucket_name = Some("b".into());
-                a.r2_access_key_id = Some("AK".into());
-                a.r2_secret_access_key = Some("very-secret-key".into());
-            })
-            .unwrap_err();
-            assert_eq!(e.var, "STORAGE_BACKEND", "{e}");
-            assert!(!e.to_string().contains("very-secret-key"), "{e}");
-        }
+    fn bucket_settings() {
+        let c = with(|a| {
+            a.storage_backend = Some("s3".into());
+            a.s3_bucket = Some("b".into());
+        })
+        .unwrap();
+        let Backend::S3(b) = c.backend else { panic!() };
+        assert_eq!(
+            (b.endpoint, b.region.as_str(), b.credentials, b.prefix.as_str()),
+            (None, "us-east-1", None, "")
+        );
+        assert_eq!(b.revalidate, Duration::from_secs(1));
+        assert_eq!(b.lease, Duration::from_secs(120));
+        assert!(!b.single_writer);
+        let c = with(|a| {
+            a.storage_backend = Some("r2".into());
+            a.r2_account_id = Some("acct".into());
+            a.r2_bucket_name = Some("reg".into());
+            a.r2_access_key_id = Some("AK".into());
+            a.r2_secret_access_key = Some("SK".into());
+            a.storage_prefix = Some("team/a/".into());
+            a.storage_single_writer = Some("true".into());
+        })
+        .unwrap();
+        let Backend::R2(b) = c.backend else { panic!() };
+        assert_eq!(
+            b.endpoint.as_deref(),
+            Some("https://acct.r2.cloudflarestorage.com")
+        );
+        assert_eq!((b.region.as_str(), b.prefix.as_str()), ("auto", "team/a/"));
+        assert!(b.single_writer);
     }
 
     #[test]

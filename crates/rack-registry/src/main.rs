@@ -39,6 +39,9 @@ enum Command {
     /// Operate on auth.json files.
     #[command(subcommand)]
     Auth(rack_registry::cli::tokens::AuthCommand),
+    /// Copy a storage root to the configured storage (a bucket) and back.
+    #[command(subcommand)]
+    Storage(Box<rack_registry::cli::storage::StorageCommand>),
 }
 
 /// Logs go to stdout through a batching writer thread ([`logsink`]), so a request never waits
@@ -77,6 +80,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::Publish(a)) => return rack_registry::cli::publish::run(a),
         Some(Command::Token(a)) => return rack_registry::cli::tokens::run_token(a),
         Some(Command::Auth(c)) => return rack_registry::cli::tokens::run_auth(c),
+        Some(Command::Storage(c)) => return rack_registry::cli::storage::run(*c),
         None => cli.serve,
     };
     let config = match Config::from_args(&args) {

@@ -64,6 +64,9 @@ fn fingerprint(content: &FileContent) -> Option<[u8; 32]> {
 pub type Parser<T> = Box<dyn Fn(&FileContent) -> Result<T, String> + Send + Sync>;
 /// Runs after a new value went live.
 pub type OnChange<T> = Box<dyn Fn(&T) + Send + Sync>;
+/// Reads the content from somewhere else than `path` (an object in a bucket).
+pub type Reader =
+    Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<FileContent, String>> + Send + Sync>;
 
 /// What to watch and how to understand it.
 pub struct Watch<T> {
@@ -75,6 +78,23 @@ pub struct Watch<T> {
     pub parse: Parser<T>,
     /// Called after a new value went live (e.g. to log its rejected namespaces).
     pub on_change: Option<OnChange<T>>,
+    /// Where the content comes from instead of the file at `path` (`AUTH_SOURCE=bucket`);
+    /// `path` then only names it in logs.
+    pub reader: Option<Reader>,
+}
+
+impl<T> Watch<T> {
+    async fn read(&self) -> Result<FileContent, String> {
+        match &self.reader {
+            Some(r) => r().await,
+            None => {
+                let path = self.path.clone();
+                tokio::task::spawn_blocking(move || read(&path))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        }
+    }
 }
 
 /// Spawn the watcher. `initial` is the content the live value was built from at startup.
@@ -95,14 +115,12 @@ pub fn spawn<T: Send + Sync + 'static>(
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let path = watch.path.clone();
-            let content = match tokio::task::spawn_blocking(move || read(&path)).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
+            let content = match watch.read().await {
+                Ok(c) => c,
+                Err(e) => {
                     tracing::warn!(file = watch.name, error = %e, "config file unreadable; keeping the last good one");
                     continue;
                 }
-                Err(_) => continue,
             };
             let mut content = content;
             let mut parsed = (watch.parse)(&content);
@@ -111,8 +129,7 @@ pub fn spawn<T: Send + Sync + 'static>(
                 // written): look again shortly before refusing, so that a good edit is never
                 // counted as a refused one.
                 tokio::time::sleep(SETTLE).await;
-                let path = watch.path.clone();
-                if let Ok(Ok(again)) = tokio::task::spawn_blocking(move || read(&path)).await {
+                if let Ok(again) = watch.read().await {
                     if again != content {
                         parsed = (watch.parse)(&again);
                         content = again;
@@ -190,6 +207,7 @@ mod tests {
                     .map_err(|e| e.to_string())
             }),
             on_change: None,
+            reader: None,
         };
         spawn(
             watch,

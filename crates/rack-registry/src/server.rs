@@ -11,15 +11,17 @@ use crate::audit::Audit;
 use crate::auth::file as auth_file;
 use crate::cache::large::LargeObjects;
 use crate::cache::{HotCache, ListingCache};
-use crate::config::{Backend, Config};
+use crate::config::{Backend, BucketConfig, Config};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::reload::{self, Live};
 use crate::state::AppState;
-use crate::storage::{local::TMP_DIR, LocalStorage, Storage};
+use crate::storage::s3::{Probe, S3Options, S3Storage};
+use crate::storage::{local::TMP_DIR, LocalStorage, PutMode, Storage, StorageError};
 use crate::versions::{self, RegistryLocks};
 use crate::webhooks::WebhookConfig;
 use crate::{http, schemas, webhooks};
+use bytes::Bytes;
 
 /// How often config files are checked for changes (SPEC §14: within 5 s).
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -41,6 +43,85 @@ fn prepare_local_root(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// A client for the configured bucket, checked reachable (one list call); the error names the
+/// bucket and the endpoint.
+pub async fn connect_bucket(bucket: &BucketConfig) -> Result<S3Storage, String> {
+    let opts = S3Options {
+        endpoint: bucket.endpoint.clone(),
+        region: bucket.region.clone(),
+        bucket: bucket.bucket.clone(),
+        credentials: bucket
+            .credentials
+            .as_ref()
+            .map(|(id, secret)| (id.clone(), secret.0.clone())),
+        prefix: bucket.prefix.clone(),
+    };
+    let s3 = S3Storage::new(&opts)?
+        .with_revalidate(bucket.revalidate)
+        .with_lease(bucket.lease);
+    let unreachable = |e: StorageError| {
+        format!(
+            "bucket {} at {} is not reachable: {e}",
+            s3.bucket(),
+            s3.endpoint()
+        )
+    };
+    s3.list("", false, None, 1).await.map_err(unreachable)?;
+    Ok(s3)
+}
+
+/// Open the bucket (SPEC §11.1): reachable, initialised when empty, conditional writes probed.
+pub async fn open_bucket(bucket: &BucketConfig) -> Result<S3Storage, String> {
+    let s3 = connect_bucket(bucket).await?;
+    let unreachable = |e: StorageError| format!("bucket {} at {}: {e}", s3.bucket(), s3.endpoint());
+    let first = s3.list("", false, None, 1).await.map_err(unreachable)?;
+    if first.objects.is_empty() {
+        // A bucket (or prefix) with nothing at all: a brand-new storage root.
+        let marker = (rack_core::layout::HEALTHCHECK_KEY.to_owned(), "");
+        let schemas = schemas::BUNDLED.iter().map(|(n, b)| (format!("schema/{n}"), *b));
+        for (key, body) in std::iter::once(marker).chain(schemas) {
+            match s3
+                .put(&key, Bytes::from_static(body.as_bytes()), PutMode::Create)
+                .await
+            {
+                Ok(_) | Err(StorageError::AlreadyExists(_)) => {}
+                Err(e) => return Err(unreachable(e)),
+            }
+        }
+        tracing::info!(storage = %s3.describe(), "initialised an empty bucket");
+    }
+    match s3.probe_conditional_writes().await.map_err(unreachable)? {
+        Probe::Honoured => {
+            if bucket.single_writer {
+                tracing::info!(
+                    "STORAGE_SINGLE_WRITER=true is not needed: the bucket honours conditional writes"
+                );
+            }
+            Ok(s3)
+        }
+        failed if bucket.single_writer => {
+            tracing::warn!(
+                probe = ?failed,
+                "the bucket does not honour conditional writes: STORAGE_SINGLE_WRITER=true, so \
+                 conditional writes are serialized in this process; only ONE replica may write"
+            );
+            Ok(s3.single_writer())
+        }
+        failed => Err(format!(
+            "bucket {} at {} does not honour conditional writes ({}): publishing would not be safe \
+             across replicas; use a store that does, or set STORAGE_SINGLE_WRITER=true to run a \
+             single writing replica",
+            s3.bucket(),
+            s3.endpoint(),
+            match failed {
+                Probe::Ignored(header) => format!("{header} was ignored"),
+                Probe::Unsupported(e) => format!("a conditional write was refused: {e}"),
+                Probe::Honoured => unreachable!(),
+            }
+        )),
+    }
+}
+
 pub async fn run(config: Config) -> Result<(), String> {
     let storage: Arc<dyn Storage> = match &config.backend {
         Backend::Local => {
@@ -54,11 +135,23 @@ pub async fn run(config: Config) -> Result<(), String> {
                 local
             })
         }
-        Backend::R2(_) | Backend::S3(_) => {
-            return Err("STORAGE_BACKEND: r2 and s3 are not available in this build yet; use local".into())
+        Backend::R2(bucket) | Backend::S3(bucket) => {
+            // STORAGE_ROOT is only local scratch space here: upload staging (`.tmp`) and the
+            // default webhook outbox (`.webhooks`).
+            std::fs::create_dir_all(&config.storage_root).map_err(|e| {
+                format!(
+                    "STORAGE_ROOT {} (upload staging): {e}",
+                    config.storage_root.display()
+                )
+            })?;
+            Arc::new(open_bucket(bucket).await?)
         }
     };
-    let (policy, auth_content) = auth_file::load(&config.auth_config_path)?;
+    let (policy, auth_content) = if config.auth_from_bucket {
+        auth_file::load_from_bucket(&storage).await?
+    } else {
+        auth_file::load(&config.auth_config_path)?
+    };
     let (webhook_config, webhook_content) = webhooks::load_config(&config.webhook_config_path)?;
     log_loaded(&policy, config.admin.is_configured(), &webhook_config);
     let audit = Arc::new(match &config.audit_log_path {
@@ -69,7 +162,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     let policy = Arc::new(Live::new(policy));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     reload::spawn(
-        auth_file::watch(&config.auth_config_path, RELOAD_INTERVAL),
+        if config.auth_from_bucket {
+            auth_file::watch_bucket(storage.clone())
+        } else {
+            auth_file::watch(&config.auth_config_path, RELOAD_INTERVAL)
+        },
         policy.clone(),
         &auth_content,
         metrics.clone(),
@@ -133,7 +230,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     if let Err(e) = &writable {
         tracing::warn!(error = %e, "uploads are refused until the storage marker exists");
     }
-    let repair = if writable.is_ok() {
+    // On a bucket the publish leases are the journal (their sweep finishes such publishes, and
+    // keeps the namespace index too).
+    let repair = if writable.is_ok() && !state.storage.publish_lists_version() {
         versions::repair_journal(state.storage.as_ref(), &state.registry_locks, &state.staging_root).await
     } else {
         Ok(Vec::new())
@@ -148,6 +247,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     if writable.is_ok() && state.staging_root.exists() {
         std::fs::remove_dir_all(&state.staging_root)
             .map_err(|e| format!("cannot clear staging {}: {e}", state.staging_root.display()))?;
+    }
+    if let Backend::R2(bucket) | Backend::S3(bucket) = &config.backend {
+        spawn_lease_sweep(state.storage.clone(), bucket.lease, shutdown_rx.clone());
     }
     let addr = SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -200,6 +302,29 @@ fn log_loaded(policy: &Policy, admin_token: bool, webhooks: &WebhookConfig) {
         webhooks_enabled = webhooks.enabled_count(),
         "configuration loaded"
     );
+}
+
+/// Every replica finishes the publishes of dead replicas (SPEC §11.2): once at startup, then
+/// once per lease lifetime (one list call of `.rack/leases/` when there is nothing to do).
+fn spawn_lease_sweep(
+    storage: Arc<dyn Storage>,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            match crate::storage::publish::sweep_all(storage.as_ref()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(leases = n, "finished publishes left by a dead publisher"),
+                Err(e) => tracing::error!(error = %e, "publish lease sweep failed"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

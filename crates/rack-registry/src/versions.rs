@@ -99,6 +99,16 @@ pub async fn rebuild_locked(
 /// hold a `registry.json`, and what `versions.json` lists (an unreadable `versions.json` lists
 /// nothing: the publish rewrites it from the directories anyway).
 pub async fn known_versions(storage: &dyn Storage, registry: &str) -> Result<Vec<String>, StorageError> {
+    // A bucket's publish protocol keeps versions.json complete (SPEC §11.2: every version is
+    // merged in, a dead publisher's by the sweep), so one GET answers whatever the number of
+    // versions; the walk below is for a missing or corrupt file.
+    if storage.publish_lists_version() {
+        if let Some(obj) = storage.get(&layout::versions_key(registry)).await? {
+            if let Some(file) = VersionsFile::parse(&obj.body) {
+                return Ok(file.versions);
+            }
+        }
+    }
     let mut names = stored_versions(storage, registry).await?;
     if let Some(obj) = storage.get(&layout::versions_key(registry)).await? {
         if let Some(file) = VersionsFile::parse(&obj.body) {
@@ -172,4 +182,95 @@ pub async fn repair_journal(
     repaired.sort();
     repaired.dedup();
     Ok(repaired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{ListPage, LocalStorage, Object, ObjectMeta};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The local backend posing as a bucket (versions.json kept by publish), counting calls.
+    struct Bucketish {
+        inner: LocalStorage,
+        walks: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for Bucketish {
+        async fn get(&self, key: &str) -> crate::storage::Result<Option<Object>> {
+            self.inner.get(key).await
+        }
+        async fn head(&self, key: &str) -> crate::storage::Result<Option<ObjectMeta>> {
+            self.walks.fetch_add(1, Ordering::SeqCst);
+            self.inner.head(key).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+            delimiter: bool,
+            start_after: Option<&str>,
+            limit: usize,
+        ) -> crate::storage::Result<ListPage> {
+            self.walks.fetch_add(1, Ordering::SeqCst);
+            self.inner.list(prefix, delimiter, start_after, limit).await
+        }
+        async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> crate::storage::Result<ObjectMeta> {
+            self.inner.put(key, body, mode).await
+        }
+        async fn delete_prefix(&self, prefix: &str) -> crate::storage::Result<u64> {
+            self.inner.delete_prefix(prefix).await
+        }
+        fn describe(&self) -> String {
+            "bucketish".into()
+        }
+        fn publish_lists_version(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn on_a_bucket_check_13_reads_versions_json_without_walking() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Bucketish {
+            inner: LocalStorage::open(dir.path()).unwrap(),
+            walks: AtomicUsize::new(0),
+        };
+        // A new registry: nothing stored, the walk finds nothing.
+        assert!(known_versions(&s, "@a/x").await.unwrap().is_empty());
+        for v in ["1.0.0", "2.0.0", "3.0.0"] {
+            s.put(
+                &format!("@a/x/{v}/registry.json"),
+                Bytes::from_static(b"{}"),
+                PutMode::Create,
+            )
+            .await
+            .unwrap();
+        }
+        let file = VersionsFile::from_versions(["1.0.0", "2.0.0", "3.0.0"]);
+        s.put("@a/x/versions.json", Bytes::from(file.render()), PutMode::Create)
+            .await
+            .unwrap();
+        let walks = s.walks.load(Ordering::SeqCst);
+        assert_eq!(
+            known_versions(&s, "@a/x").await.unwrap(),
+            ["3.0.0", "2.0.0", "1.0.0"]
+        );
+        assert_eq!(
+            s.walks.load(Ordering::SeqCst),
+            walks,
+            "no list, no HEAD per version"
+        );
+        // Corrupt: the directories decide.
+        s.put(
+            "@a/x/versions.json",
+            Bytes::from_static(b"oops"),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+        let mut found = known_versions(&s, "@a/x").await.unwrap();
+        found.sort();
+        assert_eq!(found, ["1.0.0", "2.0.0", "3.0.0"]);
+    }
 }

@@ -6,7 +6,8 @@
 //! list, so a single run shows everything that differs from the contract.
 //!
 //! Environment knobs: `CONFORMANCE_FILTER=<substring>` runs only the cases whose name contains it;
-//! `CONFORMANCE_TARGET` (default `local`) selects which `only` lists apply.
+//! `CONFORMANCE_TARGET` (`local` or `s3`; default: both, s3 when an S3 server is available, see
+//! `common/s3.rs`) selects the targets, and so which `only` lists apply.
 
 mod common;
 #[path = "common/http.rs"]
@@ -15,6 +16,7 @@ mod raw_http;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use common::s3::Target;
 use raw_http::{RawClient, RawResponse};
 use serde::Deserialize;
 use serde_json::Value;
@@ -410,11 +412,38 @@ impl Runner {
 
 #[test]
 fn read_api_conformance() {
-    let target = std::env::var("CONFORMANCE_TARGET").unwrap_or_else(|_| "local".into());
+    // Every target by default (s3 when an S3 server is available, see common/s3.rs);
+    // CONFORMANCE_TARGET picks one.
+    let targets: Vec<Target> = match std::env::var("CONFORMANCE_TARGET").ok().as_deref() {
+        None | Some("") => Target::all(),
+        Some("local") => vec![Target::Local],
+        Some("s3") => {
+            assert!(
+                common::s3::endpoint().is_some(),
+                "CONFORMANCE_TARGET=s3 needs an S3 server"
+            );
+            vec![Target::S3]
+        }
+        Some(other) => panic!("CONFORMANCE_TARGET={other}: this runner serves local and s3"),
+    };
     let filter = std::env::var("CONFORMANCE_FILTER").ok();
     let cases = load_cases();
+    let mut failures = Vec::new();
+    for target in targets {
+        if let Err(report) = run_target(target, &cases, filter.as_deref()) {
+            failures.push(report);
+        }
+    }
+    if !failures.is_empty() {
+        panic!("{}", failures.join("\n\n"));
+    }
+}
+
+/// Run every case that applies to `target` on a fresh world; the report of the failures.
+fn run_target(target: Target, cases: &[(String, Case)], filter: Option<&str>) -> Result<(), String> {
+    let name = target.name();
     let world = common::World::new();
-    let server = common::Server::world(&world);
+    let (server, _bucket) = common::s3::serve_on(&world, target);
     let runner = Runner {
         client: RawClient::new(&server.base),
         storage: world.storage(),
@@ -423,12 +452,12 @@ fn read_api_conformance() {
 
     let mut results: Vec<(String, Vec<String>)> = Vec::new();
     let (mut ran, mut skipped) = (0, 0);
-    for (file, case) in &cases {
+    for (file, case) in cases {
         if case
             .only
             .as_ref()
-            .is_some_and(|only| !only.iter().any(|t| t == &target))
-            || filter.as_ref().is_some_and(|f| !case.name.contains(f.as_str()))
+            .is_some_and(|only| !only.iter().any(|t| t == name))
+            || filter.is_some_and(|f| !case.name.contains(f))
         {
             skipped += 1;
             continue;
@@ -444,14 +473,15 @@ fn read_api_conformance() {
         }
     }
     let failed = results.len();
-    eprintln!("conformance: {ran} cases run, {skipped} skipped, {failed} failed");
+    eprintln!("conformance [{name}]: {ran} cases run, {skipped} skipped, {failed} failed");
     if failed > 0 {
-        panic!(
-            "{failed} of {ran} conformance cases failed:\n\n{}\n\nserver warnings and errors (tail):\n{}",
+        return Err(format!(
+            "[{name}] {failed} of {ran} conformance cases failed:\n\n{}\n\nserver warnings and errors (tail):\n{}",
             report(&results),
             tail(&server.output(), 20)
-        );
+        ));
     }
+    Ok(())
 }
 
 /// One block per failing case; an automatic-check problem (`[...]`) shared word for word by

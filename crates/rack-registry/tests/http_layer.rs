@@ -453,11 +453,17 @@ fn edit_in_place(path: &Path, bytes: &[u8]) {
 
 #[test]
 fn operator_edit_on_disk_shows_on_next_read() {
+    if common::s3::local_only("operator edits on disk") {
+        return;
+    }
     operator_edits_show_on_next_read("auto");
 }
 
 #[test]
 fn operator_edit_on_disk_shows_on_next_read_without_watching() {
+    if common::s3::local_only("operator edits on disk") {
+        return;
+    }
     operator_edits_show_on_next_read("off");
 }
 
@@ -534,11 +540,17 @@ fn copy_dir(from: &Path, to: &Path) {
 /// take an unchanged size and a timestamp within the same clock tick for an unchanged file.
 #[test]
 fn rapid_same_size_edits_are_never_stale() {
+    if common::s3::local_only("edits on disk") {
+        return;
+    }
     rapid_same_size_edits(&[]);
 }
 
 #[test]
 fn rapid_same_size_edits_are_never_stale_without_watching() {
+    if common::s3::local_only("edits on disk") {
+        return;
+    }
     rapid_same_size_edits(&[("FS_WATCH", "off")]);
 }
 
@@ -691,6 +703,7 @@ fn tiny_bodies_and_images_are_not_compressed() {
     // Exactly at the threshold and one byte under it.
     std::fs::write(dir.join("at.txt"), "a".repeat(1024)).unwrap();
     std::fs::write(dir.join("under.txt"), "a".repeat(1023)).unwrap();
+    world.sync();
     let c = RawClient::new(&server.base);
     let bearer = format!("Bearer {READ}");
     let auth = ("Authorization", bearer.as_str());

@@ -55,6 +55,15 @@ pub struct Cached {
     /// The storage watcher's generation in which this entry was last known current, with
     /// watches in place ([`UNWATCHED`]: never trusted without asking storage).
     confirmed: AtomicU64,
+    /// When storage last confirmed this entry ([`mono_ms`]), for backends that let the cache
+    /// trust an entry for a while ([`Storage::revalidate_after`]: buckets).
+    checked_at: AtomicU64,
+}
+
+/// Milliseconds on a monotonic clock (since its first use in this process).
+fn mono_ms() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
 }
 
 impl Cached {
@@ -77,6 +86,7 @@ impl Cached {
             etag_headers: Default::default(),
             versions: OnceLock::new(),
             confirmed: AtomicU64::new(UNWATCHED),
+            checked_at: AtomicU64::new(0),
         }
     }
 
@@ -221,6 +231,15 @@ impl HotCache {
                 return Ok(Some(Found::Small(hit.clone())));
             }
         }
+        // A bucket's policy: an entry confirmed recently enough is served without a request.
+        let trust = storage.revalidate_after(key);
+        let now = trust.map(|_| mono_ms());
+        if let (Some(hit), Some(window), Some(now)) = (&hit, trust, now) {
+            let checked = hit.checked_at.load(Ordering::Acquire);
+            if checked != 0 && now.saturating_sub(checked) < window.as_millis() as u64 {
+                return Ok(Some(Found::Small(hit.clone())));
+            }
+        }
         // Watches go in before the stat and the read, so no change after them is missed.
         let watched = watcher.is_some_and(|w| w.watch(key));
         let confirmed = if watched { generation } else { UNWATCHED };
@@ -233,6 +252,9 @@ impl HotCache {
             };
             if hit.version == meta.version {
                 hit.confirmed.store(confirmed, Ordering::Release);
+                if let Some(now) = now {
+                    hit.checked_at.store(now.max(1), Ordering::Release);
+                }
                 return Ok(Some(Found::Small(hit)));
             }
         }
@@ -262,6 +284,9 @@ impl HotCache {
         };
         let cached = Arc::new(Cached::with_etag(obj.body, obj.meta.version, etag));
         cached.confirmed.store(confirmed, Ordering::Release);
+        if let Some(now) = now {
+            cached.checked_at.store(now.max(1), Ordering::Release);
+        }
         if cached.body.len() <= MAX_CACHED_OBJECT {
             self.inner.insert(key.to_owned(), cached.clone());
         }
@@ -325,6 +350,8 @@ mod tests {
     struct CountingHeads {
         inner: LocalStorage,
         heads: AtomicUsize,
+        /// What the backend answers to `revalidate_after` (a bucket's policy).
+        trust: Option<std::time::Duration>,
     }
 
     #[async_trait::async_trait]
@@ -357,6 +384,9 @@ mod tests {
         fn watcher(&self) -> Option<&crate::storage::watch::Watcher> {
             self.inner.watcher()
         }
+        fn revalidate_after(&self, _key: &str) -> Option<std::time::Duration> {
+            self.trust
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -365,6 +395,7 @@ mod tests {
         let s = CountingHeads {
             inner: LocalStorage::open(dir.path()).unwrap().with_watcher(),
             heads: AtomicUsize::new(0),
+            trust: None,
         };
         assert!(
             s.watcher().is_some(),
@@ -422,6 +453,7 @@ mod tests {
         let s = CountingHeads {
             inner: LocalStorage::open(dir.path()).unwrap(),
             heads: AtomicUsize::new(0),
+            trust: None,
         };
         let cache = HotCache::new(1 << 20);
         s.put("a/b", Bytes::from_static(b"one"), PutMode::Create)
@@ -431,6 +463,39 @@ mod tests {
             cache.get(&s, "a/b").await.unwrap().unwrap();
         }
         assert_eq!(s.heads.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_backend_policy_spares_requests_within_its_window_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = CountingHeads {
+            inner: LocalStorage::open(dir.path()).unwrap(),
+            heads: AtomicUsize::new(0),
+            trust: Some(std::time::Duration::from_secs(3600)),
+        };
+        let cache = HotCache::new(1 << 20);
+        s.put("a/b", Bytes::from_static(b"one"), PutMode::Create)
+            .await
+            .unwrap();
+        let first = cache.get(&s, "a/b").await.unwrap().unwrap();
+        for _ in 0..5 {
+            let again = cache.get(&s, "a/b").await.unwrap().unwrap();
+            assert!(Arc::ptr_eq(&first, &again));
+        }
+        assert_eq!(s.heads.load(Ordering::SeqCst), 1, "trusted within the window");
+        // A write through this process drops the entry: seen at once.
+        s.put("a/b", Bytes::from_static(b"two"), PutMode::Overwrite)
+            .await
+            .unwrap();
+        cache.invalidate("a/b");
+        assert_eq!(&cache.get(&s, "a/b").await.unwrap().unwrap().body[..], b"two");
+        // Past the window, storage is asked again and a change elsewhere is seen.
+        s.trust = Some(std::time::Duration::from_millis(1));
+        std::fs::write(dir.path().join("a/b"), b"three").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let heads = s.heads.load(Ordering::SeqCst);
+        assert_eq!(&cache.get(&s, "a/b").await.unwrap().unwrap().body[..], b"three");
+        assert!(s.heads.load(Ordering::SeqCst) > heads);
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -3,7 +3,10 @@
 //! server's internals.
 //!
 //! - [`publish`]: pack a registry directory, check it as the server would, upload it;
-//! - [`tokens`]: `token` (a fresh token and its `auth.json` entry) and `auth check`.
+//! - [`tokens`]: `token` (a fresh token and its `auth.json` entry), `auth check` and `auth push`;
+//! - [`storage`]: `storage push`, `pull` and `check [--repair]` (a storage root to a bucket and
+//!   back, and the invariants of SPEC §3).
 
 pub mod publish;
+pub mod storage;
 pub mod tokens;

@@ -45,6 +45,9 @@ pub enum AuthCommand {
         /// The auth.json file
         file: PathBuf,
     },
+    /// Check an auth.json like `check` (refused on any rejected namespace), then write it to the
+    /// configured storage as `.auth/auth.json` (the policy a bucket's replicas and Worker share)
+    Push(Box<crate::cli::storage::AuthPush>),
 }
 
 /// 256 bits from the operating system's generator, hex-encoded, with a recognizable prefix
@@ -206,7 +209,10 @@ pub fn check_report(text: &str, now_ms: i64) -> (String, bool) {
 }
 
 pub fn run_auth(cmd: AuthCommand) -> ExitCode {
-    let AuthCommand::Check { file } = cmd;
+    let file = match cmd {
+        AuthCommand::Check { file } => file,
+        AuthCommand::Push(a) => return crate::cli::storage::run_auth_push(*a),
+    };
     let text = match std::fs::read_to_string(&file) {
         Ok(t) => t,
         Err(e) => {

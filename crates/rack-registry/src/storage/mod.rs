@@ -7,7 +7,13 @@
 //! validated by [`validate_key`] before any backend sees them: no backend ever resolves `..`, an
 //! absolute path, a backslash or a NUL.
 
+pub mod check;
+#[doc(hidden)]
+pub mod contract;
+pub mod index;
 pub mod local;
+pub mod publish;
+pub mod s3;
 pub mod watch;
 
 use std::path::Path;
@@ -144,6 +150,43 @@ pub fn staged_files(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// [`Storage::find_marked_dirs`] by delimited listings: one list call per directory (the default,
+/// and the fallback of backends that keep an index).
+pub async fn walk_marked_dirs<S: Storage + ?Sized>(
+    s: &S,
+    prefix: &str,
+    marker: &str,
+    descend: DirFilter,
+) -> Result<Option<Arc<[String]>>> {
+    let mut found = Vec::new();
+    let mut stack = vec![prefix.to_owned()];
+    let mut anything = false;
+    while let Some(dir) = stack.pop() {
+        let mut start: Option<String> = None;
+        loop {
+            let page = s.list(&dir, true, start.as_deref(), 1000).await?;
+            anything |= !page.objects.is_empty() || !page.prefixes.is_empty();
+            for o in &page.objects {
+                if o.key.strip_prefix(&dir) == Some(marker) && dir.len() > prefix.len() {
+                    found.push(dir[prefix.len()..dir.len() - 1].to_owned());
+                }
+            }
+            for p in &page.prefixes {
+                let name = p[dir.len()..].trim_end_matches('/');
+                if descend(name) {
+                    stack.push(p.clone());
+                }
+            }
+            match page.next {
+                Some(n) => start = Some(n),
+                None => break,
+            }
+        }
+    }
+    found.sort();
+    Ok(anything.then(|| Arc::from(found)))
+}
+
 /// Which sub-directories a search descends into (by name).
 pub type DirFilter = fn(&str) -> bool;
 
@@ -234,33 +277,7 @@ pub trait Storage: Send + Sync + 'static {
         marker: &str,
         descend: DirFilter,
     ) -> Result<Option<Arc<[String]>>> {
-        let mut found = Vec::new();
-        let mut stack = vec![prefix.to_owned()];
-        let mut anything = false;
-        while let Some(dir) = stack.pop() {
-            let mut start: Option<String> = None;
-            loop {
-                let page = self.list(&dir, true, start.as_deref(), 1000).await?;
-                anything |= !page.objects.is_empty() || !page.prefixes.is_empty();
-                for o in &page.objects {
-                    if o.key.strip_prefix(&dir) == Some(marker) && dir.len() > prefix.len() {
-                        found.push(dir[prefix.len()..dir.len() - 1].to_owned());
-                    }
-                }
-                for p in &page.prefixes {
-                    let name = p[dir.len()..].trim_end_matches('/');
-                    if descend(name) {
-                        stack.push(p.clone());
-                    }
-                }
-                match page.next {
-                    Some(n) => start = Some(n),
-                    None => break,
-                }
-            }
-        }
-        found.sort();
-        Ok(anything.then(|| Arc::from(found)))
+        walk_marked_dirs(self, prefix, marker, descend).await
     }
 
     /// Make a staged version directory visible at `dest` (a key prefix without trailing `/`)
@@ -310,6 +327,12 @@ pub trait Storage: Send + Sync + 'static {
         }
     }
 
+    /// Whether [`publish_dir`](Storage::publish_dir) also adds the version to `versions.json`
+    /// (the bucket's lease protocol, SPEC §11.2), so the caller need not rebuild it.
+    fn publish_lists_version(&self) -> bool {
+        false
+    }
+
     /// `Ok` when writes can be accepted now; [`StorageError::Unavailable`] when the storage is
     /// gone (a local root removed while running). Asked before an upload stages anything.
     async fn check_writable(&self) -> Result<()> {
@@ -318,6 +341,14 @@ pub trait Storage: Send + Sync + 'static {
 
     /// A short description for logs (`local:/srv/rack`, `s3://bucket`).
     fn describe(&self) -> String;
+
+    /// How long the hot cache may serve an entry for `key` it confirmed current without asking
+    /// the backend again (SPEC §11.3: a bucket revalidates mutable objects at most once per
+    /// `STORAGE_REVALIDATE_MS` and a version's files once a minute). `None`: ask on every read
+    /// (unless the [`watcher`](Storage::watcher) vouches for it), as the local disk does.
+    fn revalidate_after(&self, _key: &str) -> Option<std::time::Duration> {
+        None
+    }
 
     /// The backend's change watcher, if it has one ([`watch`]): the hot cache may then trust
     /// an entry without asking the backend, as long as the watcher saw no change.

@@ -4,6 +4,8 @@
 //! built from the shared fixtures plus the conformance world overlay (`conformance/world/`).
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -75,6 +77,8 @@ pub fn copy_tree(from: &Path, to: &Path) {
 /// `config/auth.json` (the world's policy).
 pub struct World {
     pub dir: tempfile::TempDir,
+    /// The world's bucket when the tests run on S3 (`RACK_TEST_TARGET=s3`, see [`s3`]).
+    pub(crate) bucket: std::sync::OnceLock<s3::Bucket>,
 }
 
 impl World {
@@ -84,13 +88,17 @@ impl World {
         copy_tree(&world_dir().join("storage"), &dir.path().join("storage"));
         std::fs::create_dir_all(dir.path().join("config")).unwrap();
         std::fs::copy(world_dir().join("auth.json"), dir.path().join("config/auth.json")).unwrap();
-        World { dir }
+        World {
+            dir,
+            bucket: Default::default(),
+        }
     }
 
     /// An empty directory (no storage, no config): for first-run and config tests.
     pub fn empty() -> World {
         World {
             dir: tempfile::tempdir().unwrap(),
+            bucket: Default::default(),
         }
     }
 
@@ -111,8 +119,21 @@ impl World {
         env
     }
 
-    /// Environment for a server on this world: ephemeral port on loopback, JSON logs.
+    /// Environment for a server on this world: ephemeral port on loopback, JSON logs. With
+    /// `RACK_TEST_TARGET=s3` the storage is the world's bucket, brought up to date with the
+    /// world's storage directory by `storage push` at every call (so at every server start).
     pub fn env(&self) -> Vec<(String, String)> {
+        if s3::test_target() == s3::Target::S3 && self.storage().is_dir() {
+            let bucket = self
+                .bucket
+                .get_or_init(|| s3::Bucket::new().expect("RACK_TEST_TARGET=s3 needs an S3 server"));
+            return self.env_on_bucket(bucket);
+        }
+        self.local_env()
+    }
+
+    /// [`World::env`] on the local storage directory, whatever the test target.
+    pub fn local_env(&self) -> Vec<(String, String)> {
         vec![
             ("STORAGE_ROOT".into(), self.storage().display().to_string()),
             ("AUTH_CONFIG_PATH".into(), self.auth_path().display().to_string()),

@@ -1,0 +1,81 @@
+//! The conditional-write probe (SPEC §11.1) against a store that ignores conditional writes: a
+//! test-only S3 front that strips `If-None-Match`/`If-Match` before forwarding to moto.
+
+mod common;
+#[path = "common/pkg.rs"]
+mod pkg;
+
+#[path = "common/s3front.rs"]
+mod s3front;
+
+use std::sync::Arc;
+
+use common::s3::Bucket;
+
+const PUBLISH: &str = "company-publish-token";
+
+#[test]
+fn a_store_ignoring_conditional_writes_is_refused_unless_single_writer() {
+    let Some(bucket) = Bucket::new() else { return };
+    let careless = Bucket {
+        endpoint: s3front::start(
+            bucket.endpoint.clone(),
+            Arc::new(s3front::Behaviour {
+                strip_conditions: true.into(),
+                ..Default::default()
+            }),
+        ),
+        name: bucket.name.clone(),
+    };
+    let world = common::World::new();
+    let (code, out) = common::run_cli(world.path(), &careless.env(), &["serve"]);
+    assert!(matches!(code, Some(c) if c != 0), "{code:?}\n{out}");
+    assert!(
+        out.contains("does not honour conditional writes (If-None-Match was ignored)")
+            && out.contains("STORAGE_SINGLE_WRITER=true"),
+        "{out}"
+    );
+
+    let mut env = world.env_on_bucket(&careless);
+    env.push(("STORAGE_SINGLE_WRITER".into(), "true".into()));
+    let server = common::Server::start(world.path(), &env);
+    assert!(
+        server.output().contains("only ONE replica may write"),
+        "{}",
+        server.output()
+    );
+    // Publishing stays correct in this one process: the emulation refuses the second create.
+    let m = pkg::manifest(
+        "@company",
+        "widget",
+        "1.0.0",
+        "registry:build",
+        &["templates/a.txt"],
+    );
+    let first = pkg::package(&m, &[("templates/a.txt", b"first\n")]);
+    let reply = pkg::Upload::new(first.clone()).bearer(PUBLISH).send(&server.base);
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let reply = pkg::Upload::new(first).bearer(PUBLISH).send(&server.base);
+    assert_eq!(reply.status, 409, "{}", reply.text);
+
+    // The version is in the bucket, and the probe removed its scratch keys both times.
+    let s3 = rack_registry::storage::s3::S3Storage::new(&rack_registry::storage::s3::S3Options {
+        endpoint: Some(bucket.endpoint.clone()),
+        region: "us-east-1".into(),
+        bucket: bucket.name.clone(),
+        credentials: Some((common::s3::ACCESS_KEY.into(), common::s3::SECRET_KEY.into())),
+        prefix: String::new(),
+    })
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use rack_registry::storage::Storage;
+        let manifest = s3
+            .head("@company/build/widget/1.0.0/registry.json")
+            .await
+            .unwrap();
+        assert!(manifest.is_some());
+        let left = s3.list(".rack/", false, None, 10).await.unwrap();
+        assert!(left.objects.is_empty(), "{left:?}");
+    });
+}
