@@ -48,6 +48,11 @@ impl Credential {
         }
     }
 
+    /// A credential known only by its digest (a web session holds the digest, never the token).
+    pub fn from_digest(digest: TokenDigest) -> Credential {
+        Credential { digest }
+    }
+
     fn matches(&self, other: &TokenDigest) -> bool {
         self.digest.ct_eq(other).into()
     }
@@ -419,6 +424,20 @@ impl Ctx<'_> {
         // Every namespace is looked at (no early exit), like `find`.
         self.policy.namespaces.values().fold(false, |acc, p| {
             acc | matches!(p.find(cred, self.now_ms), Match::Live(e) if e.publish)
+        })
+    }
+
+    /// Whether the credential is the admin token or a live token of some declared namespace
+    /// (what a web sign-in requires, and what keeps a web session alive).
+    pub fn opens_any(&self) -> bool {
+        if self.admin.matches(self.credential) {
+            return true;
+        }
+        let Some(cred) = self.credential else {
+            return false;
+        };
+        self.policy.namespaces.values().fold(false, |acc, p| {
+            acc | matches!(p.find(cred, self.now_ms), Match::Live(_))
         })
     }
 

@@ -147,6 +147,9 @@ pub struct ServeArgs {
     /// 408 [default: 300]
     #[arg(long, env = "UPLOAD_TIMEOUT_SECONDS")]
     pub upload_timeout_seconds: Option<String>,
+    /// Serve the web pages under /ui (true|false) [default: true]
+    #[arg(long, env = "UI")]
+    pub ui: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +263,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Whether the local backend may use inotify to skip the per-read stat (`FS_WATCH`).
     pub fs_watch: bool,
+    /// Whether the web pages under `/ui` are served (`UI`, SPEC §15).
+    pub ui: bool,
 }
 
 /// A configuration error: names the variable, the bad value (unless secret) and what is accepted.
@@ -476,7 +481,13 @@ impl Config {
             Some("off") => false,
             Some(s) => return Err(err("FS_WATCH", format!("{s:?} is not one of auto, off"))),
         };
+        let ui = match given(&a.ui).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(s) => return Err(err("UI", format!("{s:?} is not one of true, false"))),
+        };
         Ok(Config {
+            ui,
             fs_watch,
             http_workers,
             header_timeout,
@@ -515,6 +526,8 @@ mod tests {
     #[test]
     fn defaults() {
         let c = with(|_| {}).unwrap();
+        assert!(c.ui);
+        assert!(!with(|a| a.ui = Some("FALSE".into())).unwrap().ui);
         assert_eq!(c.port, 8080);
         assert_eq!(c.host.to_string(), "0.0.0.0");
         assert_eq!(c.storage_root, PathBuf::from("./data"));
@@ -580,6 +593,7 @@ mod tests {
             ),
             ("HTTP_WORKERS", Box::new(|a| a.http_workers = Some("0".into()))),
             ("FS_WATCH", Box::new(|a| a.fs_watch = Some("on".into()))),
+            ("UI", Box::new(|a| a.ui = Some("yes".into()))),
             (
                 "HEADER_TIMEOUT_SECONDS",
                 Box::new(|a| a.header_timeout_seconds = Some("0".into())),

@@ -48,8 +48,8 @@ use crate::config::WebhookSettings;
 use crate::events::{PublishEvent, PublishSink};
 use crate::metrics::Metrics;
 use crate::reload::{self, FileContent, Live, Watch};
-pub use config::{WebhookConfig, EVENTS};
 use config::redact_url;
+pub use config::{WebhookConfig, EVENTS};
 use delivery::{now_ms, Outcome};
 use outbox::{Delivery, Outbox};
 
