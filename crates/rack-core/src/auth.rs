@@ -518,6 +518,24 @@ mod tests {
     }
 
     #[test]
+    fn opens_any_needs_a_live_token_or_the_admin() {
+        let p = policy();
+        let admin = Admin::new(Some("admin"), None);
+        let opens = |t: Option<&str>| {
+            let cred = t.map(Credential::new);
+            ctx(&p, &admin, cred.as_ref()).opens_any()
+        };
+        assert!(opens(Some("read")));
+        assert!(opens(Some("admin")));
+        assert!(!opens(Some("old")), "expired");
+        assert!(!opens(Some("nobody")));
+        assert!(!opens(None));
+        // By digest, as a web session holds it.
+        let cred = Credential::from_digest(digest("pub"));
+        assert!(ctx(&p, &admin, Some(&cred)).opens_any());
+    }
+
+    #[test]
     fn fail_closed_parsing() {
         let p = policy();
         let mut rejected: Vec<&str> = p.rejected().iter().map(|r| r.namespace.as_str()).collect();
