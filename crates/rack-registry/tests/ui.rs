@@ -237,6 +237,16 @@ fn pages_show_the_catalogue() {
         })
         .collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+
+    // Every page is one bounded metrics label, never its raw path.
+    let metrics = client()
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(metrics.contains(r#"route="/ui/*""#), "{metrics}");
+    assert!(!metrics.contains("lint-staged"), "raw paths leak into labels");
 }
 
 #[test]
