@@ -1,7 +1,8 @@
 //! The HTTP layer: one axum fallback handler dispatches on the core crate's [`route`], so the URL
 //! grammar lives in one pure function shared with the Worker, and every path (including the odd
 //! ones: `//`, percent-escapes, traversal attempts) is judged by it, not by a router's own
-//! normalization.
+//! normalization. The web pages (`/ui`, [`pages`]) are dispatched first, when enabled; they
+//! are built on the same read functions ([`reads`]).
 
 pub mod logging;
 pub mod pages;
