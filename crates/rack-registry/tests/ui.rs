@@ -318,6 +318,34 @@ fn namespace_pages_paginate() {
     assert!(home
         .body
         .contains(r#"<a href="/ui/@many">@many</a></td><td>120</td>"#));
+    assert!(!home.body.contains("Page 1 of"), "few namespaces: one page");
+}
+
+#[test]
+fn home_paginates_namespaces() {
+    let world = World::new();
+    set_auth(&world, |a| {
+        for i in 0..60 {
+            a[format!("@ns{i:02}")] = json!([]);
+        }
+    });
+    let m =
+        json!({"name": "x", "namespace": "@ns00", "version": "1.0.0", "type": "registry:lib", "priority": 0});
+    for i in 0..60 {
+        write_registry(&world.storage(), &format!("@ns{i:02}"), "x", "1.0.0", &m, &[]);
+    }
+    let server = Server::world(&world);
+    let rows = |b: &str| b.matches(r#"<a href="/ui/@ns"#).count();
+    let p1 = get(&server, "/ui", None);
+    // @anon and @noreg sort before @ns00 (and @rack after @ns59): 48 of the 50 rows.
+    assert_eq!(rows(&p1.body), 48, "{}", p1.body);
+    assert!(p1.body.contains("Page 1 of 2"));
+    let p2 = get(&server, "/ui?page=2", None);
+    assert_eq!(rows(&p2.body), 12);
+    assert!(p2.body.contains(r#"href="/ui/@rack""#));
+    assert!(p2
+        .body
+        .contains(r#"<a href="/ui/@ns59">@ns59</a></td><td>1</td>"#));
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! `/ui`: the namespaces the viewer may list (as `/namespaces` would answer), each with its
-//! registry count, then the presets and the schemas.
+//! registry count (50 namespaces a page: only those of the page are counted), then the presets
+//! and the schemas.
 
 use maud::html;
 use rack_core::names::is_segment;
 use rack_core::route::SCHEMA_FILES;
 
 use super::layout::page as shell_page;
-use super::{ok, reads, PageResult, Req};
+use super::{ok, page_bounds, pager, reads, PageResult, Req};
 
 struct Row {
     namespace: String,
@@ -16,8 +17,10 @@ struct Row {
 
 pub async fn page(req: &Req<'_>) -> PageResult {
     let names = reads::namespace_names(req.state, &req.ctx).await?;
-    let mut rows = Vec::with_capacity(names.len());
-    for ns in names {
+    let page = req.page_number();
+    let (start, end, pages) = page_bounds(names.len(), page);
+    let mut rows = Vec::with_capacity(end - start);
+    for ns in names[start..end].iter().cloned() {
         // Listed means readable; a namespace with nothing stored shows no count.
         let registries = reads::registry_names(req.state, &req.ctx, &ns)
             .await
@@ -49,6 +52,7 @@ pub async fn page(req: &Req<'_>) -> PageResult {
                         }
                     }
                 }
+                (pager("/ui", page, pages))
             }
             h2 { "Presets" }
             @if presets.is_empty() {
