@@ -48,6 +48,11 @@ impl Credential {
         }
     }
 
+    /// A credential known only by its digest (a web session holds the digest, never the token).
+    pub fn from_digest(digest: TokenDigest) -> Credential {
+        Credential { digest }
+    }
+
     fn matches(&self, other: &TokenDigest) -> bool {
         self.digest.ct_eq(other).into()
     }
@@ -422,6 +427,20 @@ impl Ctx<'_> {
         })
     }
 
+    /// Whether the credential is the admin token or a live token of some declared namespace
+    /// (what a web sign-in requires, and what keeps a web session alive).
+    pub fn opens_any(&self) -> bool {
+        if self.admin.matches(self.credential) {
+            return true;
+        }
+        let Some(cred) = self.credential else {
+            return false;
+        };
+        self.policy.namespaces.values().fold(false, |acc, p| {
+            acc | matches!(p.find(cred, self.now_ms), Match::Live(_))
+        })
+    }
+
     /// Publish access (SPEC §5.1 checks 8 and 9; the token's presence is check 0).
     pub fn publish(&self, ns: &str) -> Result<Principal, ApiError> {
         let Some(p) = self.policy.namespace(ns) else {
@@ -496,6 +515,24 @@ mod tests {
         let admin = Admin::new(Some("admin"), None);
         let cred = token.map(Credential::new);
         ctx(&p, &admin, cred.as_ref()).publish(ns).map_err(|e| e.kind)
+    }
+
+    #[test]
+    fn opens_any_needs_a_live_token_or_the_admin() {
+        let p = policy();
+        let admin = Admin::new(Some("admin"), None);
+        let opens = |t: Option<&str>| {
+            let cred = t.map(Credential::new);
+            ctx(&p, &admin, cred.as_ref()).opens_any()
+        };
+        assert!(opens(Some("read")));
+        assert!(opens(Some("admin")));
+        assert!(!opens(Some("old")), "expired");
+        assert!(!opens(Some("nobody")));
+        assert!(!opens(None));
+        // By digest, as a web session holds it.
+        let cred = Credential::from_digest(digest("pub"));
+        assert!(ctx(&p, &admin, Some(&cred)).opens_any());
     }
 
     #[test]

@@ -164,6 +164,9 @@ pub struct ServeArgs {
     /// 408 [default: 300]
     #[arg(long, env = "UPLOAD_TIMEOUT_SECONDS")]
     pub upload_timeout_seconds: Option<String>,
+    /// Serve the web pages under /ui (true|false) [default: true]
+    #[arg(long, env = "UI")]
+    pub ui: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,6 +291,8 @@ pub struct Config {
     pub fs_watch: bool,
     /// `AUTH_SOURCE=bucket`: the policy is `.auth/auth.json` in the bucket.
     pub auth_from_bucket: bool,
+    /// Whether the web pages under `/ui` are served (`UI`, SPEC §15).
+    pub ui: bool,
 }
 
 /// A configuration error: names the variable, the bad value (unless secret) and what is accepted.
@@ -601,8 +606,14 @@ impl Config {
             }
             Some(s) => return Err(err("AUTH_SOURCE", format!("{s:?} is not one of file, bucket"))),
         };
+        let ui = match given(&a.ui).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(s) => return Err(err("UI", format!("{s:?} is not one of true, false"))),
+        };
         Ok(Config {
             auth_from_bucket,
+            ui,
             fs_watch,
             http_workers,
             header_timeout,
@@ -641,6 +652,8 @@ mod tests {
     #[test]
     fn defaults() {
         let c = with(|_| {}).unwrap();
+        assert!(c.ui);
+        assert!(!with(|a| a.ui = Some("FALSE".into())).unwrap().ui);
         assert_eq!(c.port, 8080);
         assert_eq!(c.host.to_string(), "0.0.0.0");
         assert_eq!(c.storage_root, PathBuf::from("./data"));
@@ -737,6 +750,7 @@ mod tests {
             ("FS_WATCH", Box::new(|a| a.fs_watch = Some("on".into()))),
             ("AUTH_SOURCE", Box::new(|a| a.auth_source = Some("bucket".into()))),
             ("AUTH_SOURCE", Box::new(|a| a.auth_source = Some("s3".into()))),
+            ("UI", Box::new(|a| a.ui = Some("yes".into()))),
             (
                 "HEADER_TIMEOUT_SECONDS",
                 Box::new(|a| a.header_timeout_seconds = Some("0".into())),

@@ -5,7 +5,7 @@
 //! - [`config`]: SPEC §10, flags over environment over `.env`, strict parsing;
 //! - [`storage`]: the backend trait (shaped for object stores) and the local-disk backend;
 //! - [`http`]: per-thread connection serving, dispatch on the core crate's route grammar, read
-//!   handlers, responses, request log;
+//!   handlers, responses, request log, and the web pages under `/ui` (`http::pages`);
 //! - [`logsink`]: log lines batched in memory and written by one thread;
 //! - [`server`]: startup (storage root preparation, policy loading) and graceful shutdown;
 //! - [`schemas`]: the JSON Schemas bundled in the binary.

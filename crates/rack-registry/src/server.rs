@@ -222,6 +222,7 @@ pub async fn run(config: Config) -> Result<(), String> {
                 .min(tokio::sync::Semaphore::MAX_PERMITS),
         )),
         sinks: vec![webhook_sink as Arc<dyn crate::events::PublishSink>],
+        ui: config.ui.then(Default::default),
     });
     // Finish publishes that a crash interrupted, then drop every other leftover of staging:
     // outside an in-flight upload it is empty. Storage that refuses writes (no `.healthcheck`)

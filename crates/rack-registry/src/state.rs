@@ -40,6 +40,8 @@ pub struct AppState {
     pub upload_slots: Arc<tokio::sync::Semaphore>,
     /// Who hears about each publish (the webhook outbox).
     pub sinks: Vec<Arc<dyn PublishSink>>,
+    /// The web pages (SPEC §15); `None` when `UI=false`.
+    pub ui: Option<Arc<crate::http::pages::Ui>>,
 }
 
 impl AppState {

@@ -1,9 +1,11 @@
 //! The HTTP layer: one axum fallback handler dispatches on the core crate's [`route`], so the URL
 //! grammar lives in one pure function shared with the Worker, and every path (including the odd
 //! ones: `//`, percent-escapes, traversal attempts) is judged by it, not by a router's own
-//! normalization.
+//! normalization. The web pages (`/ui`, [`pages`]) are dispatched first, when enabled; they
+//! are built on the same read functions ([`reads`]).
 
 pub mod logging;
+pub mod pages;
 pub mod reads;
 pub mod response;
 pub mod serve;
@@ -50,14 +52,28 @@ async fn entry(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -
     let start = Instant::now();
     let (parts, body) = req.into_parts();
     let client = logging::client_ip(peer.ip(), &parts.headers, state.trust_proxy);
+    // The web pages (SPEC §15) are dispatched before the API's grammar; with `UI=false` their
+    // paths fall through to it and are the API's 404.
+    let ui = state
+        .ui
+        .as_deref()
+        .filter(|_| pages::is_ui_path(parts.uri.path()));
+    let browser_root =
+        state.ui.is_some() && parts.uri.path() == "/" && pages::wants_html(&parts.method, &parts.headers);
     let route = route(parts.uri.path());
-    let template = route.template();
+    let template = if ui.is_some() {
+        pages::TEMPLATE
+    } else {
+        route.template()
+    };
     let decision = state
         .rate_limiter
         .enabled()
         .then(|| state.rate_limiter.check(client, start));
     let mut res = match decision {
         Some(d) if !d.allowed => logging::rate_limited(&state, d, Body::new(body)),
+        _ if ui.is_some() => pages::handle(&state, ui.expect("checked"), &parts, Body::new(body)).await,
+        _ if browser_root => pages::redirect("/ui"),
         _ if route == Route::Upload && parts.method == Method::POST => {
             crate::upload::handle(&state, &parts.headers, client, Body::new(body)).await
         }

@@ -72,7 +72,7 @@ async fn large(
 }
 
 /// The current object at `key`, through the hot cache (which revalidates against storage).
-async fn get(state: &AppState, key: &str) -> Result<Option<Arc<Cached>>, ErrorReply> {
+pub(crate) async fn get(state: &AppState, key: &str) -> Result<Option<Arc<Cached>>, ErrorReply> {
     state
         .cache
         .get(state.storage.as_ref(), key)
@@ -82,7 +82,10 @@ async fn get(state: &AppState, key: &str) -> Result<Option<Arc<Cached>>, ErrorRe
 
 /// Read and validate `versions.json`: `None` if absent; a corrupt file is a 500. The parsed
 /// form lives in the cache entry ([`Cached::versions_file`]).
-async fn versions_file(state: &AppState, registry: &str) -> Result<Option<Arc<Cached>>, ErrorReply> {
+pub(crate) async fn versions_file(
+    state: &AppState,
+    registry: &str,
+) -> Result<Option<Arc<Cached>>, ErrorReply> {
     let key = layout::versions_key(registry);
     let Some(obj) = get(state, &key).await? else {
         return Ok(None);
@@ -160,6 +163,12 @@ pub async fn schema(state: &AppState, file: &'static str) -> ApiResult {
 }
 
 pub async fn namespaces(state: &AppState, ctx: &Ctx<'_>) -> ApiResult {
+    let names = namespace_names(state, ctx).await?;
+    Ok(Reply::json(&json!({ "namespaces": names }), CacheTier::Short))
+}
+
+/// The namespaces `ctx` may list (SPEC §4 `/namespaces`), sorted. Shared with the web pages.
+pub(crate) async fn namespace_names(state: &AppState, ctx: &Ctx<'_>) -> Result<Vec<String>, ErrorReply> {
     let mut names = Vec::new();
     let mut start: Option<String> = None;
     loop {
@@ -180,10 +189,24 @@ pub async fn namespaces(state: &AppState, ctx: &Ctx<'_>) -> ApiResult {
         }
     }
     names.sort();
-    Ok(Reply::json(&json!({ "namespaces": names }), CacheTier::Short))
+    Ok(names)
 }
 
 pub async fn namespace_registries(state: &AppState, ctx: &Ctx<'_>, ns: &str) -> ApiResult {
+    let registries = registry_names(state, ctx, ns).await?;
+    let cached = state.listings.get_or_render(ns, &registries, || {
+        Bytes::from(json!({ "namespace": ns, "registries": &registries[..] }).to_string())
+    });
+    Ok(Reply::object(cached, "application/json", CacheTier::Short))
+}
+
+/// The registries of `ns` (paths below the namespace, sorted), after the access checks: what
+/// `/namespaces/<ns>/registries` lists. Shared with the web pages.
+pub(crate) async fn registry_names(
+    state: &AppState,
+    ctx: &Ctx<'_>,
+    ns: &str,
+) -> Result<Arc<[String]>, ErrorReply> {
     ctx.read(ns)?;
     // Registries are found only through directories named like registry segments: version
     // directories and anything else that could never be addressed are not descended.
@@ -192,11 +215,7 @@ pub async fn namespace_registries(state: &AppState, ctx: &Ctx<'_>, ns: &str) -> 
         .find_marked_dirs(&format!("{ns}/"), "versions.json", is_segment)
         .await
         .map_err(|e: StorageError| internal(e))?;
-    let registries = found.ok_or_else(|| ApiError::namespace_not_found(ns))?;
-    let cached = state.listings.get_or_render(ns, &registries, || {
-        Bytes::from(json!({ "namespace": ns, "registries": &registries[..] }).to_string())
-    });
-    Ok(Reply::object(cached, "application/json", CacheTier::Short))
+    Ok(found.ok_or_else(|| ApiError::namespace_not_found(ns))?)
 }
 
 /// `/health`: the storage marker is opened and read on every request (SPEC §8: *readable*, so

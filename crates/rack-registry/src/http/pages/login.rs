@@ -1,0 +1,109 @@
+//! `/ui/login` (a form, then its POST) and `/ui/logout`. A token is accepted when the current
+//! policy lets it read at least one declared namespace, or it is the admin token
+//! ([`rack_core::auth::Ctx::opens_any`]); the browser then holds a signed session (see
+//! [`super::session`]), never the token.
+
+use axum::body::Body;
+use http::{HeaderMap, StatusCode};
+use maud::html;
+use rack_core::auth::{digest, Credential, Ctx};
+use rack_core::ApiError;
+
+use super::layout::{error_page, page as shell_page};
+use super::session::{self, CSRF_COOKIE, SESSION_COOKIE, SESSION_SECS};
+use super::{append_cookie, redirect, Out, PageResult, Req};
+
+/// A login form body is a token and a CSRF field: anything longer is refused.
+const MAX_FORM_BYTES: usize = 8 * 1024;
+
+/// The form, with a CSRF field bound to the nonce cookie (kept if the browser has one, so two
+/// open tabs both work). `error`: why the last attempt failed (the page is then a 401).
+pub fn form(req: &Req<'_>, headers: &HeaderMap, secure: bool, error: Option<ApiError>) -> PageResult {
+    let nonce = session::cookie(headers, CSRF_COOKIE)
+        .filter(|n| n.len() == 32 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .unwrap_or_else(session::nonce);
+    let csrf = req.ui.keys.csrf_token(&nonce);
+    let status = if error.is_some() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    let markup = shell_page(
+        req.shell,
+        "Sign in",
+        "",
+        html! {
+            h1 { "Sign in" }
+            @if let Some(e) = &error {
+                div.error { p { code { (e.code()) } } p { (e.message) } }
+            }
+            p { "Paste a registry token. The browser keeps a signed session for 12 hours, not the token." }
+            form method="post" action="/ui/login" {
+                input type="hidden" name="csrf" value=(csrf);
+                p {
+                    label for="token" { "Token" } " "
+                    input #token type="password" name="token" autocomplete="off" required;
+                }
+                p { button type="submit" { "Sign in" } }
+            }
+        },
+    );
+    let mut res = super::html(status, markup);
+    append_cookie(&mut res, &session::set_cookie(CSRF_COOKIE, &nonce, 3600, secure));
+    Ok(Out::Raw(res))
+}
+
+pub async fn submit(req: &Req<'_>, headers: &HeaderMap, body: Body, secure: bool) -> PageResult {
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM_BYTES).await else {
+        return Err(ApiError::payload_too_large(MAX_FORM_BYTES as u64).into());
+    };
+    let mut token = None;
+    let mut csrf = None;
+    for (k, v) in form_urlencoded::parse(&bytes) {
+        match &*k {
+            "token" => token = Some(v.into_owned()),
+            "csrf" => csrf = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let nonce = session::cookie(headers, CSRF_COOKIE).unwrap_or("");
+    if !req.ui.keys.csrf_ok(nonce, csrf.as_deref().unwrap_or("")) {
+        // Not an API error: only the web form has this check.
+        let page = error_page(
+            req.shell,
+            403,
+            "CSRF_MISMATCH",
+            "The sign-in form expired or came from another site; reload it and try again",
+        );
+        return Ok(Out::Page(StatusCode::FORBIDDEN, page));
+    }
+    let token = token.as_deref().map(str::trim).unwrap_or("");
+    if token.is_empty() {
+        return form(req, headers, secure, Some(ApiError::unauthorized_read()));
+    }
+    let cred = Credential::new(token);
+    let ctx = Ctx {
+        credential: Some(&cred),
+        ..req.ctx
+    };
+    if !ctx.opens_any() {
+        return form(req, headers, secure, Some(ApiError::invalid_token()));
+    }
+    let expires = req.ctx.now_ms / 1000 + SESSION_SECS;
+    let value = req.ui.keys.session_value(&digest(token), expires);
+    let mut res = redirect("/ui");
+    append_cookie(
+        &mut res,
+        &session::set_cookie(SESSION_COOKIE, &value, SESSION_SECS, secure),
+    );
+    append_cookie(&mut res, &session::set_cookie(CSRF_COOKIE, "", 0, secure));
+    Ok(Out::Raw(res))
+}
+
+/// Clears the session cookie and returns to the catalogue.
+pub fn logout(secure: bool) -> axum::response::Response {
+    let mut res = redirect("/ui");
+    append_cookie(&mut res, &session::set_cookie(SESSION_COOKIE, "", 0, secure));
+    res
+}

@@ -1,0 +1,157 @@
+//! Web sessions and the login form's CSRF token (SPEC §15).
+//!
+//! The `rack_ui` cookie never holds the token: it holds the token's SHA-256 digest and an expiry,
+//! signed with HMAC-SHA256 under a key drawn at random when the process starts (a restart signs
+//! everyone out, which is acceptable for a catalogue). The digest is matched against the policy
+//! in force on every request, so a token removed from `auth.json` ends its sessions at once.
+//! The cookie is read under `/ui` only; the API never looks at cookies.
+//!
+//! CSRF: the login form carries `HMAC(key, "csrf:" + nonce)` where the nonce lives in a
+//! `SameSite=Strict` cookie; a forged cross-site POST can know neither.
+
+use hmac::{Hmac, Mac};
+use http::{header, HeaderMap};
+use rack_core::auth::{Credential, TokenDigest};
+use sha2::Sha256;
+
+pub const SESSION_COOKIE: &str = "rack_ui";
+pub const CSRF_COOKIE: &str = "rack_csrf";
+/// Sessions last 12 hours (SPEC §15).
+pub const SESSION_SECS: i64 = 12 * 3600;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The per-process signing key.
+pub struct Keys {
+    key: [u8; 32],
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys { key: rand::random() }
+    }
+}
+
+impl Keys {
+    fn mac(&self, parts: &[&[u8]]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        for p in parts {
+            mac.update(p);
+            // A separator, so that ("ab","c") and ("a","bc") sign differently.
+            mac.update(b"\0");
+        }
+        mac
+    }
+
+    /// The cookie value of a session for `digest` that ends at `expires_s` (unix seconds).
+    pub fn session_value(&self, digest: &TokenDigest, expires_s: i64) -> String {
+        let d = hex::encode(digest);
+        let e = expires_s.to_string();
+        let sig = hex::encode(
+            self.mac(&[b"session", d.as_bytes(), e.as_bytes()])
+                .finalize()
+                .into_bytes(),
+        );
+        format!("{d}.{e}.{sig}")
+    }
+
+    /// The credential of a well-signed, unexpired session value (its policy check is the
+    /// caller's: [`rack_core::auth::Ctx::opens_any`]).
+    pub fn open_session(&self, value: &str, now_ms: i64) -> Option<Credential> {
+        let mut it = value.split('.');
+        let (d, e, sig) = (it.next()?, it.next()?, it.next()?);
+        if it.next().is_some() {
+            return None;
+        }
+        let sig = hex::decode(sig).ok()?;
+        // `verify_slice` compares in constant time.
+        self.mac(&[b"session", d.as_bytes(), e.as_bytes()])
+            .verify_slice(&sig)
+            .ok()?;
+        let expires_s: i64 = e.parse().ok()?;
+        if now_ms / 1000 >= expires_s {
+            return None;
+        }
+        let digest = rack_core::auth::parse_digest(d)?;
+        Some(Credential::from_digest(digest))
+    }
+
+    /// The form field that goes with the CSRF cookie's `nonce`.
+    pub fn csrf_token(&self, nonce: &str) -> String {
+        hex::encode(self.mac(&[b"csrf", nonce.as_bytes()]).finalize().into_bytes())
+    }
+
+    /// Whether `token` (from the form) matches `nonce` (from the cookie), in constant time.
+    pub fn csrf_ok(&self, nonce: &str, token: &str) -> bool {
+        let Ok(sig) = hex::decode(token) else {
+            return false;
+        };
+        !nonce.is_empty() && self.mac(&[b"csrf", nonce.as_bytes()]).verify_slice(&sig).is_ok()
+    }
+}
+
+/// A fresh random nonce (hex).
+pub fn nonce() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// The value of cookie `name` in the request, if sent.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+}
+
+/// A `Set-Cookie` value under `/ui`: `HttpOnly; SameSite=Strict`, `Secure` over HTTPS;
+/// `max_age` 0 deletes the cookie.
+pub fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{name}={value}; Path=/ui; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_values_are_signed_and_expire() {
+        let keys = Keys::default();
+        let d = rack_core::auth::digest("tok");
+        let v = keys.session_value(&d, 1_000);
+        assert!(keys.open_session(&v, 999_000).is_some());
+        assert!(keys.open_session(&v, 1_000_000).is_none(), "expired");
+        // Another process's key, or a changed digest or expiry, fails the signature.
+        assert!(Keys::default().open_session(&v, 0).is_none());
+        let forged = v.replacen("1000", "9999", 1);
+        assert!(keys.open_session(&forged, 0).is_none());
+        let other = hex::encode(rack_core::auth::digest("other"));
+        let swapped = format!("{other}{}", &v[64..]);
+        assert!(keys.open_session(&swapped, 0).is_none());
+    }
+
+    #[test]
+    fn csrf_tokens_bind_to_the_nonce() {
+        let keys = Keys::default();
+        let t = keys.csrf_token("abc");
+        assert!(keys.csrf_ok("abc", &t));
+        assert!(!keys.csrf_ok("abd", &t));
+        assert!(!keys.csrf_ok("", &keys.csrf_token("")));
+        assert!(!keys.csrf_ok("abc", "zz"));
+    }
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            "rack_ui_x=1; rack_ui=abc; other=2".parse().unwrap(),
+        );
+        assert_eq!(cookie(&h, "rack_ui"), Some("abc"));
+        assert_eq!(cookie(&h, "nope"), None);
+    }
+}
