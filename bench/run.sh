@@ -36,21 +36,10 @@ US_PORT="${BENCH_US_PORT:-18080}"
 NGINX_PORT="${BENCH_NGINX_PORT:-18081}"
 BIG_PORT="${BENCH_BIG_PORT:-18082}"
 
-say() { printf '%s\n' "$*" >&2; }
-die() { say "bench: $*"; exit 1; }
+. "$ROOT/bench/lib.sh"
 
 # --- tools -------------------------------------------------------------------------------------
-need=()
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v curl >/dev/null || need+=(curl)
-if [ "${#need[@]}" -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || die "missing ${need[*]} (apt-get install -y ${need[*]})"
-  say "installing ${need[*]}"
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+need_tools
 
 if [ -z "${RACK_FIXTURES:-}" ]; then
   RACK_FIXTURES="$ROOT/../shared/fixtures/rack-storage"
@@ -99,14 +88,6 @@ start_us() { # port storage auth log -> pid in $!
     LOG_FORMAT=json RATE_LIMIT_MAX=1000000000 ${HTTP_THREADS:+HTTP_WORKERS=$HTTP_THREADS} \
     "${SERVER_CPU[@]}" "$BIN" serve >"$4" 2>&1 &
 }
-wait_http() {
-  for _ in $(seq 1 200); do
-    curl -fs -o /dev/null "$1" && return 0
-    sleep 0.05
-  done
-  die "no answer from $1"
-}
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 start_us "$US_PORT" "$S" "$W/auth.json" "$W/us.log"
 US_PID=$!
@@ -219,12 +200,6 @@ probe() { # url [header] -> "status|encoding|etag|bytes|sha"
 }
 
 # wrk once: "rps|p50_ms|p99_ms|non2xx3xx|errors"
-to_ms() { # 123.45us | 1.23ms | 1.02s -> ms
-  awk -v v="$1" 'BEGIN {
-    n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
-    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000;
-    printf "%.3f", n }'
-}
 run_wrk() { # url [header]
   local out="$W/wrk.out"
   local args=(-t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency)
@@ -239,17 +214,6 @@ run_wrk() { # url [header]
   printf '%s|%s|%s|%s|%s' "$rps" "$p50" "$p99" "${bad:-0}" "${errs:-}"
 }
 
-# Medians of several run_wrk results: "rps|p50|p99|bad (sum)|errors (joined)".
-medians() {
-  printf '%s\n' "$@" | awk -F'|' '
-    function med(col,   n, i, j, t, v) {
-      n = 0; for (i = 1; i <= NR; i++) v[++n] = row[i, col] + 0
-      for (i = 2; i <= n; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
-      return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-    }
-    { for (c = 1; c <= 5; c++) row[NR, c] = $c; bad += $4; if ($5 != "") errs = errs $5 " " }
-    END { printf "%.2f|%.3f|%.3f|%d|%s", med(1), med(2), med(3), bad, errs }'
-}
 
 TABLE="$W/table.md"
 NOTES="$W/notes.txt"

@@ -297,22 +297,11 @@ impl LocalStorage {
 }
 
 fn read_object(root: &Path, key: &str) -> Result<Option<Object>> {
-    // O_NONBLOCK: a FIFO put into the tree must not hang a blocking thread in open(2).
-    let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK;
-    let mut file = match open_beneath(root, key, flags) {
-        Ok(fd) => std::fs::File::from(fd),
-        Err(e) if is_absent(&e) => return Ok(None),
-        Err(e) => return Err(io_err(key)(e)),
-    };
-    let md = file.metadata().map_err(io_err(key))?;
-    if !md.is_file() {
+    let Some((mut file, meta)) = open_object(root, key)? else {
         return Ok(None);
-    }
-    let body = read_sized(&mut file, md.len()).map_err(io_err(key))?;
-    Ok(Some(Object {
-        meta: meta_of(key, &md),
-        body,
-    }))
+    };
+    let body = read_sized(&mut file, meta.size).map_err(io_err(key))?;
+    Ok(Some(Object { meta, body }))
 }
 
 /// Files up to this size are read on the calling thread when the root is on a local
@@ -359,7 +348,9 @@ fn read_sized(file: &mut std::fs::File, size: u64) -> std::io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
-/// Open a regular file for a streamed read, with the metadata of the opened file.
+/// Open a regular file for reading, with the metadata of the opened file (`O_NONBLOCK`: a FIFO
+/// put into the tree must not hang a thread in `open(2)`; anything but a regular file is "no
+/// object").
 fn open_object(root: &Path, key: &str) -> Result<Option<(std::fs::File, ObjectMeta)>> {
     let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK;
     let file = match open_beneath(root, key, flags) {
