@@ -17,7 +17,7 @@ URL_PATH="${2:-/registries/@rack/build/rollup/1.0.0}"
 ROUNDS="${S3B_ROUNDS:-6}"; DURATION="${S3B_DURATION:-3}"
 command -v wrk >/dev/null || { echo "s3 bench: wrk is needed (apt-get install -y wrk)" >&2; exit 1; }
 if [ -z "${RACK_FIXTURES:-}" ]; then
-  for d in "$ROOT/../shared/fixtures/rack-storage" /work/shared/fixtures/rack-storage; do
+  for d in "$ROOT/../shared/fixtures/rack-storage"; do
     if [ -f "$d/.healthcheck" ]; then RACK_FIXTURES="$d"; break; fi
   done
 fi
