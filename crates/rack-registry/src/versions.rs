@@ -187,54 +187,15 @@ pub async fn repair_journal(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{ListPage, LocalStorage, Object, ObjectMeta};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// The local backend posing as a bucket (versions.json kept by publish), counting calls.
-    struct Bucketish {
-        inner: LocalStorage,
-        walks: AtomicUsize,
-    }
-
-    #[async_trait::async_trait]
-    impl Storage for Bucketish {
-        async fn get(&self, key: &str) -> crate::storage::Result<Option<Object>> {
-            self.inner.get(key).await
-        }
-        async fn head(&self, key: &str) -> crate::storage::Result<Option<ObjectMeta>> {
-            self.walks.fetch_add(1, Ordering::SeqCst);
-            self.inner.head(key).await
-        }
-        async fn list(
-            &self,
-            prefix: &str,
-            delimiter: bool,
-            start_after: Option<&str>,
-            limit: usize,
-        ) -> crate::storage::Result<ListPage> {
-            self.walks.fetch_add(1, Ordering::SeqCst);
-            self.inner.list(prefix, delimiter, start_after, limit).await
-        }
-        async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> crate::storage::Result<ObjectMeta> {
-            self.inner.put(key, body, mode).await
-        }
-        async fn delete_prefix(&self, prefix: &str) -> crate::storage::Result<u64> {
-            self.inner.delete_prefix(prefix).await
-        }
-        fn describe(&self) -> String {
-            "bucketish".into()
-        }
-        fn publish_lists_version(&self) -> bool {
-            true
-        }
-    }
+    use crate::storage::testing::Counting;
+    use crate::storage::LocalStorage;
 
     #[tokio::test(flavor = "multi_thread")]
     async fn on_a_bucket_check_13_reads_versions_json_without_walking() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Bucketish {
-            inner: LocalStorage::open(dir.path()).unwrap(),
-            walks: AtomicUsize::new(0),
+        let s = Counting {
+            bucket: true,
+            ..Counting::new(LocalStorage::open(dir.path()).unwrap())
         };
         // A new registry: nothing stored, the walk finds nothing.
         assert!(known_versions(&s, "@a/x").await.unwrap().is_empty());
@@ -251,16 +212,12 @@ mod tests {
         s.put("@a/x/versions.json", Bytes::from(file.render()), PutMode::Create)
             .await
             .unwrap();
-        let walks = s.walks.load(Ordering::SeqCst);
+        let walks = s.asked();
         assert_eq!(
             known_versions(&s, "@a/x").await.unwrap(),
             ["3.0.0", "2.0.0", "1.0.0"]
         );
-        assert_eq!(
-            s.walks.load(Ordering::SeqCst),
-            walks,
-            "no list, no HEAD per version"
-        );
+        assert_eq!(s.asked(), walks, "no list, no HEAD per version");
         // Corrupt: the directories decide.
         s.put(
             "@a/x/versions.json",

@@ -343,60 +343,13 @@ impl ListingCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{ListPage, LocalStorage, ObjectMeta, PutMode};
-    use std::sync::atomic::AtomicUsize;
-
-    /// The real local backend, counting how often the cache asks it for a version.
-    struct CountingHeads {
-        inner: LocalStorage,
-        heads: AtomicUsize,
-        /// What the backend answers to `revalidate_after` (a bucket's policy).
-        trust: Option<std::time::Duration>,
-    }
-
-    #[async_trait::async_trait]
-    impl Storage for CountingHeads {
-        async fn get(&self, key: &str) -> crate::storage::Result<Option<Object>> {
-            self.inner.get(key).await
-        }
-        async fn head(&self, key: &str) -> crate::storage::Result<Option<ObjectMeta>> {
-            self.heads.fetch_add(1, Ordering::SeqCst);
-            self.inner.head(key).await
-        }
-        async fn list(
-            &self,
-            prefix: &str,
-            delimiter: bool,
-            start_after: Option<&str>,
-            limit: usize,
-        ) -> crate::storage::Result<ListPage> {
-            self.inner.list(prefix, delimiter, start_after, limit).await
-        }
-        async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> crate::storage::Result<ObjectMeta> {
-            self.inner.put(key, body, mode).await
-        }
-        async fn delete_prefix(&self, prefix: &str) -> crate::storage::Result<u64> {
-            self.inner.delete_prefix(prefix).await
-        }
-        fn describe(&self) -> String {
-            self.inner.describe()
-        }
-        fn watcher(&self) -> Option<&crate::storage::watch::Watcher> {
-            self.inner.watcher()
-        }
-        fn revalidate_after(&self, _key: &str) -> Option<std::time::Duration> {
-            self.trust
-        }
-    }
+    use crate::storage::testing::Counting as CountingHeads;
+    use crate::storage::{LocalStorage, PutMode};
 
     #[tokio::test(flavor = "multi_thread")]
     async fn watched_hits_skip_the_stat_and_still_see_every_change() {
         let dir = tempfile::tempdir().unwrap();
-        let s = CountingHeads {
-            inner: LocalStorage::open(dir.path()).unwrap().with_watcher(),
-            heads: AtomicUsize::new(0),
-            trust: None,
-        };
+        let s = CountingHeads::new(LocalStorage::open(dir.path()).unwrap().with_watcher());
         assert!(
             s.watcher().is_some(),
             "the test directory is on a local filesystem"
@@ -450,11 +403,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn without_a_watcher_every_read_asks_storage() {
         let dir = tempfile::tempdir().unwrap();
-        let s = CountingHeads {
-            inner: LocalStorage::open(dir.path()).unwrap(),
-            heads: AtomicUsize::new(0),
-            trust: None,
-        };
+        let s = CountingHeads::new(LocalStorage::open(dir.path()).unwrap());
         let cache = HotCache::new(1 << 20);
         s.put("a/b", Bytes::from_static(b"one"), PutMode::Create)
             .await
@@ -469,9 +418,8 @@ mod tests {
     async fn a_backend_policy_spares_requests_within_its_window_only() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = CountingHeads {
-            inner: LocalStorage::open(dir.path()).unwrap(),
-            heads: AtomicUsize::new(0),
             trust: Some(std::time::Duration::from_secs(3600)),
+            ..CountingHeads::new(LocalStorage::open(dir.path()).unwrap())
         };
         let cache = HotCache::new(1 << 20);
         s.put("a/b", Bytes::from_static(b"one"), PutMode::Create)

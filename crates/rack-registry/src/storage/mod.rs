@@ -357,6 +357,81 @@ pub trait Storage: Send + Sync + 'static {
     }
 }
 
+/// Test doubles over the real local backend.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// The local backend counting the calls that ask it something (`head`, `list`), and
+    /// answering as a bucket would where asked: `trust` for `revalidate_after`, `bucket` for
+    /// `publish_lists_version`.
+    pub struct Counting {
+        pub inner: LocalStorage,
+        pub heads: AtomicUsize,
+        pub lists: AtomicUsize,
+        pub trust: Option<std::time::Duration>,
+        pub bucket: bool,
+    }
+
+    impl Counting {
+        pub fn new(inner: LocalStorage) -> Counting {
+            Counting {
+                inner,
+                heads: AtomicUsize::new(0),
+                lists: AtomicUsize::new(0),
+                trust: None,
+                bucket: false,
+            }
+        }
+
+        /// `head` and `list` calls so far.
+        pub fn asked(&self) -> usize {
+            self.heads.load(Ordering::SeqCst) + self.lists.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl Storage for Counting {
+        async fn get(&self, key: &str) -> Result<Option<Object>> {
+            self.inner.get(key).await
+        }
+        async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+            self.heads.fetch_add(1, Ordering::SeqCst);
+            self.inner.head(key).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+            delimiter: bool,
+            start_after: Option<&str>,
+            limit: usize,
+        ) -> Result<ListPage> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            self.inner.list(prefix, delimiter, start_after, limit).await
+        }
+        async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> Result<ObjectMeta> {
+            self.inner.put(key, body, mode).await
+        }
+        async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+            self.inner.delete_prefix(prefix).await
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn watcher(&self) -> Option<&watch::Watcher> {
+            self.inner.watcher()
+        }
+        fn revalidate_after(&self, _key: &str) -> Option<std::time::Duration> {
+            self.trust
+        }
+        fn publish_lists_version(&self) -> bool {
+            self.bucket
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::validate_key;
