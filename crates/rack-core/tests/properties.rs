@@ -1,6 +1,7 @@
 //! Property tests of the pure rules: SemVer order against the `semver` crate's, the URL grammar
 //! of `/registries/...` (valid paths parse to the right resource, one bad segment is refused),
-//! and the `versions.json` merge. Case counts are modest so that `cargo test` stays quick.
+//! and the `versions.json` merge. 256 cases each (proptest's default;
+//! `PROPTEST_CASES` sets another), a fraction of a second.
 
 use std::cmp::Reverse;
 
@@ -10,13 +11,6 @@ use rack_core::layout::VersionsFile;
 use rack_core::names::is_version;
 use rack_core::route::{route, ResourceKind, Route};
 use rack_core::version::sort_descending;
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 256,
-        ..ProptestConfig::default()
-    }
-}
 
 /// A prerelease or build identifier: numeric (sometimes with a leading zero, invalid in a
 /// prerelease), alphanumeric, or with hyphens.
@@ -56,8 +50,6 @@ fn version_text() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(config())]
-
     /// `sort_descending` is the `semver` crate's order (build metadata ignored, as SemVer
     /// precedence wants), newest first, ties in precedence by text; invalid names are dropped.
     #[test]
@@ -189,8 +181,6 @@ fn spell(parts: &[String], escapes: &[bool], double: &[bool], trailing: bool) ->
 }
 
 proptest! {
-    #![proptest_config(config())]
-
     /// Every valid path parses to its resource: the registry key, the namespace and the kind.
     #[test]
     fn valid_paths_parse_to_their_resource(

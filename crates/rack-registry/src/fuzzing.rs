@@ -81,7 +81,11 @@ pub fn route(data: &[u8]) {
                     format!("/registries/{key}/{version}/files/{path}")
                 }
             };
-            assert_eq!(route::route(&canonical), Route::Registry(Ok(res)), "{canonical:?}");
+            assert_eq!(
+                route::route(&canonical),
+                Route::Registry(Ok(res)),
+                "{canonical:?}"
+            );
         }
         Route::Preset(Ok(name)) => {
             assert!(is_segment(&name));
@@ -111,7 +115,12 @@ pub fn auth_json(data: &[u8]) {
                 credential: cred,
                 now_ms: 1_700_000_000_000,
             };
-            let _ = (ctx.read(ns), ctx.lists(ns), ctx.publish(ns), ctx.may_publish_somewhere());
+            let _ = (
+                ctx.read(ns),
+                ctx.lists(ns),
+                ctx.publish(ns),
+                ctx.may_publish_somewhere(),
+            );
         }
     }
     let _ = (policy.rejected().len(), policy.skipped().len());
@@ -216,7 +225,11 @@ pub fn archive_gz(package: &[u8]) {
 fn assert_inside(root: &std::path::Path, dir: &std::path::Path) {
     for e in std::fs::read_dir(dir).expect("read the extracted tree").flatten() {
         let meta = std::fs::symlink_metadata(e.path()).expect("stat");
-        assert!(meta.is_file() || meta.is_dir(), "{:?} is neither file nor dir", e.path());
+        assert!(
+            meta.is_file() || meta.is_dir(),
+            "{:?} is neither file nor dir",
+            e.path()
+        );
         assert!(e.path().starts_with(root));
         if meta.is_dir() {
             assert_inside(root, &e.path());
@@ -254,8 +267,10 @@ pub fn multipart(data: &[u8]) {
     };
     let body = Bytes::copy_from_slice(rest.get(split + 1..).unwrap_or_default());
     let size = usize::from(chunk) + 1;
-    let chunks: Vec<Result<Bytes, std::io::Error>> =
-        (0..body.len()).step_by(size).map(|i| Ok(body.slice(i..(i + size).min(body.len())))).collect();
+    let chunks: Vec<Result<Bytes, std::io::Error>> = (0..body.len())
+        .step_by(size)
+        .map(|i| Ok(body.slice(i..(i + size).min(body.len()))))
+        .collect();
     let body = Body::from_stream(futures::stream::iter(chunks));
     let limit = 256 * 1024;
     runtime().block_on(async {
@@ -309,7 +324,12 @@ pub fn headers(data: &[u8]) {
         .flat_map(|v| v.split(','))
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    for trust in [TrustProxy::No, TrustProxy::All, TrustProxy::Hops(1), TrustProxy::Hops(2)] {
+    for trust in [
+        TrustProxy::No,
+        TrustProxy::All,
+        TrustProxy::Hops(1),
+        TrustProxy::Hops(2),
+    ] {
         let ip = client_ip(peer, &headers, trust);
         assert!(ip == peer || listed.contains(&ip), "{ip} from {xff:?}");
     }

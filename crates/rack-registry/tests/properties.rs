@@ -1,5 +1,6 @@
 //! Property tests of the server's storage rules: `versions.json` merging under any interleaving
 //! of concurrent publishes, and key validation (no accepted key escapes the storage root).
+//! 256 cases each (proptest's default; `PROPTEST_CASES` sets another).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -12,7 +13,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use proptest::prelude::*;
 use rack_core::layout::{self, VersionsFile};
-use rack_registry::storage::{validate_key, ListPage, Object, ObjectMeta, PutMode, Result, Storage, StorageError};
+use rack_registry::storage::{
+    validate_key, ListPage, Object, ObjectMeta, PutMode, Result, Storage, StorageError,
+};
 use rack_registry::versions;
 
 /// Returns `Pending` once: each storage call is a point where another publish may run.
@@ -66,12 +69,20 @@ impl Storage for MemStorage {
         Ok(objects.get(key).map(|(body, v)| Self::meta(key, body, *v)))
     }
 
-    async fn list(&self, prefix: &str, delimiter: bool, start_after: Option<&str>, _limit: usize) -> Result<ListPage> {
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: bool,
+        start_after: Option<&str>,
+        _limit: usize,
+    ) -> Result<ListPage> {
         YieldOnce(false).await;
         let objects = self.objects.lock().unwrap();
         let mut page = ListPage::default();
         for (key, (body, v)) in objects.range(prefix.to_owned()..) {
-            let Some(rest) = key.strip_prefix(prefix) else { break };
+            let Some(rest) = key.strip_prefix(prefix) else {
+                break;
+            };
             if start_after.is_some_and(|s| key.as_str() <= s) {
                 continue;
             }
@@ -135,8 +146,14 @@ async fn publish(storage: &MemStorage, registry: &str, version: &str) {
 }
 
 fn version() -> impl Strategy<Value = String> {
-    (0u32..4, 0u32..4, 0u32..3, prop::option::of("(alpha|beta|rc)\\.[0-9]"), prop::option::of("b[0-9]")).prop_map(
-        |(a, b, c, pre, build)| {
+    (
+        0u32..4,
+        0u32..4,
+        0u32..3,
+        prop::option::of("(alpha|beta|rc)\\.[0-9]"),
+        prop::option::of("b[0-9]"),
+    )
+        .prop_map(|(a, b, c, pre, build)| {
             let mut s = format!("{a}.{b}.{c}");
             if let Some(p) = pre {
                 s = format!("{s}-{p}");
@@ -145,13 +162,10 @@ fn version() -> impl Strategy<Value = String> {
                 s = format!("{s}+{m}");
             }
             s
-        },
-    )
+        })
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
-
     /// Whatever the interleaving of N concurrent publishes (each storage call a point where any
     /// other may run), `versions.json` ends with all N, sorted newest first.
     #[test]
