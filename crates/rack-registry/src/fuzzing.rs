@@ -238,11 +238,39 @@ fn assert_inside(root: &std::path::Path, dir: &std::path::Path) {
 }
 
 /// [`archive_gz`] over a tar stream: the fuzzer mutates the tar structure (which it cannot do
-/// through compression), the body compresses it.
+/// through compression), the body fixes the header checksums (which mutations would otherwise
+/// break at once, so that nothing past the first header were reached) and compresses it.
 pub fn archive_tar(tar: &[u8]) {
+    let mut tar = tar.to_vec();
+    fix_checksums(&mut tar);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(tar).expect("in memory");
+    gz.write_all(&tar).expect("in memory");
     archive_gz(&gz.finish().expect("in memory"));
+}
+
+/// Rewrite the checksum of every header of a tar stream, walking it as a reader does (a header,
+/// then its data rounded up to blocks) until an empty block or a size that cannot be read.
+fn fix_checksums(tar: &mut [u8]) {
+    let mut at = 0usize;
+    while let Some(block) = tar.get_mut(at..at + 512) {
+        if block.iter().all(|&b| b == 0) {
+            break;
+        }
+        block[148..156].fill(b' ');
+        let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
+        block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let Ok(size) = tar::Header::from_byte_slice(block).entry_size() else {
+            break;
+        };
+        let Some(next) = usize::try_from(size.div_ceil(512))
+            .ok()
+            .and_then(|blocks| blocks.checked_mul(512))
+            .and_then(|data| (at + 512).checked_add(data))
+        else {
+            break;
+        };
+        at = next;
+    }
 }
 
 fn runtime() -> &'static tokio::runtime::Runtime {
