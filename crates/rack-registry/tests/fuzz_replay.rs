@@ -70,3 +70,52 @@ fn multipart() {
 fn headers() {
     replay("headers", fuzzing::headers);
 }
+
+/// Found by `archive_tar` (fuzz/artifacts/archive_tar/crash-9287...): an entry whose name holds
+/// a backslash was extracted, though no storage key can hold one (a directory so named went
+/// into the published version on disk). It is now refused at check 6, like a NUL byte.
+#[test]
+fn an_entry_name_with_a_backslash_is_an_invalid_archive() {
+    use rack_registry::upload::{dry, extract};
+    for (name, ty) in [
+        ("templates\\x/", tar::EntryType::Directory),
+        ("a\\b.txt", tar::EntryType::Regular),
+    ] {
+        let mut builder = tar::Builder::new(Vec::new());
+        let manifest = br#"{"name":"x","namespace":"@a","version":"1.0.0"}"#;
+        let mut header = tar::Header::new_gnu();
+        header.set_size(manifest.len() as u64);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "registry.json", &manifest[..])
+            .unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(ty);
+        header.set_size(0);
+        header.set_cksum();
+        builder.append_data(&mut header, name, &[][..]).unwrap();
+        let tar = builder.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let package = gz.finish().unwrap();
+
+        let code = |r: Result<(), extract::ExtractError>| match r {
+            Err(extract::ExtractError::Api(e)) => e.code(),
+            Err(extract::ExtractError::Io(e)) => panic!("{e}"),
+            Ok(()) => "accepted",
+        };
+        assert_eq!(
+            code(dry::judge(&package, fuzzing::LIMITS).map(|_| ())),
+            "INVALID_ARCHIVE",
+            "{name}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.tar.gz"), &package).unwrap();
+        let extracted = extract::extract(
+            &dir.path().join("p.tar.gz"),
+            &dir.path().join("t"),
+            fuzzing::LIMITS,
+        );
+        assert_eq!(code(extracted.map(|_| ())), "INVALID_ARCHIVE", "{name}");
+    }
+}
