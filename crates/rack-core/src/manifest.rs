@@ -95,11 +95,15 @@ pub const CLIP: usize = 256;
 
 /// `None` if `path` (relative, `/`-separated) can be stored; else why not: a segment over
 /// [`MAX_SEGMENT_BYTES`](crate::limits::MAX_SEGMENT_BYTES) or the whole over
-/// [`MAX_PATH_BYTES`](crate::limits::MAX_PATH_BYTES), or a NUL byte (no filesystem takes one).
+/// [`MAX_PATH_BYTES`](crate::limits::MAX_PATH_BYTES), a NUL byte (no filesystem takes one), or a
+/// backslash (no storage key holds one: a directory so named would reach the disk, unreachable).
 pub fn unstorable_path(path: &str) -> Option<String> {
     use crate::limits::{MAX_PATH_BYTES, MAX_SEGMENT_BYTES};
     if path.contains('\0') {
         return Some(format!("path {:?} contains a NUL byte", clip(path, CLIP)));
+    }
+    if path.contains('\\') {
+        return Some(format!("path {:?} contains a backslash", clip(path, CLIP)));
     }
     if path.len() > MAX_PATH_BYTES {
         return Some(format!(
@@ -399,6 +403,10 @@ mod tests {
         let deep = vec!["d".repeat(200); 6].join("/");
         assert!(unstorable_path(&deep).unwrap().contains("at most 1024"));
         assert!(unstorable_path("a\0b").is_some());
+        // Found by the archive_tar fuzz target: such a name is no storage key.
+        assert!(unstorable_path("templates/ts\\onfig.json")
+            .unwrap()
+            .contains("backslash"));
         // Messages carry a bounded prefix of the client's path.
         assert!(unstorable_path(&"x".repeat(100_000)).unwrap().len() < 400);
         assert_eq!(clip("abc", 5), "abc");

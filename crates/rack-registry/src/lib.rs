@@ -22,6 +22,7 @@ pub mod clock;
 pub mod compression;
 pub mod config;
 pub mod events;
+pub mod fuzzing;
 pub mod http;
 pub mod logsink;
 pub mod metrics;

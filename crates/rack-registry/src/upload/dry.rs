@@ -126,8 +126,13 @@ fn pass_reader(rx: Receiver<Item>) -> Chunks<Receiver<Item>> {
     }
 }
 
+/// [`Validator`] over a package already in memory (for the fuzz targets and their replay).
+pub fn judge(package: &[u8], limits: ExtractLimits) -> Result<Scanned, ExtractError> {
+    validate(package, limits)
+}
+
 /// Check 6 over a stream, with the answer [`extract::extract`] gives for the same bytes.
-fn validate(mut input: AsyncChunks, limits: ExtractLimits) -> Result<Scanned, ExtractError> {
+fn validate(mut input: impl Read, limits: ExtractLimits) -> Result<Scanned, ExtractError> {
     let mut magic = [0u8; 2];
     if input.read_exact(&mut magic).is_err() || !extract::is_gzip(&magic) {
         return Err(extract::not_gzip().into());

@@ -231,7 +231,7 @@ pub(super) fn unpack<R: Read>(
             EntryType::Regular | EntryType::Continuous | EntryType::Directory
         );
         if let Some(why) = unstorable_path(&path).filter(|_| written) {
-            return Err(invalid(format!("entry name too long: {why}")).into());
+            return Err(invalid(format!("entry name cannot be stored: {why}")).into());
         }
         if entries.contains_key(&path) {
             return Err(invalid(format!("duplicate entry {path}")).into());
