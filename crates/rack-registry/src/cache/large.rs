@@ -19,6 +19,7 @@ use futures::StreamExt;
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
+use super::TagMemo;
 use crate::compression::{compress_fast, Encoding};
 use crate::storage::{ObjectStream, Storage, StorageError};
 use rack_core::etag::{etag_from_digest, with_suffix};
@@ -46,7 +47,7 @@ impl quick_cache::Weighter<(String, Encoding), Arc<Variant>> for VariantWeight {
 }
 
 pub struct LargeObjects {
-    tags: quick_cache::sync::Cache<String, (String, String)>,
+    tags: TagMemo,
     variants: quick_cache::sync::Cache<(String, Encoding), Arc<Variant>, VariantWeight>,
     /// Objects up to this size may be compressed; 0: never.
     compress_max: u64,
@@ -58,7 +59,7 @@ impl LargeObjects {
     /// `variant_bytes`: memory for compressed forms; `compress_max`: largest object compressed.
     pub fn new(variant_bytes: u64, compress_max: u64) -> LargeObjects {
         LargeObjects {
-            tags: quick_cache::sync::Cache::new(MAX_TAGS),
+            tags: TagMemo::new(MAX_TAGS),
             variants: quick_cache::sync::Cache::with_weighter(
                 (variant_bytes / (64 * 1024)).max(16) as usize,
                 variant_bytes.max(1),
@@ -89,14 +90,12 @@ impl LargeObjects {
             let Some(stream) = storage.get_stream(key).await? else {
                 return Ok(None);
             };
-            if let Some((version, tag)) = self.tags.get(key) {
-                if version == stream.meta.version {
-                    return Ok(Some((tag, stream)));
-                }
+            if let Some(tag) = self.tags.get(key, &stream.meta.version) {
+                return Ok(Some((tag, stream)));
             }
             let version = stream.meta.version.clone();
             let tag = hash_stream(stream, key).await?;
-            self.tags.insert(key.to_owned(), (version, tag));
+            self.tags.insert(key, &version, &tag);
         }
         Err(StorageError::Backend(format!(
             "object {} changed during every read",

@@ -63,12 +63,9 @@ pub fn run_auth_push(a: AuthPush) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("rack-registry: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let storage = open(&config).await?;
@@ -282,12 +279,9 @@ fn run_check(a: CheckArgs) -> ExitCode {
         }
     };
     let bucket = !matches!(config.backend, Backend::Local);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("rack-registry: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let storage = open(&config).await?;
@@ -352,12 +346,9 @@ pub fn run(cmd: StorageCommand) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("rack-registry: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let storage = open(&config).await?;
@@ -388,4 +379,15 @@ pub fn run(cmd: StorageCommand) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The async runtime of a command (a failure to start it is reported and is the exit status).
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("rack-registry: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
 }

@@ -24,8 +24,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    validate_key, DirFilter, Fetched, ListPage, Object, ObjectMeta, ObjectStream, PutMode, Result, Storage,
-    StorageError,
+    validate_key, validate_prefix, DirFilter, Fetched, ListPage, Object, ObjectMeta, ObjectStream, PutMode,
+    Result, Storage, StorageError,
 };
 
 /// Chunk size of streamed reads: large enough that a 64 MiB file is 256 trips to the blocking
@@ -678,12 +678,7 @@ impl Storage for LocalStorage {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<ListPage> {
-        if !prefix.is_empty() && !prefix.ends_with('/') {
-            return Err(StorageError::InvalidKey(prefix.to_owned()));
-        }
-        if !prefix.is_empty() {
-            validate_key(prefix)?;
-        }
+        validate_prefix(prefix)?;
         let prefix = prefix.to_owned();
         let start_after = start_after.map(str::to_owned);
         let limit = limit.max(1);

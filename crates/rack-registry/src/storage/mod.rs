@@ -218,6 +218,17 @@ pub fn validate_key(key: &str) -> Result<()> {
     }
 }
 
+/// Validate a listing prefix: empty (the root), or a valid key ending in `/`.
+pub fn validate_prefix(prefix: &str) -> Result<()> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    if !prefix.ends_with('/') {
+        return Err(StorageError::InvalidKey(prefix.to_owned()));
+    }
+    validate_key(prefix)
+}
+
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
     /// The object at `key`, or `None`.

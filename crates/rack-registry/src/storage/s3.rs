@@ -30,8 +30,8 @@ use object_store::{
 };
 
 use super::{
-    validate_key, walk_marked_dirs, DirFilter, ListPage, Object, ObjectMeta, ObjectStream, PutMode, Result,
-    Storage, StorageError,
+    validate_key, validate_prefix, walk_marked_dirs, DirFilter, ListPage, Object, ObjectMeta, ObjectStream,
+    PutMode, Result, Storage, StorageError,
 };
 
 /// Where and how to reach a bucket.
@@ -256,6 +256,19 @@ impl S3Storage {
     }
 
     /// `Ok(None)` for a missing object (but not for a missing bucket).
+    /// A GET of `key` (a "directory" key ending in `/` is no object): its metadata and the
+    /// response, whose body is read whole or streamed by the caller.
+    async fn open(&self, key: &str) -> Result<Option<(ObjectMeta, object_store::GetResult)>> {
+        let path = self.path(key)?;
+        if key.ends_with('/') {
+            return Ok(None);
+        }
+        match self.store.get(&path).await {
+            Ok(r) => Ok(Some((self.meta(key, &r.meta), r))),
+            Err(e) => self.absent(key, e),
+        }
+    }
+
     fn absent<T>(&self, key: &str, e: object_store::Error) -> Result<Option<T>> {
         match e {
             object_store::Error::NotFound { ref source, .. }
@@ -349,15 +362,9 @@ impl S3Storage {
 #[async_trait]
 impl Storage for S3Storage {
     async fn get(&self, key: &str) -> Result<Option<Object>> {
-        let path = self.path(key)?;
-        if key.ends_with('/') {
+        let Some((meta, r)) = self.open(key).await? else {
             return Ok(None);
-        }
-        let r = match self.store.get(&path).await {
-            Ok(r) => r,
-            Err(e) => return self.absent(key, e),
         };
-        let meta = self.meta(key, &r.meta);
         let body = match r.bytes().await {
             Ok(b) => b,
             Err(e) => return self.absent(key, e),
@@ -366,15 +373,9 @@ impl Storage for S3Storage {
     }
 
     async fn get_stream(&self, key: &str) -> Result<Option<ObjectStream>> {
-        let path = self.path(key)?;
-        if key.ends_with('/') {
+        let Some((meta, r)) = self.open(key).await? else {
             return Ok(None);
-        }
-        let r = match self.store.get(&path).await {
-            Ok(r) => r,
-            Err(e) => return self.absent(key, e),
         };
-        let meta = self.meta(key, &r.meta);
         let body = r
             .into_stream()
             .map_err(|e| std::io::Error::other(scrub(&e.to_string())))
@@ -400,12 +401,7 @@ impl Storage for S3Storage {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<ListPage> {
-        if !prefix.is_empty() && !prefix.ends_with('/') {
-            return Err(StorageError::InvalidKey(prefix.to_owned()));
-        }
-        if !prefix.is_empty() {
-            validate_key(prefix)?;
-        }
+        validate_prefix(prefix)?;
         let full = format!("{}{prefix}", self.prefix);
         // After a rolled-up prefix `a/b/`, S3's start-after must skip every key under it, not
         // only `a/b/` itself (keys are compared as UTF-8 bytes; U+10FFFF sorts last).
