@@ -115,6 +115,25 @@ fn sign_in(server: &Server, token: &str) -> String {
     cookie_of(&page, "rack_ui").expect("session cookie").0
 }
 
+/// The sign-out form's CSRF field on a page of a signed-in viewer.
+fn logout_field(body: &str) -> String {
+    let form = body.find(r#"action="/ui/logout""#).expect("sign-out form");
+    let marker = "name=\"csrf\" value=\"";
+    let i = form + body[form..].find(marker).expect("CSRF field") + marker.len();
+    body[i..].split('"').next().unwrap().to_owned()
+}
+
+fn post_logout(server: &Server, cookie: Option<&str>, csrf: &str) -> Page {
+    let mut req = client()
+        .post(server.url("/ui/logout"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"));
+    if let Some(c) = cookie {
+        req = req.header("Cookie", c);
+    }
+    finish("/ui/logout", req.send().unwrap())
+}
+
 fn write_registry(
     storage: &Path,
     ns: &str,
@@ -439,7 +458,7 @@ fn signing_in_shows_gated_namespaces_under_ui_only() {
     assert_eq!(forged.status, 401);
     assert!(cookie_of(&forged, "rack_ui").unwrap().1.contains("Max-Age=0"));
 
-    let out = get(&server, "/ui/logout", Some(&cookie));
+    let out = post_logout(&server, Some(&cookie), &logout_field(&home.body));
     assert_eq!(out.status, 303);
     assert!(cookie_of(&out, "rack_ui").unwrap().1.contains("Max-Age=0"));
 
@@ -585,4 +604,47 @@ fn root_redirects_browsers_and_ui_false_turns_pages_off() {
         assert_eq!(body["code"], "NOT_FOUND", "{path}");
         assert_eq!(body["message"], "Route not found");
     }
+}
+
+/// Regression: `GET /ui/logout` signed the viewer out, so any site could do it with a link or an
+/// `<img>`. Now a GET only shows the button, and the POST needs the session's CSRF field.
+#[test]
+fn signing_out_takes_a_post_with_the_session_csrf_field() {
+    let world = World::new();
+    let server = Server::world(&world);
+    let cookie = sign_in(&server, "company-read-token");
+    let home = get(&server, "/ui", Some(&cookie));
+    assert!(!home.body.contains(r#"href="/ui/logout""#), "no sign-out link");
+    let field = logout_field(&home.body);
+
+    // A cross-site GET (a link, an image): no cookie is cleared, the page offers the button.
+    let page = get(&server, "/ui/logout", Some(&cookie));
+    assert_eq!(page.status, 200);
+    assert!(cookie_of(&page, "rack_ui").is_none(), "{:?}", page.set_cookies);
+    assert_eq!(logout_field(&page.body), field);
+    assert_eq!(get(&server, "/ui/@company", Some(&cookie)).status, 200, "still signed in");
+    // Without a session, GET goes back to the catalogue.
+    let page = get(&server, "/ui/logout", None);
+    assert_eq!((page.status, page.location.as_deref()), (303, Some("/ui")));
+
+    // A forged POST: a missing or wrong field is refused; one without the (SameSite=Strict)
+    // cookie, as a cross-site POST arrives, clears nothing.
+    for csrf in ["", "00", &"0".repeat(64)] {
+        let page = post_logout(&server, Some(&cookie), csrf);
+        assert_eq!(page.status, 403, "{csrf}");
+        assert!(page.body.contains("CSRF_MISMATCH"));
+        assert!(cookie_of(&page, "rack_ui").is_none());
+    }
+    let page = post_logout(&server, None, &field);
+    assert_eq!(page.status, 303);
+    assert!(cookie_of(&page, "rack_ui").is_none(), "{:?}", page.set_cookies);
+    // Another session's field does not fit this one.
+    let other = sign_in(&server, ADMIN_TOKEN);
+    let other_field = logout_field(&get(&server, "/ui", Some(&other)).body);
+    assert_ne!(other_field, field);
+    assert_eq!(post_logout(&server, Some(&cookie), &other_field).status, 403);
+
+    let page = post_logout(&server, Some(&cookie), &field);
+    assert_eq!((page.status, page.location.as_deref()), (303, Some("/ui")));
+    assert!(cookie_of(&page, "rack_ui").unwrap().1.contains("Max-Age=0"));
 }

@@ -18,6 +18,7 @@ header,main,footer{max-width:960px;margin:0 auto;padding:.75rem 1rem}
 header{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center;border-bottom:1px solid var(--line)}
 header .brand{font-weight:700;text-decoration:none;color:var(--fg)}
 header form{flex:1 1 12rem;display:flex;gap:.25rem}
+header form.signout{flex:0 0 auto}
 header input[type=search]{flex:1;min-width:0}
 input,button{font:inherit;padding:.3rem .5rem;border:1px solid var(--line);border-radius:4px;background:var(--bg);color:var(--fg)}
 footer{color:var(--muted);font-size:.85rem;border-top:1px solid var(--line)}
@@ -48,9 +49,28 @@ pub fn style_path() -> &'static str {
 }
 
 /// What the shell needs to know about the viewer.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Shell {
-    pub signed_in: bool,
+    /// Signed in with a session: the sign-out form's CSRF field
+    /// ([`super::session::Keys::logout_token`]).
+    pub logout_csrf: Option<[u8; 32]>,
+}
+
+impl Shell {
+    pub fn signed_in(&self) -> bool {
+        self.logout_csrf.is_some()
+    }
+}
+
+/// The sign-out button: a POST with the CSRF field, never a link (a cross-site GET must not
+/// sign anyone out).
+pub fn sign_out_form(csrf: &[u8; 32]) -> Markup {
+    html! {
+        form.signout method="post" action="/ui/logout" {
+            input type="hidden" name="csrf" value=(hex::encode(csrf));
+            button type="submit" { "Sign out" }
+        }
+    }
 }
 
 /// A whole page: `title` goes into `<title>` and `body` into `<main>`.
@@ -71,8 +91,8 @@ pub fn page(shell: Shell, title: &str, query: &str, body: Markup) -> Markup {
                         input type="search" name="q" value=(query) placeholder="Search registries" aria-label="Search registries";
                         button type="submit" { "Search" }
                     }
-                    @if shell.signed_in {
-                        a href="/ui/logout" { "Sign out" }
+                    @if let Some(csrf) = &shell.logout_csrf {
+                        (sign_out_form(csrf))
                     } @else {
                         a href="/ui/login" { "Sign in" }
                     }
@@ -96,7 +116,7 @@ pub fn error_page(shell: Shell, status: u16, code: &str, message: &str) -> Marku
                 p { code { (code) } }
                 p { (message) }
             }
-            @if matches!(status, 401 | 403) && !shell.signed_in {
+            @if matches!(status, 401 | 403) && !shell.signed_in() {
                 p { a href="/ui/login" { "Sign in with a token" } " to see gated namespaces." }
             }
             p { a href="/ui" { "Back to the catalogue" } }

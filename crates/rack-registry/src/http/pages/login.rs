@@ -1,4 +1,5 @@
-//! `/ui/login` (a form, then its POST) and `/ui/logout`. A token is accepted when the current
+//! `/ui/login` (a form, then its POST) and `/ui/logout` (a POST carrying the session's CSRF
+//! field; a GET only shows the button, so a cross-site link cannot sign anyone out). A token is accepted when the current
 //! policy lets it read at least one declared namespace, or it is the admin token
 //! ([`rack_core::auth::Ctx::opens_any`]); the browser then holds a signed session (see
 //! [`super::session`]), never the token.
@@ -9,7 +10,7 @@ use maud::html;
 use rack_core::auth::{digest, Credential, Ctx};
 use rack_core::ApiError;
 
-use super::layout::{error_page, page as shell_page};
+use super::layout::{error_page, page as shell_page, sign_out_form};
 use super::session::{self, CSRF_COOKIE, SESSION_COOKIE, SESSION_SECS};
 use super::{append_cookie, redirect, Out, PageResult, Req};
 
@@ -101,9 +102,48 @@ pub async fn submit(req: &Req<'_>, headers: &HeaderMap, body: Body, secure: bool
     Ok(Out::Raw(res))
 }
 
-/// Clears the session cookie and returns to the catalogue.
-pub fn logout(secure: bool) -> axum::response::Response {
+/// `GET /ui/logout`: the sign-out button on its own page (signing out takes a POST); a viewer
+/// without a session goes back to the catalogue.
+pub fn logout_form(req: &Req<'_>) -> PageResult {
+    let Some(csrf) = &req.shell.logout_csrf else {
+        return Ok(Out::Raw(redirect("/ui")));
+    };
+    super::ok(shell_page(
+        req.shell,
+        "Sign out",
+        "",
+        html! {
+            h1 { "Sign out" }
+            p { "End this browser's session? The token itself stays valid." }
+            (sign_out_form(csrf))
+        },
+    ))
+}
+
+/// `POST /ui/logout`: clears the session cookie when the form's CSRF field matches it, then
+/// returns to the catalogue. Without a session cookie there is nothing to clear (and clearing
+/// would let a cross-site POST, which carries no `SameSite=Strict` cookie, sign a viewer out).
+pub async fn logout(req: &Req<'_>, headers: &HeaderMap, body: Body, secure: bool) -> PageResult {
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM_BYTES).await else {
+        return Err(ApiError::payload_too_large(MAX_FORM_BYTES as u64).into());
+    };
+    let Some(session) = session::cookie(headers, SESSION_COOKIE) else {
+        return Ok(Out::Raw(redirect("/ui")));
+    };
+    let csrf = form_urlencoded::parse(&bytes)
+        .find(|(k, _)| k == "csrf")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    if !req.ui.keys.logout_ok(session, &csrf) {
+        let page = error_page(
+            req.shell,
+            403,
+            "CSRF_MISMATCH",
+            "The sign-out form expired or came from another site; reload the page and try again",
+        );
+        return Ok(Out::Page(StatusCode::FORBIDDEN, page));
+    }
     let mut res = redirect("/ui");
     append_cookie(&mut res, &session::set_cookie(SESSION_COOKIE, "", 0, secure));
-    res
+    Ok(Out::Raw(res))
 }

@@ -78,8 +78,9 @@ pub fn redirect(location: &str) -> Response {
 /// Who is looking: the credential every read decision of this request is made with.
 pub struct Viewer {
     credential: Option<Credential>,
-    /// A valid session cookie was sent (and its token is still in the policy).
-    signed_in: bool,
+    /// A valid session cookie was sent (and its token is still in the policy): the sign-out
+    /// form's CSRF field for it.
+    logout_csrf: Option<[u8; 32]>,
     /// A session cookie was sent that no longer opens anything: it is cleared.
     stale_session: bool,
 }
@@ -151,7 +152,7 @@ pub async fn handle(state: &AppState, ui: &Ui, parts: &Parts, body: Body) -> Res
         ui,
         ctx,
         shell: Shell {
-            signed_in: viewer.signed_in,
+            logout_csrf: viewer.logout_csrf,
         },
         query: parts.uri.query(),
     };
@@ -189,7 +190,8 @@ async fn dispatch(
     match path {
         "/login" if method == Method::POST => login::submit(req, headers, body, secure).await,
         "/login" if read => login::form(req, headers, secure, None),
-        "/logout" if read || method == Method::POST => Ok(Out::Raw(login::logout(secure))),
+        "/logout" if method == Method::POST => login::logout(req, headers, body, secure).await,
+        "/logout" if read => login::logout_form(req),
         _ if !read => {
             let mut res = error_response(req.shell, &ApiError::method_not_allowed());
             res.headers_mut()
@@ -238,11 +240,13 @@ fn viewer(
         .opens_any()
     });
     let stale_session = session.is_some() && live.is_none();
-    let signed_in = live.is_some();
+    let logout_csrf = session
+        .filter(|_| live.is_some())
+        .map(|v| ui.keys.logout_token(v));
     let credential = super::credential(headers).or(live);
     Viewer {
         credential,
-        signed_in,
+        logout_csrf,
         stale_session,
     }
 }
@@ -295,7 +299,7 @@ fn security_headers(res: &mut Response) {
 /// `/ui/assets/style.<hash>.css`; any other asset path is a 404 page.
 fn asset(path: &str) -> Response {
     if format!("/ui{path}") != layout::style_path() {
-        return error_response(Shell { signed_in: false }, &ApiError::not_found());
+        return error_response(Shell::default(), &ApiError::not_found());
     }
     let mut res = Response::new(Body::from(layout::STYLE));
     let h = res.headers_mut();

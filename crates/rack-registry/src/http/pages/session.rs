@@ -7,7 +7,9 @@
 //! The cookie is read under `/ui` only; the API never looks at cookies.
 //!
 //! CSRF: the login form carries `HMAC(key, "csrf:" + nonce)` where the nonce lives in a
-//! `SameSite=Strict` cookie; a forged cross-site POST can know neither.
+//! `SameSite=Strict` cookie; a forged cross-site POST can know neither. Sign-out is a POST
+//! whose field is `HMAC(key, "logout:" + session cookie)`: another site can neither read the
+//! `HttpOnly` cookie nor make the browser send it, so it cannot sign a viewer out.
 
 use hmac::{Hmac, Mac};
 use http::{header, HeaderMap};
@@ -90,6 +92,28 @@ impl Keys {
     }
 }
 
+impl Keys {
+    /// The sign-out form's field for the session cookie `session` (as sent by the browser).
+    pub fn logout_token(&self, session: &str) -> [u8; 32] {
+        self.mac(&[b"logout", session.as_bytes()])
+            .finalize()
+            .into_bytes()
+            .into()
+    }
+
+    /// Whether `token` (hex, from the form) is the sign-out field of `session`, in constant time.
+    pub fn logout_ok(&self, session: &str, token: &str) -> bool {
+        let Ok(sig) = hex::decode(token) else {
+            return false;
+        };
+        !session.is_empty()
+            && self
+                .mac(&[b"logout", session.as_bytes()])
+                .verify_slice(&sig)
+                .is_ok()
+    }
+}
+
 /// A fresh random nonce (hex).
 pub fn nonce() -> String {
     hex::encode(rand::random::<[u8; 16]>())
@@ -142,6 +166,18 @@ mod tests {
         assert!(!keys.csrf_ok("abd", &t));
         assert!(!keys.csrf_ok("", &keys.csrf_token("")));
         assert!(!keys.csrf_ok("abc", "zz"));
+    }
+
+    #[test]
+    fn logout_tokens_bind_to_the_session_cookie() {
+        let keys = Keys::default();
+        let t = hex::encode(keys.logout_token("sess"));
+        assert!(keys.logout_ok("sess", &t));
+        assert!(!keys.logout_ok("sesS", &t));
+        assert!(!Keys::default().logout_ok("sess", &t), "another key");
+        // The login form's token for the same string is not a sign-out token.
+        assert!(!keys.logout_ok("sess", &keys.csrf_token("sess")));
+        assert!(!keys.logout_ok("", &hex::encode(keys.logout_token(""))));
     }
 
     #[test]
