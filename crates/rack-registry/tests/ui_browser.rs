@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -57,7 +58,8 @@ fn browser_or_skip() -> Option<Browser> {
             panic!("a browser is required (RACK_REQUIRE_BROWSER=1): {why}")
         }
         Err(why) => {
-            eprintln!("skipping the browser test: {why}");
+            // Straight to stderr: libtest would hide an `eprintln!` of a passing test.
+            let _ = writeln!(std::io::stderr(), "skipping the browser test: {why}");
             None
         }
     }
