@@ -622,7 +622,11 @@ fn signing_out_takes_a_post_with_the_session_csrf_field() {
     assert_eq!(page.status, 200);
     assert!(cookie_of(&page, "rack_ui").is_none(), "{:?}", page.set_cookies);
     assert_eq!(logout_field(&page.body), field);
-    assert_eq!(get(&server, "/ui/@company", Some(&cookie)).status, 200, "still signed in");
+    assert_eq!(
+        get(&server, "/ui/@company", Some(&cookie)).status,
+        200,
+        "still signed in"
+    );
     // Without a session, GET goes back to the catalogue.
     let page = get(&server, "/ui/logout", None);
     assert_eq!((page.status, page.location.as_deref()), (303, Some("/ui")));

@@ -88,10 +88,20 @@ fn run(browser: &Browser, server: &Server, mode: &str, env: &[(&str, &str)]) -> 
 }
 
 /// A one-version registry written straight into the storage directory.
-fn write_registry(storage: &Path, ns: &str, name: &str, manifest: &serde_json::Value, files: &[(&str, &str)]) {
+fn write_registry(
+    storage: &Path,
+    ns: &str,
+    name: &str,
+    manifest: &serde_json::Value,
+    files: &[(&str, &str)],
+) {
     let dir = storage.join(ns).join(name);
     std::fs::create_dir_all(dir.join("1.0.0")).unwrap();
-    std::fs::write(dir.join("versions.json"), json!({ "versions": ["1.0.0"] }).to_string()).unwrap();
+    std::fs::write(
+        dir.join("versions.json"),
+        json!({ "versions": ["1.0.0"] }).to_string(),
+    )
+    .unwrap();
     std::fs::write(dir.join("1.0.0/registry.json"), manifest.to_string()).unwrap();
     for (path, content) in files {
         std::fs::write(dir.join("1.0.0").join(path), content).unwrap();
