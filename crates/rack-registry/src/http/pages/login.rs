@@ -1,8 +1,8 @@
 //! `/ui/login` (a form, then its POST) and `/ui/logout` (a POST carrying the session's CSRF
-//! field; a GET only shows the button, so a cross-site link cannot sign anyone out). A token is accepted when the current
-//! policy lets it read at least one declared namespace, or it is the admin token
-//! ([`rack_core::auth::Ctx::opens_any`]); the browser then holds a signed session (see
-//! [`super::session`]), never the token.
+//! field; a GET only shows the button, so a cross-site link cannot sign anyone out). A token is
+//! accepted when the current policy lets it read at least one declared namespace, or it is the
+//! admin token ([`rack_core::auth::Ctx::opens_any`]); the browser then holds a signed session
+//! (see [`super::session`]), never the token.
 
 use axum::body::Body;
 use http::{HeaderMap, StatusCode};

@@ -90,9 +90,7 @@ impl Keys {
         };
         !nonce.is_empty() && self.mac(&[b"csrf", nonce.as_bytes()]).verify_slice(&sig).is_ok()
     }
-}
 
-impl Keys {
     /// The sign-out form's field for the session cookie `session` (as sent by the browser).
     pub fn logout_token(&self, session: &str) -> [u8; 32] {
         self.mac(&[b"logout", session.as_bytes()])
