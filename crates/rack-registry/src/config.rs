@@ -847,7 +847,9 @@ mod tests {
                 a.storage_timeout_seconds = Some(v.into());
             })
         };
-        let Backend::S3(b) = on_s3("2").unwrap().backend else { panic!() };
+        let Backend::S3(b) = on_s3("2").unwrap().backend else {
+            panic!()
+        };
         assert_eq!(b.timeout, Duration::from_secs(2));
         for bad in ["0", "soon", "-1"] {
             assert_eq!(on_s3(bad).unwrap_err().var, "STORAGE_TIMEOUT_SECONDS", "{bad}");

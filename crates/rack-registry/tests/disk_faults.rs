@@ -40,7 +40,10 @@ fn upload(server: &Server, version: &str) -> pkg::Reply {
     );
     pkg::Upload::new(pkg::package(
         &m,
-        &[("templates/a.txt", version.as_bytes()), ("templates/big.bin", &noise)],
+        &[
+            ("templates/a.txt", version.as_bytes()),
+            ("templates/big.bin", &noise),
+        ],
     ))
     .bearer(ADMIN_TOKEN)
     .send(&server.base)
@@ -129,7 +132,10 @@ fn a_read_only_storage_directory_refuses_uploads_and_keeps_serving() {
         return;
     };
     mount.remount("remount,bind,ro");
-    assert!(std::fs::write(root.join("probe"), b"").is_err(), "the mount is not read-only");
+    assert!(
+        std::fs::write(root.join("probe"), b"").is_err(),
+        "the mount is not read-only"
+    );
 
     let reply = upload(&server, "1.1.0");
     assert_clear_5xx(&reply, "INTERNAL_SERVER_ERROR");
@@ -191,7 +197,10 @@ fn a_full_disk_fails_uploads_cleanly_and_recovers() {
         assert_eq!(get(&server, ROLLUP_FILE).text, rollup, "reads go on");
         assert_eq!(versions(&server), json!({"versions": ["1.0.0"]}));
         assert_eq!(get(&server, &format!("{WIDGET}/1.1.0")).status, 404);
-        assert!(!root.join("@company/build/widget/1.1.0").exists(), "a partial version");
+        assert!(
+            !root.join("@company/build/widget/1.1.0").exists(),
+            "a partial version"
+        );
         std::fs::remove_file(filler).unwrap();
         pkg::assert_tmp_clean(&root);
     }
@@ -228,12 +237,18 @@ fn a_version_directory_with_mode_000_fails_alone() {
     let rollup = get(&server, ROLLUP_FILE).text;
 
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
-    for path in [format!("{WIDGET}/1.0.0"), format!("{WIDGET}/1.0.0/files/templates/a.txt")] {
+    for path in [
+        format!("{WIDGET}/1.0.0"),
+        format!("{WIDGET}/1.0.0/files/templates/a.txt"),
+    ] {
         let reply = get(&server, &path);
         assert_clear_5xx(&reply, "INTERNAL_SERVER_ERROR");
     }
     // Everything else is served: the other version, the registry, other registries.
-    assert_eq!(get(&server, &format!("{WIDGET}/1.1.0/files/templates/a.txt")).text, "1.1.0");
+    assert_eq!(
+        get(&server, &format!("{WIDGET}/1.1.0/files/templates/a.txt")).text,
+        "1.1.0"
+    );
     assert_eq!(get(&server, WIDGET).json()["version"], "1.1.0");
     assert_eq!(versions(&server), json!({"versions": ["1.1.0", "1.0.0"]}));
     assert_eq!(get(&server, ROLLUP_FILE).text, rollup);
@@ -253,9 +268,15 @@ fn a_version_directory_with_mode_000_fails_alone() {
     assert_eq!(other.status, 201, "{}", other.text);
 
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
-    assert_eq!(get(&server, &format!("{WIDGET}/1.0.0/files/templates/a.txt")).text, "1.0.0");
+    assert_eq!(
+        get(&server, &format!("{WIDGET}/1.0.0/files/templates/a.txt")).text,
+        "1.0.0"
+    );
     assert_eq!(upload(&server, "1.2.0").status, 201);
-    assert_eq!(versions(&server), json!({"versions": ["1.2.0", "1.1.0", "1.0.0"]}));
+    assert_eq!(
+        versions(&server),
+        json!({"versions": ["1.2.0", "1.1.0", "1.0.0"]})
+    );
     assert_no_panic(&server);
 }
 
@@ -275,10 +296,25 @@ fn the_storage_root_removed_while_running() {
     // Reads: the right bytes (immutable, possibly from memory) or a clear error, never a panic.
     for path in [ROLLUP_FILE, &format!("{WIDGET}/versions"), "/namespaces"] {
         let reply = get(&server, path);
-        eprintln!("root removed: GET {path} -> {} {}", reply.status, reply.json_code());
+        eprintln!(
+            "root removed: GET {path} -> {} {}",
+            reply.status,
+            reply.json_code()
+        );
         if reply.status != 200 {
-            assert!(reply.status == 404 || reply.status >= 500, "{path}: {}", reply.status);
-            reply.assert_code(reply.status, if reply.status == 404 { "NOT_FOUND" } else { "INTERNAL_SERVER_ERROR" });
+            assert!(
+                reply.status == 404 || reply.status >= 500,
+                "{path}: {}",
+                reply.status
+            );
+            reply.assert_code(
+                reply.status,
+                if reply.status == 404 {
+                    "NOT_FOUND"
+                } else {
+                    "INTERNAL_SERVER_ERROR"
+                },
+            );
         } else if path == ROLLUP_FILE {
             assert_eq!(reply.text, rollup);
         }

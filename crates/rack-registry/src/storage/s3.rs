@@ -78,6 +78,10 @@ pub fn retry(timeout: Duration) -> RetryConfig {
 /// Default bound of one storage call, retries included (`STORAGE_TIMEOUT_SECONDS`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The least time one HTTP exchange with the bucket may take, body included: what a large
+/// object streamed to a client has to arrive whole (other calls are cut at their timeout).
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub struct S3Storage {
     store: AmazonS3,
     bucket: String,
@@ -142,8 +146,9 @@ impl S3Storage {
     }
 
     /// A client whose every call (each attempt, and all retries together) ends within
-    /// `timeout` (`STORAGE_TIMEOUT_SECONDS`). An object streamed to a client must arrive within
-    /// it too: the HTTP client's timeout covers the response body.
+    /// `timeout` (`STORAGE_TIMEOUT_SECONDS`). The body of an object streamed to a client is
+    /// bounded by the HTTP client's own timeout instead, which covers the whole transfer: at
+    /// least [`STREAM_TIMEOUT`], so that a large object is not cut by a short `timeout`.
     pub fn with_timeout(opts: &S3Options, timeout: Duration) -> std::result::Result<S3Storage, String> {
         let mut b = match &opts.credentials {
             Some((id, secret)) => AmazonS3Builder::new()
@@ -159,7 +164,7 @@ impl S3Storage {
                 ClientOptions::new()
                     .with_allow_http(opts.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")))
                     .with_connect_timeout(timeout.min(Duration::from_secs(5)))
-                    .with_timeout(timeout),
+                    .with_timeout(timeout.max(STREAM_TIMEOUT)),
             );
         b = match &opts.endpoint {
             Some(e) => b.with_endpoint(e).with_virtual_hosted_style_request(false),
@@ -441,7 +446,10 @@ impl Storage for S3Storage {
         if key.ends_with('/') {
             return Ok(None);
         }
-        match self.bounded(key, async { Ok(self.store.head(&path).await) }).await? {
+        match self
+            .bounded(key, async { Ok(self.store.head(&path).await) })
+            .await?
+        {
             Ok(m) => Ok(Some(self.meta(key, &m))),
             Err(e) => self.absent(key, e),
         }

@@ -94,7 +94,9 @@ impl FaultProxy {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let client = reqwest::Client::new();
                 loop {
-                    let Ok((conn, _)) = listener.accept().await else { continue };
+                    let Ok((conn, _)) = listener.accept().await else {
+                        continue;
+                    };
                     let (client, upstream, state) = (client.clone(), upstream.clone(), state.clone());
                     tokio::spawn(async move {
                         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -148,8 +150,13 @@ fn fault_for(state: &Shared, method: &str, target: &str, conditional: bool) -> O
 }
 
 fn s3_error(status: u16) -> Response<Full<Bytes>> {
-    let code = if status == 503 { "SlowDown" } else { "InternalError" };
-    let body = format!("<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>injected</Message></Error>");
+    let code = if status == 503 {
+        "SlowDown"
+    } else {
+        "InternalError"
+    };
+    let body =
+        format!("<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>injected</Message></Error>");
     Response::builder()
         .status(status)
         .header("content-type", "application/xml")
