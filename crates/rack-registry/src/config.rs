@@ -116,6 +116,10 @@ pub struct ServeArgs {
     /// publisher that dies is cleaned up after it [default: 120]
     #[arg(long, env = "PUBLISH_LEASE_SECONDS")]
     pub publish_lease_seconds: Option<String>,
+    /// Bucket backends: the most one storage request may take in seconds, retries included;
+    /// past it the request fails (a hung store never hangs a client) [default: 30]
+    #[arg(long, env = "STORAGE_TIMEOUT_SECONDS")]
+    pub storage_timeout_seconds: Option<String>,
     /// Requests per client per window; 0 disables [default: 1200]
     #[arg(long, env = "RATE_LIMIT_MAX")]
     pub rate_limit_max: Option<String>,
@@ -213,6 +217,8 @@ pub struct BucketConfig {
     pub revalidate: Duration,
     /// `PUBLISH_LEASE_SECONDS`.
     pub lease: Duration,
+    /// `STORAGE_TIMEOUT_SECONDS`: bound of one storage call, retries included.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -405,6 +411,12 @@ fn bucket_settings(a: &ServeArgs) -> Result<BucketConfig, ConfigError> {
             "PUBLISH_LEASE_SECONDS",
             &a.publish_lease_seconds,
             120,
+            1,
+        )?),
+        timeout: Duration::from_secs(parse_u64(
+            "STORAGE_TIMEOUT_SECONDS",
+            &a.storage_timeout_seconds,
+            30,
             1,
         )?),
     })
@@ -805,6 +817,7 @@ mod tests {
         );
         assert_eq!(b.revalidate, Duration::from_secs(1));
         assert_eq!(b.lease, Duration::from_secs(120));
+        assert_eq!(b.timeout, Duration::from_secs(30));
         assert!(!b.single_writer);
         let c = with(|a| {
             a.storage_backend = Some("r2".into());
@@ -823,6 +836,24 @@ mod tests {
         );
         assert_eq!((b.region.as_str(), b.prefix.as_str()), ("auto", "team/a/"));
         assert!(b.single_writer);
+    }
+
+    #[test]
+    fn storage_timeout() {
+        let on_s3 = |v: &str| {
+            with(|a| {
+                a.storage_backend = Some("s3".into());
+                a.s3_bucket = Some("b".into());
+                a.storage_timeout_seconds = Some(v.into());
+            })
+        };
+        let Backend::S3(b) = on_s3("2").unwrap().backend else {
+            panic!()
+        };
+        assert_eq!(b.timeout, Duration::from_secs(2));
+        for bad in ["0", "soon", "-1"] {
+            assert_eq!(on_s3(bad).unwrap_err().var, "STORAGE_TIMEOUT_SECONDS", "{bad}");
+        }
     }
 
     #[test]

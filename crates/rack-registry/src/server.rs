@@ -56,7 +56,7 @@ pub async fn connect_bucket(bucket: &BucketConfig) -> Result<S3Storage, String> 
             .map(|(id, secret)| (id.clone(), secret.0.clone())),
         prefix: bucket.prefix.clone(),
     };
-    let s3 = S3Storage::new(&opts)?
+    let s3 = S3Storage::with_timeout(&opts, bucket.timeout)?
         .with_revalidate(bucket.revalidate)
         .with_lease(bucket.lease);
     let unreachable = |e: StorageError| {

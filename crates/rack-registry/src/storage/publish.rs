@@ -95,7 +95,7 @@ pub async fn publish_dir(s: &dyn Storage, staged: &Path, dest: &str, ttl: Durati
             s.put(&format!("{dest}/{rel}"), body, PutMode::Overwrite).await?;
         }
         let body = read(staged, "registry.json").await?;
-        s.put(&manifest, body, PutMode::Create).await?;
+        create_or_own(s, &manifest, body).await?;
         add_version(s, registry, version).await
     }
     .await;
@@ -109,6 +109,26 @@ pub async fn publish_dir(s: &dyn Storage, staged: &Path, dest: &str, ttl: Durati
     }
     let _ = s.delete_prefix(&lease_key).await;
     result
+}
+
+/// A create-only put of `body` that also succeeds when the object holds exactly `body` already:
+/// a store may apply a write and still answer 5xx; the client's retry is then refused as
+/// "exists" although the object is ours (it cannot be anyone else's: our bytes carry a random
+/// upload id, or only the lease holder writes there).
+async fn create_or_own(s: &dyn Storage, key: &str, body: Bytes) -> Result<()> {
+    match s.put(key, body.clone(), PutMode::Create).await {
+        Ok(_) => Ok(()),
+        Err(StorageError::AlreadyExists(k)) => match s.get(key).await? {
+            Some(current) if current.body == body => Ok(()),
+            _ => Err(StorageError::AlreadyExists(k)),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the object at `key` holds exactly `body` (our own write whose answer was lost).
+async fn holds(s: &dyn Storage, key: &str, body: &Bytes) -> Result<bool> {
+    Ok(s.get(key).await?.is_some_and(|current| current.body == *body))
 }
 
 async fn read(staged: &Path, rel: &str) -> Result<Bytes> {
@@ -126,8 +146,8 @@ async fn read(staged: &Path, rel: &str) -> Result<Bytes> {
 async fn acquire(s: &dyn Storage, key: &str, dest: &str, ttl: Duration) -> Result<()> {
     let busy = || StorageError::AlreadyExists(format!("{dest}/registry.json"));
     loop {
-        match s.put(key, lease_body(ttl), PutMode::Create).await {
-            Ok(_) => return Ok(()),
+        match create_or_own(s, key, lease_body(ttl)).await {
+            Ok(()) => return Ok(()),
             Err(StorageError::AlreadyExists(_)) => {}
             Err(e) => return Err(e),
         }
@@ -138,17 +158,21 @@ async fn acquire(s: &dyn Storage, key: &str, dest: &str, ttl: Duration) -> Resul
         if record.is_some_and(|r| r.expires_at > now_ms()) {
             return Err(busy());
         }
-        match s
-            .put(key, lease_body(ttl), PutMode::IfVersion(current.meta.version))
+        let mine = lease_body(ttl);
+        let taken = match s
+            .put(key, mine.clone(), PutMode::IfVersion(current.meta.version))
             .await
         {
-            Ok(_) => {
-                finish(s, dest).await?;
-                return Ok(());
-            }
-            Err(StorageError::PreconditionFailed(_)) => return Err(busy()),
+            Ok(_) => true,
+            // Refused: someone else took it over, or our own swap landed and its answer was lost.
+            Err(StorageError::PreconditionFailed(_)) => holds(s, key, &mine).await?,
             Err(e) => return Err(e),
+        };
+        if !taken {
+            return Err(busy());
         }
+        finish(s, dest).await?;
+        return Ok(());
     }
 }
 

@@ -5,7 +5,9 @@
 //! the object's version: create-only puts send `If-None-Match: *`, compare-and-swap puts
 //! `If-Match: <etag>`, so two replicas can never both win a create nor lose each other's swap.
 //! `object_store` retries 5xx, throttling and transport errors with jittered exponential
-//! backoff ([`retry`]).
+//! backoff ([`retry`]). Every storage call, retries included, is bounded by
+//! `STORAGE_TIMEOUT_SECONDS` ([`S3Storage::with_timeout`]): a store that hangs or keeps failing
+//! turns into an error within that time, never into a request that hangs.
 //!
 //! Errors never carry a response body: an S3 error document can echo the access key id and the
 //! request being signed, so only the status line and the S3 error code are kept ([`scrub`]).
@@ -60,8 +62,8 @@ pub enum Probe {
 }
 
 /// Retries with jittered exponential backoff (100 ms doubling, at most 4 s apart) on 5xx,
-/// 429/`SlowDown` and transport errors: at most 5 retries or 30 s per request.
-pub fn retry() -> RetryConfig {
+/// 429/`SlowDown` and transport errors: at most 5 retries, none started after `timeout`.
+pub fn retry(timeout: Duration) -> RetryConfig {
     RetryConfig {
         backoff: BackoffConfig {
             init_backoff: Duration::from_millis(100),
@@ -69,9 +71,16 @@ pub fn retry() -> RetryConfig {
             base: 2.0,
         },
         max_retries: 5,
-        retry_timeout: Duration::from_secs(30),
+        retry_timeout: timeout,
     }
 }
+
+/// Default bound of one storage call, retries included (`STORAGE_TIMEOUT_SECONDS`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The least time one HTTP exchange with the bucket may take, body included: what a large
+/// object streamed to a client has to arrive whole (other calls are cut at their timeout).
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct S3Storage {
     store: AmazonS3,
@@ -86,6 +95,8 @@ pub struct S3Storage {
     revalidate: Duration,
     /// Lifetime of a publish lease (`PUBLISH_LEASE_SECONDS`, [`super::publish`]).
     lease: Duration,
+    /// Bound of one storage call, retries included (`STORAGE_TIMEOUT_SECONDS`).
+    timeout: Duration,
     /// Namespace indexes read recently ([`super::index`]), by namespace: the same shared list
     /// while the index is unchanged (so its rendering is reused), trusted for `revalidate`.
     indexes: std::sync::Mutex<HashMap<String, IndexEntry>>,
@@ -129,8 +140,16 @@ pub fn scrub(text: &str) -> String {
 }
 
 impl S3Storage {
-    /// A client for the bucket (nothing is asked of the bucket yet).
+    /// A client for the bucket (nothing is asked of the bucket yet), with the default timeout.
     pub fn new(opts: &S3Options) -> std::result::Result<S3Storage, String> {
+        S3Storage::with_timeout(opts, DEFAULT_TIMEOUT)
+    }
+
+    /// A client whose every call (each attempt, and all retries together) ends within
+    /// `timeout` (`STORAGE_TIMEOUT_SECONDS`). The body of an object streamed to a client is
+    /// bounded by the HTTP client's own timeout instead, which covers the whole transfer: at
+    /// least [`STREAM_TIMEOUT`], so that a large object is not cut by a short `timeout`.
+    pub fn with_timeout(opts: &S3Options, timeout: Duration) -> std::result::Result<S3Storage, String> {
         let mut b = match &opts.credentials {
             Some((id, secret)) => AmazonS3Builder::new()
                 .with_access_key_id(id)
@@ -140,12 +159,12 @@ impl S3Storage {
         b = b
             .with_bucket_name(&opts.bucket)
             .with_region(&opts.region)
-            .with_retry(retry())
+            .with_retry(retry(timeout))
             .with_client_options(
                 ClientOptions::new()
                     .with_allow_http(opts.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")))
-                    .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(Duration::from_secs(60)),
+                    .with_connect_timeout(timeout.min(Duration::from_secs(5)))
+                    .with_timeout(timeout.max(STREAM_TIMEOUT)),
             );
         b = match &opts.endpoint {
             Some(e) => b.with_endpoint(e).with_virtual_hosted_style_request(false),
@@ -167,6 +186,7 @@ impl S3Storage {
             emulate: None,
             revalidate: Duration::from_secs(1),
             lease: super::publish::DEFAULT_LEASE,
+            timeout,
             indexes: Default::default(),
         })
     }
@@ -200,6 +220,21 @@ impl S3Storage {
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// `call` on `key`, failed once the storage timeout has passed: `object_store` stops
+    /// retrying after it, but an attempt started just before would run one timeout more.
+    async fn bounded<T>(&self, key: &str, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(StorageError::Backend(format!(
+                "s3://{}/{}{}: no answer within {} s (STORAGE_TIMEOUT_SECONDS)",
+                self.bucket,
+                self.prefix,
+                super::bounded(key, super::MAX_LOGGED_KEY),
+                self.timeout.as_secs_f64()
+            ))),
+        }
     }
 
     /// The bucket path of a validated key.
@@ -322,6 +357,26 @@ impl S3Storage {
         verdict
     }
 
+    /// A put, with conditional writes checked in-process under `STORAGE_SINGLE_WRITER`.
+    async fn put_checked(&self, key: &str, path: &Path, body: Bytes, mode: PutMode) -> Result<ObjectMeta> {
+        let Some(lock) = &self.emulate else {
+            return self.put_raw(key, path, body, &mode).await;
+        };
+        if mode == PutMode::Overwrite {
+            return self.put_raw(key, path, body, &mode).await;
+        }
+        let _guard = lock.lock().await;
+        let current = self.head(key).await?;
+        match (&mode, current) {
+            (PutMode::Create, Some(_)) => Err(StorageError::AlreadyExists(key.to_owned())),
+            (PutMode::IfVersion(v), Some(m)) if &m.version == v => {
+                self.put_raw(key, path, body, &PutMode::Overwrite).await
+            }
+            (PutMode::IfVersion(_), _) => Err(StorageError::PreconditionFailed(key.to_owned())),
+            _ => self.put_raw(key, path, body, &PutMode::Overwrite).await,
+        }
+    }
+
     async fn put_raw(&self, key: &str, path: &Path, body: Bytes, mode: &PutMode) -> Result<ObjectMeta> {
         let size = body.len() as u64;
         let os_mode = match mode {
@@ -362,18 +417,21 @@ impl S3Storage {
 #[async_trait]
 impl Storage for S3Storage {
     async fn get(&self, key: &str) -> Result<Option<Object>> {
-        let Some((meta, r)) = self.open(key).await? else {
-            return Ok(None);
-        };
-        let body = match r.bytes().await {
-            Ok(b) => b,
-            Err(e) => return self.absent(key, e),
-        };
-        Ok(Some(Object { meta, body }))
+        self.bounded(key, async {
+            let Some((meta, r)) = self.open(key).await? else {
+                return Ok(None);
+            };
+            let body = match r.bytes().await {
+                Ok(b) => b,
+                Err(e) => return self.absent(key, e),
+            };
+            Ok(Some(Object { meta, body }))
+        })
+        .await
     }
 
     async fn get_stream(&self, key: &str) -> Result<Option<ObjectStream>> {
-        let Some((meta, r)) = self.open(key).await? else {
+        let Some((meta, r)) = self.bounded(key, self.open(key)).await? else {
             return Ok(None);
         };
         let body = r
@@ -388,7 +446,10 @@ impl Storage for S3Storage {
         if key.ends_with('/') {
             return Ok(None);
         }
-        match self.store.head(&path).await {
+        match self
+            .bounded(key, async { Ok(self.store.head(&path).await) })
+            .await?
+        {
             Ok(m) => Ok(Some(self.meta(key, &m))),
             Err(e) => self.absent(key, e),
         }
@@ -421,11 +482,13 @@ impl Storage for S3Storage {
                 page_token: token.take(),
                 ..Default::default()
             };
-            let r = self
-                .store
-                .list_paginated((!full.is_empty()).then_some(full.as_str()), opts)
-                .await
-                .map_err(|e| self.error(prefix, None, e))?;
+            let call = async {
+                self.store
+                    .list_paginated((!full.is_empty()).then_some(full.as_str()), opts)
+                    .await
+                    .map_err(|e| self.error(prefix, None, e))
+            };
+            let r = self.bounded(prefix, call).await?;
             let after = |k: &str| start_after.is_none_or(|s| k > s);
             let mut page = ListPage::default();
             for o in &r.result.objects {
@@ -469,37 +532,25 @@ impl Storage for S3Storage {
             let ns = key.split_once('/').map_or(key, |(ns, _)| ns);
             self.indexes.lock().unwrap_or_else(|e| e.into_inner()).remove(ns);
         }
-        let Some(lock) = &self.emulate else {
-            return self.put_raw(key, &path, body, &mode).await;
-        };
-        if mode == PutMode::Overwrite {
-            return self.put_raw(key, &path, body, &mode).await;
-        }
-        let _guard = lock.lock().await;
-        let current = self.head(key).await?;
-        match (&mode, current) {
-            (PutMode::Create, Some(_)) => Err(StorageError::AlreadyExists(key.to_owned())),
-            (PutMode::IfVersion(v), Some(m)) if &m.version == v => {
-                self.put_raw(key, &path, body, &PutMode::Overwrite).await
-            }
-            (PutMode::IfVersion(_), _) => Err(StorageError::PreconditionFailed(key.to_owned())),
-            _ => self.put_raw(key, &path, body, &PutMode::Overwrite).await,
-        }
+        self.bounded(key, self.put_checked(key, &path, body, mode)).await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let path = self.path(prefix)?;
         if !prefix.ends_with('/') {
-            return match self.store.head(&path).await {
-                Ok(_) => {
-                    self.store
-                        .delete(&path)
-                        .await
-                        .map_err(|e| self.error(prefix, None, e))?;
-                    Ok(1)
+            let call = async {
+                match self.store.head(&path).await {
+                    Ok(_) => {
+                        self.store
+                            .delete(&path)
+                            .await
+                            .map_err(|e| self.error(prefix, None, e))?;
+                        Ok(1)
+                    }
+                    Err(e) => self.absent::<()>(prefix, e).map(|_| 0),
                 }
-                Err(e) => self.absent::<()>(prefix, e).map(|_| 0),
             };
+            return self.bounded(prefix, call).await;
         }
         let mut deleted = 0;
         loop {
@@ -513,20 +564,24 @@ impl Storage for S3Storage {
                 .iter()
                 .map(|o| Ok(self.path(&o.key).expect("listed keys are valid")))
                 .collect();
-            let mut results = self.store.delete_stream(futures::stream::iter(paths).boxed());
-            while let Some(r) = results.next().await {
-                match r {
-                    Ok(_) => deleted += 1,
-                    Err(e @ object_store::Error::NotFound { .. }) => drop(e),
-                    Err(e) => return Err(self.error(prefix, None, e)),
+            let call = async {
+                let mut n = 0;
+                let mut results = self.store.delete_stream(futures::stream::iter(paths).boxed());
+                while let Some(r) = results.next().await {
+                    match r {
+                        Ok(_) => n += 1,
+                        Err(e @ object_store::Error::NotFound { .. }) => drop(e),
+                        Err(e) => return Err(self.error(prefix, None, e)),
+                    }
                 }
-            }
+                Ok(n)
+            };
+            deleted += self.bounded(prefix, call).await?;
             if page.next.is_none() {
                 return Ok(deleted);
             }
         }
     }
-
     /// Registries of a namespace from its index (SPEC §3): one GET (none within the revalidation
     /// window) instead of a list call per directory; a missing index is walked and written.
     async fn find_marked_dirs(

@@ -211,7 +211,26 @@ impl Server {
     }
 
     pub fn try_start(cwd: &Path, env: &[(String, String)]) -> Result<Server, StartFailure> {
-        let mut child = command(cwd, env, &["serve"])
+        Server::try_start_tuned(cwd, env, |_| {})
+    }
+
+    /// [`Server::start`] with the command adjusted first (for example to run it as another
+    /// user: the disk-fault tests need a server that file modes apply to).
+    pub fn start_tuned(cwd: &Path, env: &[(String, String)], tune: impl FnOnce(&mut Command)) -> Server {
+        match Server::try_start_tuned(cwd, env, tune) {
+            Ok(s) => s,
+            Err(f) => panic!("server failed to start (code {:?}):\n{}", f.code, f.output),
+        }
+    }
+
+    pub fn try_start_tuned(
+        cwd: &Path,
+        env: &[(String, String)],
+        tune: impl FnOnce(&mut Command),
+    ) -> Result<Server, StartFailure> {
+        let mut cmd = command(cwd, env, &["serve"]);
+        tune(&mut cmd);
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
