@@ -96,10 +96,34 @@ enum Outcome {
 
 /// The registries uploaded to: namespace, name, `type`, explicit `path`, resulting location.
 const REGISTRIES: [(&str, &str, &str, Option<&str>, &str); 4] = [
-    ("@torture", "alpha", "registry:build", Some("alpha"), "@torture/alpha"),
-    ("@torture", "beta", "registry:runtime", None, "@torture/runtimes/beta"),
-    ("@torture", "gamma", "registry:feature", Some("kits/gamma"), "@torture/kits/gamma"),
-    ("@crash", "delta", "registry:quality", None, "@crash/quality/delta"),
+    (
+        "@torture",
+        "alpha",
+        "registry:build",
+        Some("alpha"),
+        "@torture/alpha",
+    ),
+    (
+        "@torture",
+        "beta",
+        "registry:runtime",
+        None,
+        "@torture/runtimes/beta",
+    ),
+    (
+        "@torture",
+        "gamma",
+        "registry:feature",
+        Some("kits/gamma"),
+        "@torture/kits/gamma",
+    ),
+    (
+        "@crash",
+        "delta",
+        "registry:quality",
+        None,
+        "@crash/quality/delta",
+    ),
 ];
 
 /// Chooses the attempts: deterministic in the seed and the attempt number.
@@ -165,7 +189,8 @@ fn build_attempt(idx: u64, seed: u64, r: usize, version: &str, rng: &mut StdRng)
                 .collect();
             (format!("templates/f{i}.ts"), b)
         };
-        declared.push(serde_json::json!({"path": file, "target": format!("src/{i}"), "type": "registry:lib"}));
+        declared
+            .push(serde_json::json!({"path": file, "target": format!("src/{i}"), "type": "registry:lib"}));
         files.push((file, bytes));
     }
     let mut manifest = serde_json::json!({
@@ -205,7 +230,9 @@ fn package(a: &Attempt) -> Vec<u8> {
     for (p, b) in &a.files {
         add(p, b);
     }
-    tar.into_inner().and_then(|gz| gz.finish()).expect("gzip in memory")
+    tar.into_inner()
+        .and_then(|gz| gz.finish())
+        .expect("gzip in memory")
 }
 
 /// Findings that break a promise.
@@ -266,7 +293,8 @@ impl Server {
     }
 
     fn listening(&self) -> bool {
-        std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_millis(200)).is_ok()
+        std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_millis(200))
+            .is_ok()
     }
 
     /// Start and wait until it accepts connections (startup repairs included).
@@ -317,18 +345,27 @@ fn chaos(server: &Server, seed: u64, max_uptime_ms: u64, stop: &AtomicBool) -> u
             let deadline = Instant::now() + Duration::from_secs(120);
             while !server.listening() && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!("server exited by itself ({status}); log: {}", server.log.display());
+                    panic!(
+                        "server exited by itself ({status}); log: {}",
+                        server.log.display()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            sleep_unless(Duration::from_millis(rng.random_range(50..max_uptime_ms.max(51))), stop);
+            sleep_unless(
+                Duration::from_millis(rng.random_range(50..max_uptime_ms.max(51))),
+                stop,
+            );
         }
         if stop.load(Ordering::Relaxed) {
             child = Some(c);
             break;
         }
         if let Ok(Some(status)) = c.try_wait() {
-            panic!("server exited by itself ({status}); log: {}", server.log.display());
+            panic!(
+                "server exited by itself ({status}); log: {}",
+                server.log.display()
+            );
         }
         let _ = c.kill(); // SIGKILL
         let _ = c.wait();
@@ -444,7 +481,8 @@ async fn receiver() -> (u16, Arc<Mutex<Vec<Received>>>) {
                 };
                 let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).expect("any key");
                 mac.update(&body);
-                let signed = header("x-webhook-signature") == format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+                let signed = header("x-webhook-signature")
+                    == format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
                 let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 store.lock().unwrap().push(Received {
                     delivery: header("x-webhook-delivery"),
@@ -456,7 +494,9 @@ async fn receiver() -> (u16, Arc<Mutex<Vec<Received>>>) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind receiver");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move { axum::serve(listener, app).await });
     (port, got)
@@ -492,12 +532,20 @@ fn split(path: &str) -> (&str, &str) {
 async fn holds(client: &reqwest::Client, base: &str, a: &Attempt) -> Result<(), String> {
     let (status, body) = get(client, &format!("{base}/registries/{}", a.path)).await;
     if status != 200 || body != a.manifest {
-        return Err(format!("manifest: {status}, {} bytes (sent {})", body.len(), a.manifest.len()));
+        return Err(format!(
+            "manifest: {status}, {} bytes (sent {})",
+            body.len(),
+            a.manifest.len()
+        ));
     }
     for (p, bytes) in &a.files {
         let (status, body) = get(client, &format!("{base}/registries/{}/files/{p}", a.path)).await;
         if status != 200 || body != *bytes {
-            return Err(format!("file {p}: {status}, {} bytes (sent {})", body.len(), bytes.len()));
+            return Err(format!(
+                "file {p}: {status}, {} bytes (sent {})",
+                body.len(),
+                bytes.len()
+            ));
         }
     }
     Ok(())
@@ -531,10 +579,16 @@ fn main() -> ExitCode {
             .with_file_name("rack-registry")
     });
     if !bin.is_file() {
-        eprintln!("torture: no server binary at {} (cargo build -p rack-registry, or --server)", bin.display());
+        eprintln!(
+            "torture: no server binary at {} (cargo build -p rack-registry, or --server)",
+            bin.display()
+        );
         return ExitCode::from(2);
     }
-    let work = tempfile::Builder::new().prefix("torture-").tempdir().expect("tempdir");
+    let work = tempfile::Builder::new()
+        .prefix("torture-")
+        .tempdir()
+        .expect("tempdir");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let code = runtime.block_on(run(&args, seed, duration, &bin, work.path()));
     if code != ExitCode::SUCCESS || args.keep {
@@ -561,8 +615,14 @@ async fn run(args: &Args, seed: u64, duration: Option<u64>, bin: &Path, work: &P
     let storage = work.join("storage");
     let mut env: Vec<(String, String)> = vec![
         ("STORAGE_ROOT".into(), storage.display().to_string()),
-        ("AUTH_CONFIG_PATH".into(), work.join("auth.json").display().to_string()),
-        ("WEBHOOK_CONFIG_PATH".into(), work.join("webhooks.json").display().to_string()),
+        (
+            "AUTH_CONFIG_PATH".into(),
+            work.join("auth.json").display().to_string(),
+        ),
+        (
+            "WEBHOOK_CONFIG_PATH".into(),
+            work.join("webhooks.json").display().to_string(),
+        ),
         ("ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
         ("RATE_LIMIT_MAX".into(), "0".into()),
         // Retries of deliveries cut by a kill come quickly (the check waits for them).
@@ -576,7 +636,11 @@ async fn run(args: &Args, seed: u64, duration: Option<u64>, bin: &Path, work: &P
         };
         let bucket = format!("torture-{}-{:08x}", std::process::id(), rand::random::<u32>());
         // moto takes unsigned requests: a path-style PUT creates the bucket.
-        match reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await {
+        match reqwest::Client::new()
+            .put(format!("{endpoint}/{bucket}"))
+            .send()
+            .await
+        {
             Ok(r) if r.status().is_success() => {}
             other => {
                 eprintln!("torture: cannot create bucket {bucket} at {endpoint}: {other:?}");
@@ -642,7 +706,9 @@ async fn run(args: &Args, seed: u64, duration: Option<u64>, bin: &Path, work: &P
         );
         workers.push(tokio::spawn(async move {
             loop {
-                if deadline.is_some_and(|d| Instant::now() >= d) || started.fetch_add(1, Ordering::SeqCst) >= limit {
+                if deadline.is_some_and(|d| Instant::now() >= d)
+                    || started.fetch_add(1, Ordering::SeqCst) >= limit
+                {
                     return;
                 }
                 let attempt = planner.lock().unwrap().next();
@@ -676,11 +742,12 @@ async fn run(args: &Args, seed: u64, duration: Option<u64>, bin: &Path, work: &P
         })
     };
     up_rx.await.expect("the final start");
-    let verdict = verify(args, &server, &client, &base, &results.lock().unwrap(), &received, &violations).await;
+    // Every uploader has ended: the results are final.
+    let results = std::mem::take(&mut *results.lock().unwrap());
+    let verdict = verify(args, &server, &client, &base, &results, &received, &violations).await;
     let _ = done_tx.send(());
     let _ = holder.join();
 
-    let results = results.lock().unwrap();
     let count = |o: Outcome| results.iter().filter(|(_, x)| *x == o).count();
     println!(
         "torture: backend={:?} seed={seed} kills={kills} uploads={} created={} conflicts={} unknown={} unexpected={} visible_without_201={} webhooks={} violations={}",
@@ -724,7 +791,9 @@ async fn verify(
     let mut last = String::new();
     for i in 0..tries {
         let s = server.clone();
-        let (clean, out) = tokio::task::spawn_blocking(move || s.storage_check()).await.expect("check");
+        let (clean, out) = tokio::task::spawn_blocking(move || s.storage_check())
+            .await
+            .expect("check");
         if clean {
             last.clear();
             break;
@@ -819,14 +888,21 @@ async fn verify(
     let mut bad_paths = std::collections::BTreeSet::new();
     for r in &got {
         if !r.signed {
-            v.add(format!("webhook delivery {} ({} {}): bad signature", r.delivery, r.event, r.path));
+            v.add(format!(
+                "webhook delivery {} ({} {}): bad signature",
+                r.delivery, r.event, r.path
+            ));
         }
         if !by_path.contains_key(r.path.as_str()) {
             bad_paths.insert(r.path.clone());
         }
     }
     for r in &got {
-        if !bad_paths.contains(&r.path) && by_path[r.path.as_str()].iter().all(|(_, o)| *o != Outcome::Created) {
+        if !bad_paths.contains(&r.path)
+            && by_path[r.path.as_str()]
+                .iter()
+                .all(|(_, o)| *o != Outcome::Created)
+        {
             let (status, _) = get(client, &format!("{base}/registries/{}", r.path)).await;
             if status != 200 {
                 bad_paths.insert(r.path.clone());
