@@ -230,7 +230,7 @@ fds_after="$( [ "$alive" = 1 ] && ls "/proc/$PID/fd" | wc -l || echo -1)"
 # The verdict.
 echo "== wrk"; grep -E 'Requests/sec|requests in|Socket errors|Non-2xx' "$W/wrk.out" || true
 echo "== status codes (wrk reads and bad requests)"; grep '^status' "$W/wrk.out" | sort -k2n
-echo "== uploads"; cat "$W"/uploads.* | sort | uniq -c
+echo "== uploads"; { cat "$W"/uploads.* 2>/dev/null || true; } | sort | uniq -c
 echo "== idle/slow connections"; cat "$W/conns.json"
 echo "== samples (t, RSS KiB, fds)"; cat "$W/samples.tsv"
 python3 - "$W" "$WARMUP" "$fds_before" "$fds_after" "$alive" <<'PY'
