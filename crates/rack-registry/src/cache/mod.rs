@@ -15,7 +15,7 @@
 pub mod large;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -58,6 +58,12 @@ pub struct Cached {
     /// When storage last confirmed this entry ([`mono_ms`]), for backends that let the cache
     /// trust an entry for a while ([`Storage::revalidate_after`]: buckets).
     checked_at: AtomicU64,
+    /// Bytes of body and computed variants charged to the hot cache ([`Weigher`]). Changed only
+    /// under the cache's lock ([`Cached::charge_variants`]), as its accounting requires.
+    charged: AtomicU64,
+    /// The cache holding this entry and its key there, so that a variant computed later is
+    /// charged to the cache's budget.
+    home: OnceLock<(Weak<Inner>, Arc<str>)>,
 }
 
 /// Milliseconds on a monotonic clock (since its first use in this process).
@@ -87,7 +93,40 @@ impl Cached {
             versions: OnceLock::new(),
             confirmed: AtomicU64::new(UNWATCHED),
             checked_at: AtomicU64::new(0),
+            charged: AtomicU64::new(0),
+            home: OnceLock::new(),
         }
+    }
+
+    /// Body and computed variants, in bytes.
+    fn held_bytes(&self) -> u64 {
+        let variants: usize = self.variants.iter().filter_map(|v| v.get()).map(Bytes::len).sum();
+        (self.body.len() + variants) as u64
+    }
+
+    /// Charge a newly computed variant to the cache holding this entry (if it still does). A
+    /// weight taken only at insertion would have to guess the variants in advance: an
+    /// allowance for them, paid by every entry, held a third fewer objects in the cache.
+    fn charge_variants(&self) {
+        let Some((cache, key)) = self.home.get() else {
+            return;
+        };
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        let me: *const Cached = self;
+        let held_here = |v: &Arc<Cached>| std::ptr::eq(Arc::as_ptr(v), me);
+        // `peek` first: `entry` on an absent key would leave a placeholder to clean up.
+        if !cache.peek(&**key).is_some_and(|v| held_here(&v)) {
+            return;
+        }
+        // The cache weighs the entry before and after this call, under its shard lock.
+        let _ = cache.entry(key, Some(std::time::Duration::ZERO), |_, v| {
+            if held_here(v) {
+                v.charged.store(v.held_bytes(), Ordering::Relaxed);
+            }
+            quick_cache::sync::EntryAction::Retain(())
+        });
     }
 
     /// The body parsed as `versions.json` (parsed once per cached object; `None` if corrupt).
@@ -110,9 +149,17 @@ impl Cached {
 
     /// The body in `enc`, compressed on first use and kept.
     pub fn encoded(&self, enc: Encoding) -> Bytes {
-        self.variants[enc.index()]
-            .get_or_init(|| Bytes::from(compress(enc, &self.body)))
-            .clone()
+        let mut made = false;
+        let out = self.variants[enc.index()]
+            .get_or_init(|| {
+                made = true;
+                Bytes::from(compress(enc, &self.body))
+            })
+            .clone();
+        if made {
+            self.charge_variants();
+        }
+        out
     }
 
     /// The body in `enc` if it was already compressed.
@@ -141,16 +188,21 @@ impl Cached {
 #[derive(Clone)]
 struct Weigher;
 
-impl quick_cache::Weighter<String, Arc<Cached>> for Weigher {
-    fn weight(&self, key: &String, val: &Arc<Cached>) -> u64 {
-        // Body plus an allowance for key, ETag and the variants that may be computed (half the
-        // body: text compresses to a third or less, and few clients ask for two encodings).
-        (key.len() + val.body.len() * 3 / 2 + 128) as u64
+/// What an entry holds besides its key, body and variants: the [`Cached`] itself and its
+/// small allocations (version, ETag, header values), and the cache's own slot.
+const ENTRY_OVERHEAD: u64 = std::mem::size_of::<Cached>() as u64 + 256;
+
+impl quick_cache::Weighter<Arc<str>, Arc<Cached>> for Weigher {
+    fn weight(&self, key: &Arc<str>, val: &Arc<Cached>) -> u64 {
+        // What is held now: variants are charged when computed ([`Cached::charge_variants`]).
+        key.len() as u64 + val.charged.load(Ordering::Relaxed) + ENTRY_OVERHEAD
     }
 }
 
+type Inner = quick_cache::sync::Cache<Arc<str>, Arc<Cached>, Weigher>;
+
 pub struct HotCache {
-    inner: quick_cache::sync::Cache<String, Arc<Cached>, Weigher>,
+    inner: Arc<Inner>,
     /// Tags of objects read before, by version: an object evicted and read again (a working
     /// set larger than the cache) is not hashed again.
     tags: TagMemo,
@@ -195,7 +247,11 @@ impl HotCache {
     pub fn new(max_bytes: u64) -> HotCache {
         let items = (max_bytes / 4096).max(16) as usize;
         HotCache {
-            inner: quick_cache::sync::Cache::with_weighter(items, max_bytes.max(1), Weigher),
+            inner: Arc::new(quick_cache::sync::Cache::with_weighter(
+                items,
+                max_bytes.max(1),
+                Weigher,
+            )),
             tags: TagMemo::new(tag_entries(max_bytes)),
         }
     }
@@ -288,7 +344,10 @@ impl HotCache {
             cached.checked_at.store(now.max(1), Ordering::Release);
         }
         if cached.body.len() <= MAX_CACHED_OBJECT {
-            self.inner.insert(key.to_owned(), cached.clone());
+            let key: Arc<str> = Arc::from(key);
+            cached.charged.store(cached.held_bytes(), Ordering::Relaxed);
+            let _ = cached.home.set((Arc::downgrade(&self.inner), key.clone()));
+            self.inner.insert(key, cached.clone());
         }
         Ok(Some(Found::Small(cached)))
     }
@@ -300,6 +359,11 @@ impl HotCache {
 
     pub fn len(&self) -> usize {
         self.inner.len()
+    }
+
+    /// Bytes charged to the cache's budget (for tests and diagnostics).
+    pub fn weight(&self) -> u64 {
+        self.inner.weight()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -444,6 +508,49 @@ mod tests {
         let heads = s.heads.load(Ordering::SeqCst);
         assert_eq!(&cache.get(&s, "a/b").await.unwrap().unwrap().body[..], b"three");
         assert!(s.heads.load(Ordering::SeqCst) > heads);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn entries_are_charged_what_they_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::open(dir.path()).unwrap();
+        let budget = 1 << 20;
+        let cache = HotCache::new(budget);
+        let body: Vec<u8> = (0..6144).map(|i| b"abcdefgh {}();\n"[i * 7 % 15]).collect();
+        for i in 0..300 {
+            let key = format!("@a/r/1.0.0/templates/f-{i:03}.ts");
+            s.put(&key, Bytes::from(body.clone()), PutMode::Create)
+                .await
+                .unwrap();
+            cache.get(&s, &key).await.unwrap().unwrap();
+        }
+        // Bodies fill most of the budget: no allowance is paid for variants never computed
+        // (with half the body as an allowance, at most two thirds of it held bodies).
+        assert!(cache.weight() <= budget);
+        let bodies = cache.len() as u64 * body.len() as u64;
+        assert!(
+            bodies * 10 >= budget * 8,
+            "{} entries hold {bodies} bytes of bodies in a budget of {budget}",
+            cache.len()
+        );
+
+        // A variant is charged when it is computed, if its entry is still held.
+        let key = "@a/r/1.0.0/templates/f-299.ts";
+        let entry = cache.get(&s, key).await.unwrap().unwrap();
+        let before = cache.weight();
+        let gzip = entry.encoded(Encoding::Gzip);
+        assert!(!gzip.is_empty());
+        assert_eq!(cache.weight(), before + gzip.len() as u64);
+        entry.encoded(Encoding::Gzip);
+        assert_eq!(cache.weight(), before + gzip.len() as u64, "charged once");
+        // The accounting stays exact through removal.
+        cache.invalidate(key);
+        let without = cache.weight();
+        assert!(without < before);
+        // An entry no longer held is not charged (nor put back).
+        entry.encoded(Encoding::Br);
+        assert_eq!(cache.weight(), without);
+        assert!(cache.inner.peek(key).is_none());
     }
 
     #[tokio::test(flavor = "multi_thread")]
