@@ -14,7 +14,7 @@
 
 pub mod large;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use bytes::Bytes;
@@ -29,6 +29,10 @@ use rack_core::etag::{etag_of, with_suffix};
 
 /// Objects larger than this are never cached whole (they are streamed from storage).
 pub const MAX_CACHED_OBJECT: usize = 256 * 1024;
+
+/// Once the cache is full, an object enters it only at its this-many-th miss since it last did
+/// (see [`HotCache::admit`]).
+pub const ADMIT_AFTER_MISSES: u32 = 4;
 
 /// Variants of bodies up to this size are compressed on the connection's thread (well under a
 /// millisecond at the levels used); larger ones on the blocking pool.
@@ -213,7 +217,14 @@ pub struct HotCache {
 /// identity, size and modification time to the nanosecond; in a bucket: the ETag), which is
 /// what the hot cache already trusts to reuse a whole entry.
 pub struct TagMemo {
-    inner: quick_cache::sync::Cache<String, (String, String)>,
+    inner: quick_cache::sync::Cache<String, Arc<Remembered>>,
+}
+
+struct Remembered {
+    version: String,
+    tag: String,
+    /// Misses of the hot cache on this object since it last entered it ([`HotCache::admit`]).
+    misses: AtomicU32,
 }
 
 impl TagMemo {
@@ -225,14 +236,25 @@ impl TagMemo {
 
     /// The tag of `key` at `version`, if remembered.
     pub fn get(&self, key: &str, version: &str) -> Option<String> {
-        self.inner
-            .get(key)
-            .and_then(|(v, tag)| (v == version).then_some(tag))
+        self.remembered(key, version).map(|r| r.tag.clone())
+    }
+
+    fn remembered(&self, key: &str, version: &str) -> Option<Arc<Remembered>> {
+        self.inner.get(key).filter(|r| r.version == version)
     }
 
     pub fn insert(&self, key: &str, version: &str, tag: &str) {
-        self.inner
-            .insert(key.to_owned(), (version.to_owned(), tag.to_owned()));
+        self.remember(key, version, tag);
+    }
+
+    fn remember(&self, key: &str, version: &str, tag: &str) -> Arc<Remembered> {
+        let r = Arc::new(Remembered {
+            version: version.to_owned(),
+            tag: tag.to_owned(),
+            misses: AtomicU32::new(0),
+        });
+        self.inner.insert(key.to_owned(), r.clone());
+        r
     }
 }
 
@@ -301,6 +323,7 @@ impl HotCache {
         let confirmed = if watched { generation } else { UNWATCHED };
         // A cached entry is confirmed by its version (a `stat` on disk); a miss reads at once
         // (one storage operation, not a `stat` and then a read).
+        let replacing = hit.is_some();
         if let Some(hit) = hit {
             let Some(meta) = storage.head(key).await? else {
                 self.inner.remove(key);
@@ -330,26 +353,44 @@ impl HotCache {
             }
             Some(Fetched::Whole(obj)) => obj,
         };
-        let etag = match self.tags.get(key, &obj.meta.version) {
-            Some(tag) => tag,
-            None => {
-                let tag = etag_of(&obj.body);
-                self.tags.insert(key, &obj.meta.version, &tag);
-                tag
-            }
+        let remembered = match self.tags.remembered(key, &obj.meta.version) {
+            Some(r) => r,
+            None => self.tags.remember(key, &obj.meta.version, &etag_of(&obj.body)),
         };
+        let misses = remembered.misses.fetch_add(1, Ordering::Relaxed) + 1;
+        let etag = remembered.tag.clone();
         let cached = Arc::new(Cached::with_etag(obj.body, obj.meta.version, etag));
         cached.confirmed.store(confirmed, Ordering::Release);
         if let Some(now) = now {
             cached.checked_at.store(now.max(1), Ordering::Release);
         }
-        if cached.body.len() <= MAX_CACHED_OBJECT {
+        if cached.body.len() <= MAX_CACHED_OBJECT && self.admit(replacing, misses, &cached) {
+            remembered.misses.store(0, Ordering::Relaxed);
             let key: Arc<str> = Arc::from(key);
             cached.charged.store(cached.held_bytes(), Ordering::Relaxed);
             let _ = cached.home.set((Arc::downgrade(&self.inner), key.clone()));
             self.inner.insert(key, cached.clone());
         }
         Ok(Some(Found::Small(cached)))
+    }
+
+    /// Whether a missed object enters the cache: always while there is room, or when it
+    /// replaces an older version of itself; once the cache is full, only at its
+    /// [`ADMIT_AFTER_MISSES`]-th miss since it last entered. Admitting every miss into a full
+    /// cache evicts an entry as likely to be asked for as the newcomer when reads spread over
+    /// more objects than fit (and one-off reads push out the hot set): the hit rate stays the
+    /// same and every miss pays for an eviction, with memory gone cold. Objects asked for often
+    /// still get in after a few misses. (TinyLFU in the spirit, with the remembered tags as
+    /// the frequency record; `quick_cache` has no admission hook.)
+    fn admit(&self, replacing: bool, misses: u32, cached: &Cached) -> bool {
+        if replacing || misses >= ADMIT_AFTER_MISSES {
+            return true;
+        }
+        // "Full" leaves a sixteenth of slack: the cache evicts per shard, and its shards do not
+        // fill evenly.
+        let weight = cached.body.len() as u64 + ENTRY_OVERHEAD;
+        let capacity = self.inner.capacity();
+        self.inner.weight() + weight <= capacity - capacity / 16
     }
 
     /// Drop an entry (after a write this process made).
@@ -529,13 +570,17 @@ mod tests {
         assert!(cache.weight() <= budget);
         let bodies = cache.len() as u64 * body.len() as u64;
         assert!(
-            bodies * 10 >= budget * 8,
+            bodies * 4 >= budget * 3,
             "{} entries hold {bodies} bytes of bodies in a budget of {budget}",
             cache.len()
         );
 
         // A variant is charged when it is computed, if its entry is still held.
-        let key = "@a/r/1.0.0/templates/f-299.ts";
+        let key = (0..300)
+            .map(|i| format!("@a/r/1.0.0/templates/f-{i:03}.ts"))
+            .find(|k| cache.inner.peek(k.as_str()).is_some())
+            .unwrap();
+        let key = key.as_str();
         let entry = cache.get(&s, key).await.unwrap().unwrap();
         let before = cache.weight();
         let gzip = entry.encoded(Encoding::Gzip);
@@ -551,6 +596,49 @@ mod tests {
         entry.encoded(Encoding::Br);
         assert_eq!(cache.weight(), without);
         assert!(cache.inner.peek(key).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_full_cache_admits_what_is_asked_for_again_and_keeps_its_hot_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::open(dir.path()).unwrap();
+        let cache = HotCache::new(1 << 20);
+        let body = Bytes::from(vec![b'x'; 6144]);
+        let key = |i: usize| format!("@a/r/1.0.0/templates/f-{i:04}.ts");
+        for i in 0..1300 {
+            s.put(&key(i), body.clone(), PutMode::Create).await.unwrap();
+        }
+        // Filled while there is room.
+        for i in 0..300 {
+            cache.get(&s, &key(i)).await.unwrap().unwrap();
+        }
+        let hot: Vec<String> = (0..300)
+            .map(key)
+            .filter(|k| cache.inner.peek(k.as_str()).is_some())
+            .collect();
+        assert!(hot.len() > 100, "{} cached", hot.len());
+        // A thousand one-off reads are served and leave the hot set in place.
+        for i in 300..1300 {
+            let got = cache.get(&s, &key(i)).await.unwrap().unwrap();
+            assert_eq!(got.body, body);
+        }
+        for k in &hot {
+            assert!(cache.inner.peek(k.as_str()).is_some(), "{k} was pushed out");
+        }
+        // An object asked for again gets in at its ADMIT_AFTER_MISSES-th miss.
+        let again = key(1000);
+        for _ in 2..ADMIT_AFTER_MISSES {
+            cache.get(&s, &again).await.unwrap().unwrap();
+            assert!(cache.inner.peek(again.as_str()).is_none());
+        }
+        cache.get(&s, &again).await.unwrap().unwrap();
+        assert!(cache.inner.peek(again.as_str()).is_some());
+        // A changed object replaces its entry at once (no stale entry is left behind).
+        std::fs::write(dir.path().join(&hot[0]), b"changed").unwrap();
+        let changed = cache.get(&s, &hot[0]).await.unwrap().unwrap();
+        assert_eq!(&changed.body[..], b"changed");
+        let held = cache.inner.peek(hot[0].as_str()).unwrap();
+        assert!(Arc::ptr_eq(&held, &changed));
     }
 
     #[tokio::test(flavor = "multi_thread")]
