@@ -14,8 +14,8 @@
 
 pub mod large;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -29,6 +29,10 @@ use rack_core::etag::{etag_of, with_suffix};
 
 /// Objects larger than this are never cached whole (they are streamed from storage).
 pub const MAX_CACHED_OBJECT: usize = 256 * 1024;
+
+/// Once the cache is full, an object enters it only at its this-many-th miss since it last did
+/// (see [`HotCache::admit`]).
+pub const ADMIT_AFTER_MISSES: u32 = 4;
 
 /// Variants of bodies up to this size are compressed on the connection's thread (well under a
 /// millisecond at the levels used); larger ones on the blocking pool.
@@ -58,6 +62,12 @@ pub struct Cached {
     /// When storage last confirmed this entry ([`mono_ms`]), for backends that let the cache
     /// trust an entry for a while ([`Storage::revalidate_after`]: buckets).
     checked_at: AtomicU64,
+    /// Bytes of body and computed variants charged to the hot cache ([`Weigher`]). Changed only
+    /// under the cache's lock ([`Cached::charge_variants`]), as its accounting requires.
+    charged: AtomicU64,
+    /// The cache holding this entry and its key there, so that a variant computed later is
+    /// charged to the cache's budget.
+    home: OnceLock<(Weak<Inner>, Arc<str>)>,
 }
 
 /// Milliseconds on a monotonic clock (since its first use in this process).
@@ -87,7 +97,40 @@ impl Cached {
             versions: OnceLock::new(),
             confirmed: AtomicU64::new(UNWATCHED),
             checked_at: AtomicU64::new(0),
+            charged: AtomicU64::new(0),
+            home: OnceLock::new(),
         }
+    }
+
+    /// Body and computed variants, in bytes.
+    fn held_bytes(&self) -> u64 {
+        let variants: usize = self.variants.iter().filter_map(|v| v.get()).map(Bytes::len).sum();
+        (self.body.len() + variants) as u64
+    }
+
+    /// Charge a newly computed variant to the cache holding this entry (if it still does). A
+    /// weight taken only at insertion would have to guess the variants in advance: an
+    /// allowance for them, paid by every entry, held a third fewer objects in the cache.
+    fn charge_variants(&self) {
+        let Some((cache, key)) = self.home.get() else {
+            return;
+        };
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        let me: *const Cached = self;
+        let held_here = |v: &Arc<Cached>| std::ptr::eq(Arc::as_ptr(v), me);
+        // `peek` first: `entry` on an absent key would leave a placeholder to clean up.
+        if !cache.peek(&**key).is_some_and(|v| held_here(&v)) {
+            return;
+        }
+        // The cache weighs the entry before and after this call, under its shard lock.
+        let _ = cache.entry(key, Some(std::time::Duration::ZERO), |_, v| {
+            if held_here(v) {
+                v.charged.store(v.held_bytes(), Ordering::Relaxed);
+            }
+            quick_cache::sync::EntryAction::Retain(())
+        });
     }
 
     /// The body parsed as `versions.json` (parsed once per cached object; `None` if corrupt).
@@ -110,9 +153,17 @@ impl Cached {
 
     /// The body in `enc`, compressed on first use and kept.
     pub fn encoded(&self, enc: Encoding) -> Bytes {
-        self.variants[enc.index()]
-            .get_or_init(|| Bytes::from(compress(enc, &self.body)))
-            .clone()
+        let mut made = false;
+        let out = self.variants[enc.index()]
+            .get_or_init(|| {
+                made = true;
+                Bytes::from(compress(enc, &self.body))
+            })
+            .clone();
+        if made {
+            self.charge_variants();
+        }
+        out
     }
 
     /// The body in `enc` if it was already compressed.
@@ -141,16 +192,21 @@ impl Cached {
 #[derive(Clone)]
 struct Weigher;
 
-impl quick_cache::Weighter<String, Arc<Cached>> for Weigher {
-    fn weight(&self, key: &String, val: &Arc<Cached>) -> u64 {
-        // Body plus an allowance for key, ETag and the variants that may be computed (half the
-        // body: text compresses to a third or less, and few clients ask for two encodings).
-        (key.len() + val.body.len() * 3 / 2 + 128) as u64
+/// What an entry holds besides its key, body and variants: the [`Cached`] itself and its
+/// small allocations (version, ETag, header values), and the cache's own slot.
+const ENTRY_OVERHEAD: u64 = std::mem::size_of::<Cached>() as u64 + 256;
+
+impl quick_cache::Weighter<Arc<str>, Arc<Cached>> for Weigher {
+    fn weight(&self, key: &Arc<str>, val: &Arc<Cached>) -> u64 {
+        // What is held now: variants are charged when computed ([`Cached::charge_variants`]).
+        key.len() as u64 + val.charged.load(Ordering::Relaxed) + ENTRY_OVERHEAD
     }
 }
 
+type Inner = quick_cache::sync::Cache<Arc<str>, Arc<Cached>, Weigher>;
+
 pub struct HotCache {
-    inner: quick_cache::sync::Cache<String, Arc<Cached>, Weigher>,
+    inner: Arc<Inner>,
     /// Tags of objects read before, by version: an object evicted and read again (a working
     /// set larger than the cache) is not hashed again.
     tags: TagMemo,
@@ -161,7 +217,14 @@ pub struct HotCache {
 /// identity, size and modification time to the nanosecond; in a bucket: the ETag), which is
 /// what the hot cache already trusts to reuse a whole entry.
 pub struct TagMemo {
-    inner: quick_cache::sync::Cache<String, (String, String)>,
+    inner: quick_cache::sync::Cache<String, Arc<Remembered>>,
+}
+
+struct Remembered {
+    version: String,
+    tag: String,
+    /// Misses of the hot cache on this object since it last entered it ([`HotCache::admit`]).
+    misses: AtomicU32,
 }
 
 impl TagMemo {
@@ -173,14 +236,25 @@ impl TagMemo {
 
     /// The tag of `key` at `version`, if remembered.
     pub fn get(&self, key: &str, version: &str) -> Option<String> {
-        self.inner
-            .get(key)
-            .and_then(|(v, tag)| (v == version).then_some(tag))
+        self.remembered(key, version).map(|r| r.tag.clone())
+    }
+
+    fn remembered(&self, key: &str, version: &str) -> Option<Arc<Remembered>> {
+        self.inner.get(key).filter(|r| r.version == version)
     }
 
     pub fn insert(&self, key: &str, version: &str, tag: &str) {
-        self.inner
-            .insert(key.to_owned(), (version.to_owned(), tag.to_owned()));
+        self.remember(key, version, tag);
+    }
+
+    fn remember(&self, key: &str, version: &str, tag: &str) -> Arc<Remembered> {
+        let r = Arc::new(Remembered {
+            version: version.to_owned(),
+            tag: tag.to_owned(),
+            misses: AtomicU32::new(0),
+        });
+        self.inner.insert(key.to_owned(), r.clone());
+        r
     }
 }
 
@@ -195,7 +269,11 @@ impl HotCache {
     pub fn new(max_bytes: u64) -> HotCache {
         let items = (max_bytes / 4096).max(16) as usize;
         HotCache {
-            inner: quick_cache::sync::Cache::with_weighter(items, max_bytes.max(1), Weigher),
+            inner: Arc::new(quick_cache::sync::Cache::with_weighter(
+                items,
+                max_bytes.max(1),
+                Weigher,
+            )),
             tags: TagMemo::new(tag_entries(max_bytes)),
         }
     }
@@ -245,6 +323,7 @@ impl HotCache {
         let confirmed = if watched { generation } else { UNWATCHED };
         // A cached entry is confirmed by its version (a `stat` on disk); a miss reads at once
         // (one storage operation, not a `stat` and then a read).
+        let replacing = hit.is_some();
         if let Some(hit) = hit {
             let Some(meta) = storage.head(key).await? else {
                 self.inner.remove(key);
@@ -274,23 +353,44 @@ impl HotCache {
             }
             Some(Fetched::Whole(obj)) => obj,
         };
-        let etag = match self.tags.get(key, &obj.meta.version) {
-            Some(tag) => tag,
-            None => {
-                let tag = etag_of(&obj.body);
-                self.tags.insert(key, &obj.meta.version, &tag);
-                tag
-            }
+        let remembered = match self.tags.remembered(key, &obj.meta.version) {
+            Some(r) => r,
+            None => self.tags.remember(key, &obj.meta.version, &etag_of(&obj.body)),
         };
+        let misses = remembered.misses.fetch_add(1, Ordering::Relaxed) + 1;
+        let etag = remembered.tag.clone();
         let cached = Arc::new(Cached::with_etag(obj.body, obj.meta.version, etag));
         cached.confirmed.store(confirmed, Ordering::Release);
         if let Some(now) = now {
             cached.checked_at.store(now.max(1), Ordering::Release);
         }
-        if cached.body.len() <= MAX_CACHED_OBJECT {
-            self.inner.insert(key.to_owned(), cached.clone());
+        if cached.body.len() <= MAX_CACHED_OBJECT && self.admit(replacing, misses, &cached) {
+            remembered.misses.store(0, Ordering::Relaxed);
+            let key: Arc<str> = Arc::from(key);
+            cached.charged.store(cached.held_bytes(), Ordering::Relaxed);
+            let _ = cached.home.set((Arc::downgrade(&self.inner), key.clone()));
+            self.inner.insert(key, cached.clone());
         }
         Ok(Some(Found::Small(cached)))
+    }
+
+    /// Whether a missed object enters the cache: always while there is room, or when it
+    /// replaces an older version of itself; once the cache is full, only at its
+    /// [`ADMIT_AFTER_MISSES`]-th miss since it last entered. Admitting every miss into a full
+    /// cache evicts an entry as likely to be asked for as the newcomer when reads spread over
+    /// more objects than fit (and one-off reads push out the hot set): the hit rate stays the
+    /// same and every miss pays for an eviction, with memory gone cold. Objects asked for often
+    /// still get in after a few misses. (TinyLFU in the spirit, with the remembered tags as
+    /// the frequency record; `quick_cache` has no admission hook.)
+    fn admit(&self, replacing: bool, misses: u32, cached: &Cached) -> bool {
+        if replacing || misses >= ADMIT_AFTER_MISSES {
+            return true;
+        }
+        // "Full" leaves a sixteenth of slack: the cache evicts per shard, and its shards do not
+        // fill evenly.
+        let weight = cached.body.len() as u64 + ENTRY_OVERHEAD;
+        let capacity = self.inner.capacity();
+        self.inner.weight() + weight <= capacity - capacity / 16
     }
 
     /// Drop an entry (after a write this process made).
@@ -300,6 +400,11 @@ impl HotCache {
 
     pub fn len(&self) -> usize {
         self.inner.len()
+    }
+
+    /// Bytes charged to the cache's budget (for tests and diagnostics).
+    pub fn weight(&self) -> u64 {
+        self.inner.weight()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -444,6 +549,96 @@ mod tests {
         let heads = s.heads.load(Ordering::SeqCst);
         assert_eq!(&cache.get(&s, "a/b").await.unwrap().unwrap().body[..], b"three");
         assert!(s.heads.load(Ordering::SeqCst) > heads);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn entries_are_charged_what_they_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::open(dir.path()).unwrap();
+        let budget = 1 << 20;
+        let cache = HotCache::new(budget);
+        let body: Vec<u8> = (0..6144).map(|i| b"abcdefgh {}();\n"[i * 7 % 15]).collect();
+        for i in 0..300 {
+            let key = format!("@a/r/1.0.0/templates/f-{i:03}.ts");
+            s.put(&key, Bytes::from(body.clone()), PutMode::Create)
+                .await
+                .unwrap();
+            cache.get(&s, &key).await.unwrap().unwrap();
+        }
+        // Bodies fill most of the budget: no allowance is paid for variants never computed
+        // (with half the body as an allowance, at most two thirds of it held bodies).
+        assert!(cache.weight() <= budget);
+        let bodies = cache.len() as u64 * body.len() as u64;
+        assert!(
+            bodies * 4 >= budget * 3,
+            "{} entries hold {bodies} bytes of bodies in a budget of {budget}",
+            cache.len()
+        );
+
+        // A variant is charged when it is computed, if its entry is still held.
+        let key = (0..300)
+            .map(|i| format!("@a/r/1.0.0/templates/f-{i:03}.ts"))
+            .find(|k| cache.inner.peek(k.as_str()).is_some())
+            .unwrap();
+        let key = key.as_str();
+        let entry = cache.get(&s, key).await.unwrap().unwrap();
+        let before = cache.weight();
+        let gzip = entry.encoded(Encoding::Gzip);
+        assert!(!gzip.is_empty());
+        assert_eq!(cache.weight(), before + gzip.len() as u64);
+        entry.encoded(Encoding::Gzip);
+        assert_eq!(cache.weight(), before + gzip.len() as u64, "charged once");
+        // The accounting stays exact through removal.
+        cache.invalidate(key);
+        let without = cache.weight();
+        assert!(without < before);
+        // An entry no longer held is not charged (nor put back).
+        entry.encoded(Encoding::Br);
+        assert_eq!(cache.weight(), without);
+        assert!(cache.inner.peek(key).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_full_cache_admits_what_is_asked_for_again_and_keeps_its_hot_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::open(dir.path()).unwrap();
+        let cache = HotCache::new(1 << 20);
+        let body = Bytes::from(vec![b'x'; 6144]);
+        let key = |i: usize| format!("@a/r/1.0.0/templates/f-{i:04}.ts");
+        for i in 0..1300 {
+            s.put(&key(i), body.clone(), PutMode::Create).await.unwrap();
+        }
+        // Filled while there is room.
+        for i in 0..300 {
+            cache.get(&s, &key(i)).await.unwrap().unwrap();
+        }
+        let hot: Vec<String> = (0..300)
+            .map(key)
+            .filter(|k| cache.inner.peek(k.as_str()).is_some())
+            .collect();
+        assert!(hot.len() > 100, "{} cached", hot.len());
+        // A thousand one-off reads are served and leave the hot set in place.
+        for i in 300..1300 {
+            let got = cache.get(&s, &key(i)).await.unwrap().unwrap();
+            assert_eq!(got.body, body);
+        }
+        for k in &hot {
+            assert!(cache.inner.peek(k.as_str()).is_some(), "{k} was pushed out");
+        }
+        // An object asked for again gets in at its ADMIT_AFTER_MISSES-th miss.
+        let again = key(1000);
+        for _ in 2..ADMIT_AFTER_MISSES {
+            cache.get(&s, &again).await.unwrap().unwrap();
+            assert!(cache.inner.peek(again.as_str()).is_none());
+        }
+        cache.get(&s, &again).await.unwrap().unwrap();
+        assert!(cache.inner.peek(again.as_str()).is_some());
+        // A changed object replaces its entry at once (no stale entry is left behind).
+        std::fs::write(dir.path().join(&hot[0]), b"changed").unwrap();
+        let changed = cache.get(&s, &hot[0]).await.unwrap().unwrap();
+        assert_eq!(&changed.body[..], b"changed");
+        let held = cache.inner.peek(hot[0].as_str()).unwrap();
+        assert!(Arc::ptr_eq(&held, &changed));
     }
 
     #[tokio::test(flavor = "multi_thread")]

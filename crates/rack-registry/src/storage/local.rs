@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -90,32 +90,50 @@ static OPENAT2: AtomicBool = AtomicBool::new(true);
 /// it would save an `open` and a `close` per access, but a root moved away keeps its marker
 /// and its files: the held descriptor would go on serving and accepting writes there.)
 pub fn open_beneath(root: &Path, rel: &str, flags: rustix::fs::OFlags) -> std::io::Result<OwnedFd> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
-    use rustix::io::Errno;
+    use rustix::fs::{Mode, OFlags};
+    use std::os::fd::AsFd;
     let rel = rel.trim_end_matches('/');
-    let flags = flags | OFlags::CLOEXEC;
     if OPENAT2.load(Ordering::Relaxed) {
         let dir = rustix::fs::open(
             root,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let rel = if rel.is_empty() { "." } else { rel };
-        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-        // EAGAIN: a concurrent rename somewhere under the root; the kernel asks for a retry.
-        let mut attempts = 0;
-        loop {
-            match rustix::fs::openat2(&dir, rel, flags, Mode::empty(), resolve) {
-                Err(Errno::AGAIN) if attempts < 16 => attempts += 1,
-                Err(Errno::NOSYS) | Err(Errno::PERM) => {
-                    OPENAT2.store(false, Ordering::Relaxed);
-                    break;
-                }
-                other => return other.map_err(Into::into),
-            }
+        if let Some(done) = openat2_beneath(dir.as_fd(), rel, flags) {
+            return done;
         }
     }
-    open_beneath_by_path(root, rel, flags)
+    open_beneath_by_path(root, rel, flags | OFlags::CLOEXEC)
+}
+
+/// [`open_beneath`] relative to an open root directory; `None` where `openat2(2)` is
+/// unavailable (then open by path).
+pub fn openat2_beneath(
+    dir: BorrowedFd<'_>,
+    rel: &str,
+    flags: rustix::fs::OFlags,
+) -> Option<std::io::Result<OwnedFd>> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use rustix::io::Errno;
+    if !OPENAT2.load(Ordering::Relaxed) {
+        return None;
+    }
+    let rel = rel.trim_end_matches('/');
+    let rel = if rel.is_empty() { "." } else { rel };
+    let flags = flags | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    // EAGAIN: a concurrent rename somewhere under the root; the kernel asks for a retry.
+    let mut attempts = 0;
+    loop {
+        match rustix::fs::openat2(dir, rel, flags, Mode::empty(), resolve) {
+            Err(Errno::AGAIN) if attempts < 16 => attempts += 1,
+            Err(Errno::NOSYS) | Err(Errno::PERM) => {
+                OPENAT2.store(false, Ordering::Relaxed);
+                return None;
+            }
+            other => return Some(other.map_err(Into::into)),
+        }
+    }
 }
 
 /// The fallback of [`open_beneath`] without `openat2(2)`: resolve, check, open the result.
@@ -333,18 +351,16 @@ fn read_opened(
 /// past that size meanwhile are not read: the version tag (from the same `fstat`) names the
 /// state that was read, so the next read that compares tags sees the change and reads again.
 fn read_sized(file: &mut std::fs::File, size: u64) -> std::io::Result<Bytes> {
-    use std::io::Read;
-    let mut buf = vec![0u8; size as usize];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
+    // Read into the spare capacity: no zeroing of a buffer about to be overwritten.
+    let mut buf = Vec::with_capacity(size as usize);
+    while buf.len() < buf.capacity() {
+        match rustix::io::read(&*file, rustix::buffer::spare_capacity(&mut buf)) {
             Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
-    buf.truncate(filled);
     Ok(Bytes::from(buf))
 }
 
@@ -352,8 +368,29 @@ fn read_sized(file: &mut std::fs::File, size: u64) -> std::io::Result<Bytes> {
 /// put into the tree must not hang a thread in `open(2)`; anything but a regular file is "no
 /// object").
 fn open_object(root: &Path, key: &str) -> Result<Option<(std::fs::File, ObjectMeta)>> {
-    let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK;
-    let file = match open_beneath(root, key, flags) {
+    object_of(open_beneath(root, key, OBJECT_FLAGS), key)
+}
+
+const OBJECT_FLAGS: rustix::fs::OFlags = rustix::fs::OFlags::RDONLY.union(rustix::fs::OFlags::NONBLOCK);
+
+/// [`open_object`] relative to the watcher's open root directory (see
+/// [`super::watch::Watcher::with_root`]): saves opening and closing the root per read.
+fn open_object_in(
+    dir: BorrowedFd<'_>,
+    root: &Path,
+    key: &str,
+) -> Result<Option<(std::fs::File, ObjectMeta)>> {
+    match openat2_beneath(dir, key, OBJECT_FLAGS).map(|opened| object_of(opened, key)) {
+        Some(Ok(Some(found))) => Ok(Some(found)),
+        // Absent is asked again by path: an empty root removed and made anew sends no event
+        // while a descriptor of it is held (the kernel reports the removal when the last one
+        // closes), and only an empty root can be removed without an event inside it.
+        _ => open_object(root, key),
+    }
+}
+
+fn object_of(opened: std::io::Result<OwnedFd>, key: &str) -> Result<Option<(std::fs::File, ObjectMeta)>> {
+    let file = match opened {
         Ok(fd) => std::fs::File::from(fd),
         Err(e) if is_absent(&e) => return Ok(None),
         Err(e) => return Err(io_err(key)(e)),
@@ -646,7 +683,14 @@ impl Storage for LocalStorage {
         validate_key(key)?;
         let owned = key.to_owned();
         if self.inline_reads {
-            let Some((file, meta)) = open_object(&self.root, key)? else {
+            let root = &self.root;
+            let opened = match self.watcher.as_deref() {
+                Some(w) => w
+                    .with_root(|dir| open_object_in(dir, root, key))
+                    .unwrap_or_else(|| open_object(root, key)),
+                None => open_object(root, key),
+            };
+            let Some((file, meta)) = opened? else {
                 return Ok(None);
             };
             return match read_opened(file, meta, limit, false)? {
@@ -1094,6 +1138,42 @@ mod tests {
         assert_eq!(&s.get("k/v").await.unwrap().unwrap().body[..], b"22");
         // Temp files never linger.
         assert_eq!(std::fs::read_dir(s.root().join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn reads_through_the_held_root_follow_a_replaced_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap().join("root");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a/b"), b"one").unwrap();
+        let s = LocalStorage::open(&root).unwrap().with_watcher();
+        let w = s.watcher().expect("the test directory is on a local filesystem");
+        let body = |f: Option<Fetched>| match f {
+            Some(Fetched::Whole(o)) => Some(o.body),
+            _ => None,
+        };
+        // As the hot cache does on a miss: sync, watch, read.
+        let read = async |key: &str| {
+            w.sync();
+            w.watch(key);
+            body(s.get_up_to(key, 1 << 20).await.unwrap())
+        };
+        assert_eq!(read("a/b").await.as_deref(), Some(&b"one"[..]));
+        assert!(w.with_root(|_| ()).is_some(), "reads go through the held root");
+        // Moved away and replaced: the new root is read.
+        std::fs::rename(&root, root.with_file_name("old")).unwrap();
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a/b"), b"two").unwrap();
+        assert_eq!(read("a/b").await.as_deref(), Some(&b"two"[..]));
+        // Emptied, removed and made anew: removing an empty directory that is held open
+        // sends no event, so absent answers are asked again by path.
+        std::fs::remove_file(root.join("a/b")).unwrap();
+        std::fs::remove_dir(root.join("a")).unwrap();
+        assert_eq!(read("a/b").await, None);
+        std::fs::remove_dir(&root).unwrap();
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a/b"), b"three").unwrap();
+        assert_eq!(read("a/b").await.as_deref(), Some(&b"three"[..]));
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -9,11 +9,13 @@
 //!   the storage root down to it ([`Watcher::watch`]). A write, attribute change, rename or
 //!   removal of the file, or of any directory on its path (a registry directory swapped by
 //!   `mv`), queues an event in the kernel *before* the syscall that made the change returns.
-//! - Every read first drains that queue ([`Watcher::sync`]: one non-blocking `read(2)`, which is
-//!   much cheaper than a `stat` with its path walk). Any event at all bumps a generation number,
-//!   and a cached entry is trusted without a `stat` only if it was last confirmed in the
-//!   current generation. Draining and bumping happen under one lock, so a read can never see
-//!   an empty queue while another thread holds an event it has not counted yet.
+//! - Every read first looks at that queue ([`Watcher::sync`]: one `ioctl(FIONREAD)`, much
+//!   cheaper than a `stat` with its path walk), and drains it when it is not empty. Any event
+//!   at all bumps a generation number, and a cached entry is trusted without a `stat` only if
+//!   it was last confirmed in the current generation. Draining and bumping happen under one
+//!   lock, and an odd `draining` count says that a drain is under way, so a read can never see
+//!   an empty queue while another thread holds an event it has not counted yet. A quiet queue
+//!   (the usual case) takes no lock: the HTTP workers no longer queue behind each other.
 //!
 //! A change therefore costs one `stat` per hot object afterwards (publishes are rare next to
 //! reads). Where a watch cannot be placed (a directory on a filesystem not known to deliver
@@ -29,7 +31,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use rustix::io::Errno;
@@ -75,7 +77,6 @@ fn on_local_filesystem(path: &Path) -> Option<bool> {
 }
 
 struct State {
-    fd: OwnedFd,
     buf: Vec<MaybeUninit<u8>>,
     /// Paths with a watch on whatever they resolved to when it was placed.
     watched: HashSet<PathBuf>,
@@ -86,8 +87,20 @@ struct State {
 
 pub struct Watcher {
     root: PathBuf,
+    /// The inotify instance (replaced, under `state`'s lock, to drop every watch at once).
+    fd: RwLock<OwnedFd>,
     state: Mutex<State>,
     generation: AtomicU64,
+    /// Bumped when a drain starts and when it ends (odd: events may have been taken from the
+    /// queue and not counted in `generation` yet).
+    draining: AtomicU64,
+    /// Keys whose file and every directory above it are watched by the current instance: a
+    /// miss on such a key needs no lock and no path hashing (cleared with the watches).
+    complete: RwLock<HashSet<Box<str>>>,
+    /// The root directory, opened after its watch was placed (so that moving or removing it
+    /// resets everything, this included): reads open files beneath it without opening the
+    /// root by path each time (see [`Watcher::with_root`]).
+    root_dir: RwLock<Option<OwnedFd>>,
 }
 
 /// Events after which a watched path may resolve to something else (a rename, a removal, a
@@ -133,13 +146,16 @@ impl Watcher {
         };
         Some(Watcher {
             root: root.to_owned(),
+            fd: RwLock::new(fd),
             state: Mutex::new(State {
-                fd,
                 buf: vec![MaybeUninit::uninit(); 16 * 1024],
                 watched: HashSet::new(),
                 foreign: HashSet::new(),
             }),
             generation: AtomicU64::new(0),
+            draining: AtomicU64::new(0),
+            complete: RwLock::new(HashSet::new()),
+            root_dir: RwLock::new(None),
         })
     }
 
@@ -147,14 +163,50 @@ impl Watcher {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn fd(&self) -> std::sync::RwLockReadGuard<'_, OwnedFd> {
+        self.fd.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn complete(&self) -> std::sync::RwLockReadGuard<'_, HashSet<Box<str>>> {
+        self.complete.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Take in every change queued so far; returns the current generation. An entry confirmed
     /// in this generation (with its watches in place) is still current.
     pub fn sync(&self) -> u64 {
+        match self.quiet() {
+            Some(generation) => generation,
+            None => self.drain(),
+        }
+    }
+
+    /// The current generation if the queue is empty and no drain is under way, without the
+    /// lock. Sound because a drain makes `draining` odd before it takes any event and even
+    /// only after counting them: an event queued before this call is either still queued
+    /// (`FIONREAD` > 0), or taken by a drain that had made `draining` odd before this call's
+    /// `FIONREAD` (so `draining` moved or was odd at `before`: `None`), or by one that
+    /// counted it before `before` was read (so `generation` includes it).
+    fn quiet(&self) -> Option<u64> {
+        let before = self.draining.load(Ordering::SeqCst);
+        if before % 2 == 1 {
+            return None;
+        }
+        if rustix::io::ioctl_fionread(&*self.fd()) != Ok(0) {
+            return None;
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        (self.draining.load(Ordering::SeqCst) == before).then_some(generation)
+    }
+
+    /// Read the queue under the lock, counting what it held.
+    fn drain(&self) -> u64 {
         let mut state = self.lock();
         let state = &mut *state;
+        self.draining.fetch_add(1, Ordering::SeqCst);
         let mut changed = false;
         let mut reset = false;
-        let mut reader = inotify::Reader::new(&state.fd, &mut state.buf);
+        let fd = self.fd();
+        let mut reader = inotify::Reader::new(&*fd, &mut state.buf);
         loop {
             match reader.next() {
                 Ok(event) => {
@@ -171,46 +223,69 @@ impl Watcher {
                 }
             }
         }
+        drop(fd);
         if reset {
             // A fresh instance drops every old watch at once (the kernel removes them with the
             // old descriptor); paths are watched again as they are read.
             match new_instance() {
-                Ok(fd) => state.fd = fd,
+                Ok(fd) => *self.fd.write().unwrap_or_else(|e| e.into_inner()) = fd,
                 Err(e) => tracing::warn!(error = %e, "cannot renew the inotify instance"),
             }
+            self.complete.write().unwrap_or_else(|e| e.into_inner()).clear();
+            *self.root_dir.write().unwrap_or_else(|e| e.into_inner()) = None;
             state.watched.clear();
             state.foreign.clear();
         }
-        if changed {
+        let generation = if changed {
             self.generation.fetch_add(1, Ordering::SeqCst) + 1
         } else {
             self.generation.load(Ordering::SeqCst)
-        }
+        };
+        self.draining.fetch_add(1, Ordering::SeqCst);
+        generation
     }
 
     /// Make sure that any later change to the file at `key` (relative to the root), or to a
     /// directory on its path, is reported. `false` if that cannot be promised (then the
     /// caller revalidates with a `stat` on every read). Call before reading the file.
     pub fn watch(&self, key: &str) -> bool {
+        // Only keys validated below are ever in `complete`.
+        if self.complete().contains(key) {
+            return true;
+        }
         // Keys reach here before the backend sees them: never watch outside the root.
         if super::validate_key(key).is_err() {
             return false;
         }
         let mut state = self.lock();
         let mut path = self.root.clone();
-        if !self.watch_one(&mut state, &path) {
+        let fd = self.fd();
+        if !self.watch_one(&mut state, &fd, &path) {
             return false;
+        }
+        {
+            let mut root_dir = self.root_dir.write().unwrap_or_else(|e| e.into_inner());
+            if root_dir.is_none() {
+                use rustix::fs::{Mode, OFlags};
+                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+                *root_dir = rustix::fs::open(&self.root, flags, Mode::empty()).ok();
+            }
         }
         for part in key.trim_end_matches('/').split('/') {
             path.push(part);
-            if !self.watch_one(&mut state, &path) {
+            if !self.watch_one(&mut state, &fd, &path) {
                 return false;
             }
+        }
+        // Under `state`'s lock, like the clearing on a reset: never a key of an old instance.
+        let mut complete = self.complete.write().unwrap_or_else(|e| e.into_inner());
+        if complete.len() < MAX_WATCHES {
+            complete.insert(key.into());
         }
         true
     }
 
-    fn watch_one(&self, state: &mut State, path: &Path) -> bool {
+    fn watch_one(&self, state: &mut State, fd: &OwnedFd, path: &Path) -> bool {
         if state.watched.contains(path) {
             return true;
         }
@@ -229,7 +304,7 @@ impl Watcher {
             }
             Some(true) => {}
         }
-        match inotify::add_watch(&state.fd, path, watch_flags()) {
+        match inotify::add_watch(fd, path, watch_flags()) {
             Ok(_) => {
                 state.watched.insert(path.to_owned());
                 true
@@ -243,6 +318,16 @@ impl Watcher {
         }
     }
 
+    /// Run `f` with the root directory as it was when the current watches were placed, if it
+    /// is open. The same trust as a watched entry's: the root itself is watched, so a move or
+    /// removal of it drops this descriptor at the next [`Watcher::sync`], before any read
+    /// that starts after the change.
+    pub fn with_root<T>(&self, f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> T) -> Option<T> {
+        use std::os::fd::AsFd;
+        let root_dir = self.root_dir.read().unwrap_or_else(|e| e.into_inner());
+        root_dir.as_ref().map(|dir| f(dir.as_fd()))
+    }
+
     /// How many paths are watched (for tests and diagnostics).
     pub fn watched(&self) -> usize {
         self.lock().watched.len()
@@ -252,6 +337,7 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     fn setup() -> (tempfile::TempDir, Watcher) {
         let dir = tempfile::tempdir().unwrap();
@@ -287,6 +373,59 @@ mod tests {
         let g4 = w.sync();
         std::fs::write(root.join("@a/x/1.0.0/registry.json"), b"{3}").unwrap();
         assert!(w.sync() > g4, "the new directory is watched again");
+    }
+
+    #[test]
+    fn quiet_reads_take_no_lock_and_a_drain_in_progress_is_never_skipped() {
+        let (dir, w) = setup();
+        let root = dir.path().canonicalize().unwrap();
+        assert!(w.watch("@a/x/1.0.0/registry.json"));
+        let g = w.sync();
+        {
+            // Another thread in a drain or placing watches: a quiet queue is still answered,
+            // and a key already watched needs nothing more (both used to wait for the lock).
+            let _busy = w.lock();
+            assert_eq!(w.quiet(), Some(g));
+            assert_eq!(w.sync(), g);
+            assert!(w.watch("@a/x/1.0.0/registry.json"));
+        }
+        // An event queued: the quick look declines and the drain counts it.
+        std::fs::write(root.join("@a/x/1.0.0/registry.json"), b"{1}").unwrap();
+        assert_eq!(w.quiet(), None);
+        let g2 = w.sync();
+        assert!(g2 > g);
+        assert_eq!(w.quiet(), Some(g2));
+        // A drain under way (events taken, not counted yet): never answered from `generation`.
+        w.draining.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(w.quiet(), None);
+        w.draining.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(w.quiet(), Some(g2));
+    }
+
+    #[test]
+    fn the_root_descriptor_follows_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap().join("root");
+        std::fs::create_dir_all(root.join("@a/x/1.0.0")).unwrap();
+        std::fs::write(root.join("@a/x/1.0.0/registry.json"), b"{}").unwrap();
+        let w = Watcher::new(&root).unwrap();
+        let ino = |fd: std::os::fd::BorrowedFd<'_>| rustix::fs::fstat(fd).unwrap().st_ino;
+        assert!(w.with_root(ino).is_none(), "opened with the first watches");
+        assert!(w.watch("@a/x/1.0.0/registry.json"));
+        let first = w.with_root(ino).unwrap();
+        assert_eq!(first, std::fs::metadata(&root).unwrap().ino());
+        // The root moved away and another put in its place: the old descriptor is dropped
+        // at the next sync, and the new root is opened with the next watches.
+        let moved = root.with_file_name("moved");
+        std::fs::rename(&root, &moved).unwrap();
+        std::fs::create_dir_all(root.join("@a/x/1.0.0")).unwrap();
+        std::fs::write(root.join("@a/x/1.0.0/registry.json"), b"{}").unwrap();
+        w.sync();
+        assert!(w.with_root(ino).is_none());
+        assert!(w.watch("@a/x/1.0.0/registry.json"));
+        let second = w.with_root(ino).unwrap();
+        assert_ne!(second, first);
+        assert_eq!(second, std::fs::metadata(&root).unwrap().ino());
     }
 
     #[test]
