@@ -942,7 +942,8 @@ fn bucket_outbox_delivers_and_removes_the_delivery_objects() {
     assert_eq!(deliveries(&server, "success"), 2);
     assert!(
         !world.path().join("a/.webhooks").exists(),
-        "no local outbox on a bucket without WEBHOOK_OUTBOX_DIR"
+        "no local outbox on a bucket without WEBHOOK_OUTBOX_DIR:\n{}",
+        server.output()
     );
     assert!(!server.output().contains(SECRET), "secret in logs");
 }
