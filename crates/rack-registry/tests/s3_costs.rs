@@ -147,8 +147,17 @@ fn bench_requests_per_publish_up_to_1000_versions() {
         );
         lo = hi;
     }
+    // Flat: every later publish costs the same, except the rare one during which the
+    // background lease sweep (one list per PUBLISH_LEASE_SECONDS, 120 s) also asked the bucket.
+    let base = costs[1];
+    let extra: Vec<usize> = (1..count).filter(|&i| costs[i] != base).collect();
+    println!(
+        "publishes costing other than {base}: {:?}",
+        extra.iter().map(|&i| (i, costs[i])).collect::<Vec<_>>()
+    );
+    let sweeps = (started.elapsed().as_secs() / 120 + 1) as usize;
     assert!(
-        costs[1..].iter().all(|c| *c == costs[1]),
+        extra.iter().all(|&i| costs[i] == base + 1) && extra.len() <= sweeps,
         "requests per publish are not flat: {costs:?}"
     );
 }
