@@ -61,6 +61,18 @@ pub struct ServeArgs {
     /// Most webhook deliveries in flight at once [default: 8]
     #[arg(long, env = "WEBHOOK_CONCURRENCY")]
     pub webhook_concurrency: Option<String>,
+    /// Bucket outbox: seconds a replica's claim on a delivery lasts; more than
+    /// WEBHOOK_TIMEOUT_SECONDS [default: WEBHOOK_TIMEOUT_SECONDS + 30]
+    #[arg(long, env = "WEBHOOK_CLAIM_SECONDS")]
+    pub webhook_claim_seconds: Option<String>,
+    /// Bucket outbox: shortest interval in ms between two lists for orphaned deliveries
+    /// [default: 5000]
+    #[arg(long, env = "WEBHOOK_OUTBOX_POLL_MIN_MS")]
+    pub webhook_outbox_poll_min_ms: Option<String>,
+    /// Bucket outbox: longest interval in ms between two lists while the outbox is empty
+    /// [default: 300000]
+    #[arg(long, env = "WEBHOOK_OUTBOX_POLL_MAX_MS")]
+    pub webhook_outbox_poll_max_ms: Option<String>,
     /// Admin token (prefer ADMIN_TOKEN_SHA256)
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -256,6 +268,12 @@ pub struct WebhookSettings {
     pub timeout: Duration,
     /// Most attempts in flight at once (>= 1).
     pub concurrency: usize,
+    /// Bucket outbox (SPEC §11.4): how long a claim on a delivery lasts; longer than an attempt.
+    pub claim: Duration,
+    /// Bucket outbox: shortest interval between two lists for orphaned deliveries.
+    pub poll_min: Duration,
+    /// Bucket outbox: longest interval, reached by doubling while the outbox stays empty.
+    pub poll_max: Duration,
 }
 
 impl Default for WebhookSettings {
@@ -265,6 +283,9 @@ impl Default for WebhookSettings {
             backoff_base: Duration::from_millis(2000),
             timeout: Duration::from_secs(30),
             concurrency: 8,
+            claim: Duration::from_secs(60),
+            poll_min: Duration::from_secs(5),
+            poll_max: Duration::from_secs(300),
         }
     }
 }
@@ -283,6 +304,8 @@ pub struct Config {
     pub auth_config_path: PathBuf,
     pub webhook_config_path: PathBuf,
     pub webhook_outbox_dir: PathBuf,
+    /// A bucket backend without `WEBHOOK_OUTBOX_DIR`: the outbox is in the bucket (SPEC §11.4).
+    pub webhook_outbox_in_bucket: bool,
     pub webhook: WebhookSettings,
     pub admin: Admin,
     pub audit_log_path: Option<PathBuf>,
@@ -573,6 +596,14 @@ impl Config {
                 1,
             )?),
         };
+        let webhook_timeout = parse_u64("WEBHOOK_TIMEOUT_SECONDS", &a.webhook_timeout_seconds, 30, 1)?;
+        let poll_min = parse_u64(
+            "WEBHOOK_OUTBOX_POLL_MIN_MS",
+            &a.webhook_outbox_poll_min_ms,
+            5000,
+            1,
+        )?;
+        let webhook_outbox_in_bucket = backend != Backend::Local && given(&a.webhook_outbox_dir).is_none();
         let webhook = WebhookSettings {
             max_attempts: parse_u64("WEBHOOK_MAX_ATTEMPTS", &a.webhook_max_attempts, 4, 1)?
                 .min(u32::MAX as u64) as u32,
@@ -582,13 +613,23 @@ impl Config {
                 2000,
                 0,
             )?),
-            timeout: Duration::from_secs(parse_u64(
-                "WEBHOOK_TIMEOUT_SECONDS",
-                &a.webhook_timeout_seconds,
-                30,
-                1,
-            )?),
+            timeout: Duration::from_secs(webhook_timeout),
             concurrency: parse_u64("WEBHOOK_CONCURRENCY", &a.webhook_concurrency, 8, 1)?.min(4096) as usize,
+            // A claim shorter than an attempt would let another replica deliver while this one
+            // still waits for the receiver.
+            claim: Duration::from_secs(parse_u64(
+                "WEBHOOK_CLAIM_SECONDS",
+                &a.webhook_claim_seconds,
+                webhook_timeout.saturating_add(30),
+                webhook_timeout.saturating_add(1),
+            )?),
+            poll_min: Duration::from_millis(poll_min),
+            poll_max: Duration::from_millis(parse_u64(
+                "WEBHOOK_OUTBOX_POLL_MAX_MS",
+                &a.webhook_outbox_poll_max_ms,
+                300_000.max(poll_min),
+                poll_min,
+            )?),
         };
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
         let http_workers = parse_u64("HTTP_WORKERS", &a.http_workers, cpus, 1)?.min(1024) as usize;
@@ -643,6 +684,7 @@ impl Config {
                 given(&a.webhook_config_path).unwrap_or("./config/webhooks.json"),
             ),
             webhook_outbox_dir,
+            webhook_outbox_in_bucket,
             webhook,
             admin,
             audit_log_path: given(&a.audit_log_path).map(PathBuf::from),
@@ -758,6 +800,18 @@ mod tests {
                 "WEBHOOK_CONCURRENCY",
                 Box::new(|a| a.webhook_concurrency = Some("-3".into())),
             ),
+            (
+                "WEBHOOK_CLAIM_SECONDS",
+                // Not longer than an attempt (30 s by default).
+                Box::new(|a| a.webhook_claim_seconds = Some("30".into())),
+            ),
+            (
+                "WEBHOOK_OUTBOX_POLL_MAX_MS",
+                Box::new(|a| {
+                    a.webhook_outbox_poll_min_ms = Some("1000".into());
+                    a.webhook_outbox_poll_max_ms = Some("999".into())
+                }),
+            ),
             ("HTTP_WORKERS", Box::new(|a| a.http_workers = Some("0".into()))),
             ("FS_WATCH", Box::new(|a| a.fs_watch = Some("on".into()))),
             ("AUTH_SOURCE", Box::new(|a| a.auth_source = Some("bucket".into()))),
@@ -854,6 +908,50 @@ mod tests {
         for bad in ["0", "soon", "-1"] {
             assert_eq!(on_s3(bad).unwrap_err().var, "STORAGE_TIMEOUT_SECONDS", "{bad}");
         }
+    }
+
+    #[test]
+    fn webhook_outbox_place_and_claims() {
+        let local = with(|_| {}).unwrap();
+        assert!(!local.webhook_outbox_in_bucket, "disk: the local outbox");
+        let s3 = |a: &mut ServeArgs| {
+            a.storage_backend = Some("s3".into());
+            a.s3_bucket = Some("b".into());
+        };
+        assert!(
+            with(s3).unwrap().webhook_outbox_in_bucket,
+            "bucket: the bucket outbox"
+        );
+        let c = with(|a| {
+            s3(a);
+            a.webhook_outbox_dir = Some("/var/spool/rack".into());
+        })
+        .unwrap();
+        assert!(
+            !c.webhook_outbox_in_bucket,
+            "WEBHOOK_OUTBOX_DIR keeps the local outbox"
+        );
+        // The claim follows the attempt timeout unless set.
+        let c = with(|a| a.webhook_timeout_seconds = Some("100".into())).unwrap();
+        assert_eq!(c.webhook.claim, Duration::from_secs(130));
+        let c = with(|a| {
+            a.webhook_timeout_seconds = Some("5".into());
+            a.webhook_claim_seconds = Some("6".into());
+            a.webhook_outbox_poll_min_ms = Some("200".into());
+            a.webhook_outbox_poll_max_ms = Some("200".into());
+        })
+        .unwrap();
+        assert_eq!(
+            (c.webhook.claim, c.webhook.poll_min, c.webhook.poll_max),
+            (
+                Duration::from_secs(6),
+                Duration::from_millis(200),
+                Duration::from_millis(200)
+            )
+        );
+        // A minimum above the default maximum raises the default maximum.
+        let c = with(|a| a.webhook_outbox_poll_min_ms = Some("600000".into())).unwrap();
+        assert_eq!(c.webhook.poll_max, Duration::from_secs(600));
     }
 
     #[test]

@@ -122,7 +122,42 @@ pub async fn open_bucket(bucket: &BucketConfig) -> Result<S3Storage, String> {
     }
 }
 
-pub async fn run(config: Config) -> Result<(), String> {
+/// Why the server could not start or stopped with an error.
+#[derive(Debug)]
+pub enum ServeError {
+    /// A configuration problem found at startup: the bucket is unreachable or missing, refuses
+    /// the credentials, or fails the conditional-write probe (SPEC §10: exit code 2, like an
+    /// invalid variable).
+    Config(String),
+    /// Anything else (exit code 1).
+    Failed(String),
+}
+
+impl ServeError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::Config(_) => 2,
+            ServeError::Failed(_) => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Config(m) | ServeError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<String> for ServeError {
+    fn from(m: String) -> Self {
+        ServeError::Failed(m)
+    }
+}
+
+pub async fn run(config: Config) -> Result<(), ServeError> {
     let storage: Arc<dyn Storage> = match &config.backend {
         Backend::Local => {
             prepare_local_root(&config.storage_root)?;
@@ -144,7 +179,7 @@ pub async fn run(config: Config) -> Result<(), String> {
                     config.storage_root.display()
                 )
             })?;
-            Arc::new(open_bucket(bucket).await?)
+            Arc::new(open_bucket(bucket).await.map_err(ServeError::Config)?)
         }
     };
     let (policy, auth_content) = if config.auth_from_bucket {
@@ -182,9 +217,14 @@ pub async fn run(config: Config) -> Result<(), String> {
         audit.clone(),
         shutdown_rx.clone(),
     );
+    let outbox = if config.webhook_outbox_in_bucket {
+        webhooks::OutboxPlace::Bucket(storage.clone())
+    } else {
+        webhooks::OutboxPlace::Dir(config.webhook_outbox_dir.clone())
+    };
     let (webhook_sink, webhook_worker) = webhooks::start(
         webhook_config,
-        &config.webhook_outbox_dir,
+        outbox,
         config.webhook.clone(),
         metrics.clone(),
         shutdown_rx.clone(),
@@ -243,7 +283,7 @@ pub async fn run(config: Config) -> Result<(), String> {
             tracing::warn!(registries = ?fixed, "repaired versions.json of versions published before a crash")
         }
         Ok(_) => {}
-        Err(e) => return Err(format!("startup repair of versions.json failed: {e}")),
+        Err(e) => return Err(format!("startup repair of versions.json failed: {e}").into()),
     }
     if writable.is_ok() && state.staging_root.exists() {
         std::fs::remove_dir_all(&state.staging_root)

@@ -29,7 +29,7 @@ fn a_store_ignoring_conditional_writes_is_refused_unless_single_writer() {
     };
     let world = common::World::new();
     let (code, out) = common::run_cli(world.path(), &careless.env(), &["serve"]);
-    assert!(matches!(code, Some(c) if c != 0), "{code:?}\n{out}");
+    assert_eq!(code, Some(2), "a configuration error:\n{out}");
     assert!(
         out.contains("does not honour conditional writes (If-None-Match was ignored)")
             && out.contains("STORAGE_SINGLE_WRITER=true"),
@@ -78,4 +78,40 @@ fn a_store_ignoring_conditional_writes_is_refused_unless_single_writer() {
         let left = s3.list(".rack/", false, None, 10).await.unwrap();
         assert!(left.objects.is_empty(), "{left:?}");
     });
+}
+
+/// A bucket that cannot be used is a configuration error (SPEC §10): exit code 2, and a message
+/// naming the bucket and the endpoint.
+#[test]
+fn an_unusable_bucket_exits_with_code_2_naming_bucket_and_endpoint() {
+    let Some(bucket) = Bucket::new() else { return };
+    let world = common::World::new();
+    let missing = Bucket {
+        endpoint: bucket.endpoint.clone(),
+        name: format!("{}-missing", bucket.name),
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = Bucket {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        name: bucket.name.clone(),
+    };
+    for (what, b) in [
+        ("missing bucket", &missing),
+        ("unreachable endpoint", &unreachable),
+    ] {
+        let (code, out) = common::run_cli(world.path(), &b.env(), &["serve"]);
+        assert_eq!(code, Some(2), "{what}:\n{out}");
+        assert!(
+            out.contains(&format!("bucket {}", b.name)) && out.contains(&b.endpoint),
+            "{what}: the message names bucket and endpoint:\n{out}"
+        );
+        assert!(
+            !out.contains(common::s3::SECRET_KEY),
+            "{what}: secret in output:\n{out}"
+        );
+    }
 }

@@ -7,6 +7,8 @@
 mod common;
 #[path = "common/pkg.rs"]
 mod pkg;
+#[path = "common/s3front.rs"]
+mod s3front;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -842,4 +844,259 @@ fn sigterm_keeps_pending_deliveries_in_the_outbox() {
     let text = std::fs::read_to_string(&files[0]).unwrap();
     assert!(!text.contains(SECRET), "no secret in the outbox");
     assert!(!outbox(&world).exists(), "WEBHOOK_OUTBOX_DIR is honoured");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The outbox in the bucket (SPEC §11.4): replicas on one moto bucket
+// ---------------------------------------------------------------------------------------------
+
+/// `true` (the caller returns) when this is the second pass of the binary on S3: these tests
+/// make their own buckets and already ran in the first pass.
+fn bucket_tests_ran_already() -> bool {
+    common::s3::local_only("bucket outbox tests make their own buckets (run in the local pass)")
+}
+
+/// A replica on `bucket` (STORAGE_ROOT its own scratch directory `name`), with `world`'s
+/// webhooks.json and `extra`.
+fn replica_env(
+    world: &World,
+    bucket: &common::s3::Bucket,
+    name: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = world
+        .env_on_bucket(bucket)
+        .into_iter()
+        .filter(|(k, _)| k != "STORAGE_ROOT")
+        .collect();
+    env.push((
+        "STORAGE_ROOT".into(),
+        world.path().join(name).display().to_string(),
+    ));
+    env.push((
+        "WEBHOOK_CONFIG_PATH".into(),
+        config_path(world).display().to_string(),
+    ));
+    for (k, v) in extra {
+        env.push(((*k).into(), (*v).into()));
+    }
+    env
+}
+
+/// The delivery objects under `.rack/outbox/` in `bucket`, with their bodies.
+fn bucket_outbox(bucket: &common::s3::Bucket) -> Vec<(String, Value)> {
+    use rack_registry::storage::s3::{S3Options, S3Storage};
+    use rack_registry::storage::Storage;
+    let s3 = S3Storage::new(&S3Options {
+        endpoint: Some(bucket.endpoint.clone()),
+        region: "us-east-1".into(),
+        bucket: bucket.name.clone(),
+        credentials: Some((common::s3::ACCESS_KEY.into(), common::s3::SECRET_KEY.into())),
+        prefix: String::new(),
+    })
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let page = s3.list(".rack/outbox/", false, None, 1000).await.unwrap();
+        let mut out = Vec::new();
+        for o in page.objects {
+            if let Some(obj) = s3.get(&o.key).await.unwrap() {
+                out.push((o.key, serde_json::from_slice(&obj.body).unwrap()));
+            }
+        }
+        out
+    })
+}
+
+#[test]
+fn bucket_outbox_delivers_and_removes_the_delivery_objects() {
+    if bucket_tests_ran_already() {
+        return;
+    }
+    let Some(bucket) = common::s3::Bucket::new() else {
+        return;
+    };
+    let world = World::new();
+    let rx = Receiver::start(Act::Status(200));
+    write_hooks(
+        &world,
+        &[hook(
+            &rx.url("/hook"),
+            SECRET,
+            &["uploaded", "version.created"],
+            true,
+        )],
+    );
+    let server = Server::start(world.path(), &replica_env(&world, &bucket, "a", &[]));
+    let reply = upload_ok(&server, "bucketed", "1.0.0");
+    let got = rx.wait_for(2, Duration::from_secs(10));
+    let path = reply["path"].as_str().unwrap();
+    check_request(&got[0], SECRET, "uploaded", "bucketed", "1.0.0", path);
+    check_request(&got[1], SECRET, "version.created", "bucketed", "1.0.0", path);
+    eventually(Duration::from_secs(5), "bucket outbox emptied", || {
+        bucket_outbox(&bucket).is_empty()
+    });
+    assert_eq!(deliveries(&server, "success"), 2);
+    assert!(
+        !world.path().join("a/.webhooks").exists(),
+        "no local outbox on a bucket without WEBHOOK_OUTBOX_DIR:\n{}",
+        server.output()
+    );
+    assert!(!server.output().contains(SECRET), "secret in logs");
+}
+
+#[test]
+fn bucket_outbox_retries_on_schedule_then_gives_up_and_removes() {
+    if bucket_tests_ran_already() {
+        return;
+    }
+    let Some(bucket) = common::s3::Bucket::new() else {
+        return;
+    };
+    let world = World::new();
+    let rx = Receiver::start(Act::Status(500));
+    write_hooks(&world, &[hook(&rx.url("/hook"), SECRET, &["uploaded"], true)]);
+    let server = Server::start(
+        world.path(),
+        &replica_env(
+            &world,
+            &bucket,
+            "a",
+            &[("WEBHOOK_BACKOFF_BASE_MS", "1500"), ("WEBHOOK_MAX_ATTEMPTS", "3")],
+        ),
+    );
+    upload_ok(&server, "failing", "1.0.0");
+    let first = rx.wait_for(1, Duration::from_secs(10));
+    // Between attempts the delivery waits in the bucket with its attempt count and retry time,
+    // claimed by the replica that will retry it.
+    let pending = {
+        let mut found = Vec::new();
+        eventually(Duration::from_secs(5), "the failed attempt recorded", || {
+            found = bucket_outbox(&bucket);
+            found.len() == 1 && found[0].1["attempts"].as_u64() >= Some(1)
+        });
+        found.remove(0).1
+    };
+    assert_eq!(pending["id"], json!(first[0].h("x-webhook-delivery")));
+    assert!(pending["claim"]["owner"].is_string(), "{pending}");
+    assert!(
+        pending["claim"]["expires_ms"].as_i64().unwrap() > pending["next_attempt_ms"].as_i64().unwrap(),
+        "held past the retry: {pending}"
+    );
+    assert!(!pending.to_string().contains(SECRET), "no secret in the bucket");
+    let got = rx.wait_for(3, Duration::from_secs(20));
+    let ids: Vec<&str> = got.iter().map(|r| r.h("x-webhook-delivery")).collect();
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    assert!(got.iter().all(|r| r.body == got[0].body), "identical bytes");
+    // 1.5 s then 3 s of backoff (§7's schedule, doubled after each failure).
+    assert!(got[1].at.duration_since(got[0].at) >= Duration::from_millis(1400));
+    assert!(got[2].at.duration_since(got[1].at) >= Duration::from_millis(2900));
+    eventually(
+        Duration::from_secs(5),
+        "bucket outbox emptied after the last attempt",
+        || bucket_outbox(&bucket).is_empty(),
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(rx.requests().len(), 3, "exactly WEBHOOK_MAX_ATTEMPTS attempts");
+    assert_eq!(deliveries(&server, "failure"), 1);
+    assert_eq!(deliveries(&server, "retry"), 2);
+}
+
+#[test]
+fn bucket_outbox_a_replica_killed_mid_delivery_is_relieved_by_another() {
+    if bucket_tests_ran_already() {
+        return;
+    }
+    let Some(bucket) = common::s3::Bucket::new() else {
+        return;
+    };
+    let world = World::new();
+    let rx = Receiver::start(Act::Status(200));
+    // The first attempt hangs: replica A holds the claim while it waits.
+    rx.script(&[Act::Hang]);
+    write_hooks(&world, &[hook(&rx.url("/hook"), SECRET, &["uploaded"], true)]);
+    let settings: &[(&str, &str)] = &[
+        ("WEBHOOK_TIMEOUT_SECONDS", "20"),
+        ("WEBHOOK_CLAIM_SECONDS", "21"),
+        ("WEBHOOK_OUTBOX_POLL_MIN_MS", "200"),
+        ("WEBHOOK_OUTBOX_POLL_MAX_MS", "1000"),
+    ];
+    let a = Server::start(world.path(), &replica_env(&world, &bucket, "a", settings));
+    let b = Server::start(world.path(), &replica_env(&world, &bucket, "b", settings));
+    upload_ok(&a, "orphan", "1.0.0");
+    let first = rx.wait_for(1, Duration::from_secs(10));
+    a.kill9();
+    let killed_at = Instant::now();
+    // B sees the claim, waits for it to expire, then delivers the same delivery.
+    let got = rx.wait_for(2, Duration::from_secs(60));
+    let id = first[0].h("x-webhook-delivery");
+    assert_eq!(got[1].h("x-webhook-delivery"), id, "same X-Webhook-Delivery");
+    assert_eq!(got[1].body, first[0].body, "identical bytes");
+    assert_eq!(got[1].h("x-webhook-signature"), first[0].h("x-webhook-signature"));
+    assert!(
+        got[1].at.duration_since(first[0].at) >= Duration::from_secs(20),
+        "not before A's claim expired"
+    );
+    eprintln!(
+        "relieved {:?} after the kill",
+        got[1].at.duration_since(killed_at)
+    );
+    eventually(Duration::from_secs(10), "bucket outbox emptied", || {
+        bucket_outbox(&bucket).is_empty()
+    });
+    assert_eq!(deliveries(&b, "success"), 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(rx.requests().len(), 2, "delivered once more, not again and again");
+}
+
+#[test]
+fn bucket_outbox_idle_listing_backs_off() {
+    if bucket_tests_ran_already() {
+        return;
+    }
+    let Some(bucket) = common::s3::Bucket::new() else {
+        return;
+    };
+    let world = World::new();
+    let behaviour = Arc::new(s3front::Behaviour::default());
+    let front = common::s3::Bucket {
+        endpoint: s3front::start(bucket.endpoint.clone(), behaviour.clone()),
+        name: bucket.name.clone(),
+    };
+    let server = Server::start(
+        world.path(),
+        &replica_env(
+            &world,
+            &front,
+            "a",
+            &[
+                ("WEBHOOK_OUTBOX_POLL_MIN_MS", "100"),
+                ("WEBHOOK_OUTBOX_POLL_MAX_MS", "1600"),
+            ],
+        ),
+    );
+    let lists = || behaviour.count(&["GET ", "list-type=2", "outbox"]);
+    eventually(Duration::from_secs(10), "the first outbox list", || lists() >= 1);
+    let start = Instant::now();
+    let at_start = lists();
+    std::thread::sleep(Duration::from_secs(6));
+    let idle = lists() - at_start;
+    let elapsed = start.elapsed();
+    // Doubling from 100 ms: about 7 lists in 6 s (100, 200, ... 1600 ms apart); a fixed 100 ms
+    // interval would make 60. A slow machine only makes fewer.
+    eprintln!("{idle} outbox lists in {elapsed:?}");
+    assert!(idle >= 2, "the outbox is listed while idle ({idle})");
+    assert!(
+        idle <= 12,
+        "the idle interval backs off ({idle} lists in {elapsed:?})"
+    );
+    // And at the longest interval it stays there: at most one list per 1.6 s from now on.
+    let settled = lists();
+    std::thread::sleep(Duration::from_secs(4));
+    let later = lists() - settled;
+    assert!(later <= 4, "{later} lists in 4 s at a 1.6 s interval");
+    drop(server);
 }

@@ -18,6 +18,12 @@
 //!   of the next attempt (`WEBHOOK_BACKOFF_BASE_MS` doubled after every failure: 2 s, 4 s, 8 s
 //!   by default).
 //!
+//! Where the deliveries live is behind [`store::OutboxStore`]: the local directory above
+//! ([`store::LocalOutbox`]) on disk deployments and whenever `WEBHOOK_OUTBOX_DIR` is set, or the
+//! bucket ([`bucket_outbox`], SPEC §11.4) with a bucket backend. In the bucket every attempt is
+//! preceded by a claim (compare-and-swap), and a scan task lists the outbox for deliveries a dead
+//! replica left claimed, at an interval that backs off while it is empty ([`schedule`]).
+//!
 //! Everything that goes on the wire (body, timestamp, signature, delivery id) is fixed when the
 //! delivery is queued, so every attempt, before or after a restart, sends identical bytes; the
 //! secret itself is never written to disk. Ordering: the `version.created` delivery to a webhook
@@ -30,14 +36,17 @@
 //! restart gets at least one more attempt, even if the crash came between its last attempt and
 //! the removal of its file.
 
+pub mod bucket_outbox;
 pub mod config;
 pub mod delivery;
 pub mod outbox;
+pub mod schedule;
+pub mod store;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -52,6 +61,9 @@ use config::redact_url;
 pub use config::{WebhookConfig, EVENTS};
 use delivery::{now_ms, Outcome};
 use outbox::{Delivery, Outbox};
+use store::{LocalOutbox, OutboxStore};
+
+use crate::storage::Storage;
 
 /// Longest wait for in-flight attempts on shutdown before they are abandoned (their deliveries
 /// stay in the outbox and are attempted again after the next start).
@@ -97,34 +109,53 @@ pub fn watch(path: &Path, interval: Duration) -> Watch<WebhookConfig> {
 /// The publish sink: queues deliveries durably and hands them to the worker.
 pub struct Webhooks {
     config: Arc<Live<WebhookConfig>>,
-    outbox: Arc<Outbox>,
+    outbox: Arc<dyn OutboxStore>,
     tx: mpsc::UnboundedSender<Delivery>,
     seq: AtomicU64,
+}
+
+/// Where the pending deliveries live.
+pub enum OutboxPlace {
+    /// A local directory (`WEBHOOK_OUTBOX_DIR`, or `.webhooks` in a local storage root).
+    Dir(PathBuf),
+    /// The bucket, shared by every replica (SPEC §11.4): a bucket backend without
+    /// `WEBHOOK_OUTBOX_DIR`.
+    Bucket(Arc<dyn Storage>),
 }
 
 /// Open the outbox, load what a previous run left pending, and start the worker. The worker ends
 /// when `shutdown` turns true; await the handle to let in-flight attempts settle.
 pub fn start(
     config: Arc<Live<WebhookConfig>>,
-    outbox_dir: &Path,
+    place: OutboxPlace,
     settings: WebhookSettings,
     metrics: Arc<Metrics>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(Arc<Webhooks>, tokio::task::JoinHandle<()>), String> {
-    let describe = |e: std::io::Error| format!("WEBHOOK_OUTBOX_DIR {}: {e}", outbox_dir.display());
-    let outbox = Arc::new(Outbox::open(outbox_dir).map_err(describe)?);
-    if config.get().enabled_count() > 0 {
-        // Fail at startup, not at the first upload, if the outbox cannot be created.
-        outbox.ensure_dir().map_err(describe)?;
-    }
-    let (mut pending, corrupt) = outbox.load().map_err(describe)?;
-    for c in &corrupt {
-        tracing::error!(file = %c, "unreadable webhook outbox file set aside (renamed to .corrupt)");
-    }
-    for d in &mut pending {
-        // At least one more attempt after a restart.
-        d.attempts = d.attempts.min(settings.max_attempts.saturating_sub(1));
-    }
+    let (outbox, pending): (Arc<dyn OutboxStore>, Vec<Delivery>) = match place {
+        OutboxPlace::Dir(outbox_dir) => {
+            let describe = |e: std::io::Error| format!("WEBHOOK_OUTBOX_DIR {}: {e}", outbox_dir.display());
+            let outbox = Arc::new(Outbox::open(&outbox_dir).map_err(describe)?);
+            if config.get().enabled_count() > 0 {
+                // Fail at startup, not at the first upload, if the outbox cannot be created.
+                outbox.ensure_dir().map_err(describe)?;
+            }
+            let (mut pending, corrupt) = outbox.load().map_err(describe)?;
+            for c in &corrupt {
+                tracing::error!(file = %c, "unreadable webhook outbox file set aside (renamed to .corrupt)");
+            }
+            for d in &mut pending {
+                // At least one more attempt after a restart.
+                d.attempts = d.attempts.min(settings.max_attempts.saturating_sub(1));
+            }
+            (Arc::new(LocalOutbox(outbox)), pending)
+        }
+        // Found by the first list of the outbox, right after the start.
+        OutboxPlace::Bucket(storage) => (
+            Arc::new(bucket_outbox::BucketOutbox::new(storage, settings.claim)),
+            Vec::new(),
+        ),
+    };
     if !pending.is_empty() {
         tracing::info!(pending = pending.len(), "resuming pending webhook deliveries");
     }
@@ -132,12 +163,24 @@ pub fn start(
         metrics.webhook_deliveries.with_label_values(&[outcome]);
     }
     let (tx, rx) = mpsc::unbounded_channel();
+    let known: Arc<Mutex<HashSet<String>>> = Arc::default();
+    if outbox.shared() {
+        tracing::info!(outbox = %outbox.describe(), "webhook outbox in the bucket, shared by every replica");
+        tokio::spawn(scan_loop(
+            outbox.clone(),
+            known.clone(),
+            tx.clone(),
+            schedule::PollBackoff::new(settings.poll_min, settings.poll_max),
+            shutdown.clone(),
+        ));
+    }
     let worker = Worker {
         client: delivery::client(settings.timeout),
         settings,
         outbox: outbox.clone(),
         metrics,
         slots: HashMap::new(),
+        known,
         busy: 0,
     };
     let handle = tokio::spawn(worker.run(pending, rx, shutdown));
@@ -150,6 +193,46 @@ pub fn start(
         }),
         handle,
     ))
+}
+
+/// A shared outbox's look for deliveries no replica is working on (left by a dead replica, or
+/// by this one before a restart): list, hand what may be taken to the worker, wait, again. The
+/// wait backs off while the outbox is empty, so an idle replica costs a few list calls an hour.
+async fn scan_loop(
+    outbox: Arc<dyn OutboxStore>,
+    known: Arc<Mutex<HashSet<String>>>,
+    tx: mpsc::UnboundedSender<Delivery>,
+    mut poll: schedule::PollBackoff,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let snapshot = known.lock().unwrap().clone();
+        let wait = match outbox.scan(&snapshot).await {
+            Ok(scan) => {
+                if !scan.found.is_empty() {
+                    tracing::info!(found = scan.found.len(), "taking over pending webhook deliveries");
+                }
+                for d in scan.found {
+                    if tx.send(d).is_err() {
+                        return; // the worker stopped
+                    }
+                }
+                poll.next(scan.pending)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, outbox = %outbox.describe(), "cannot list the webhook outbox");
+                poll.next(0)
+            }
+        };
+        tracing::debug!(wait_ms = wait.as_millis() as u64, "next webhook outbox list");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            changed = shutdown.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 impl Webhooks {
@@ -193,24 +276,24 @@ impl PublishSink for Webhooks {
         if batch.is_empty() {
             return;
         }
-        // Persisting and handing over happen together in one blocking task, which runs to
-        // completion even if the upload's future is dropped (client gone) while awaiting it: a
-        // written delivery always reaches the worker too.
+        // Persisting and handing over happen together in one task, which runs to completion
+        // even if the upload's future is dropped (client gone) while awaiting it: a written
+        // delivery always reaches the worker too.
         let outbox = self.outbox.clone();
         let tx = self.tx.clone();
-        let handover = tokio::task::spawn_blocking(move || {
-            if let Err(e) = outbox.write_all(&batch) {
+        let handover = tokio::spawn(async move {
+            if let Err(e) = outbox.enqueue(&batch).await {
                 tracing::error!(
                     error = %e,
-                    dir = %outbox.dir().display(),
+                    outbox = %outbox.describe(),
                     deliveries = batch.len(),
                     "cannot write webhook deliveries to the outbox: they are kept in memory only and lost if the server stops"
                 );
             }
             for d in batch {
                 tracing::debug!(delivery = %d.id, event = %d.event, webhook = d.webhook, "webhook delivery queued");
-                // A closed channel means the worker stopped (shutdown): the file is picked up
-                // on the next start.
+                // A closed channel means the worker stopped (shutdown): the delivery is picked
+                // up on the next start.
                 let _ = tx.send(d);
             }
         });
@@ -242,14 +325,21 @@ struct Slot {
 struct Worker {
     client: reqwest::Client,
     settings: WebhookSettings,
-    outbox: Arc<Outbox>,
+    outbox: Arc<dyn OutboxStore>,
     metrics: Arc<Metrics>,
     slots: HashMap<String, Slot>,
+    /// The ids in `slots`, for the scan of a shared outbox (which skips them).
+    known: Arc<Mutex<HashSet<String>>>,
     busy: usize,
 }
 
 impl Worker {
     fn insert(&mut self, d: Delivery) {
+        // A scan of a shared outbox may offer a delivery this replica already schedules.
+        if self.slots.contains_key(&d.id) {
+            return;
+        }
+        self.known.lock().unwrap().insert(d.id.clone());
         self.slots.insert(
             d.id.clone(),
             Slot {
@@ -307,6 +397,7 @@ impl Worker {
         self.busy = self.busy.saturating_sub(1);
         if r.done {
             self.slots.remove(&r.delivery.id);
+            self.known.lock().unwrap().remove(&r.delivery.id);
         } else if let Some(slot) = self.slots.get_mut(&r.delivery.id) {
             slot.delivery = r.delivery;
             slot.busy = false;
@@ -386,11 +477,32 @@ impl Worker {
 /// One attempt of `d`, then the outbox brought up to date, metrics and logs.
 async fn attempt(
     client: reqwest::Client,
-    outbox: Arc<Outbox>,
+    outbox: Arc<dyn OutboxStore>,
     metrics: Arc<Metrics>,
     settings: WebhookSettings,
-    mut d: Delivery,
+    d: Delivery,
 ) -> Report {
+    let mut d = match outbox.claim(&d).await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => {
+            tracing::debug!(delivery = %d.id, "webhook delivery done or held by another replica");
+            return Report {
+                delivery: d,
+                done: true,
+            };
+        }
+        Err(e) => {
+            // The outbox cannot be reached: no attempt without a claim; try again later.
+            let mut d = d;
+            let delay = settings.backoff_base.max(Duration::from_secs(1));
+            d.next_attempt_ms = now_ms() + delay.as_millis() as i64;
+            tracing::warn!(delivery = %d.id, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot claim a webhook delivery");
+            return Report {
+                delivery: d,
+                done: false,
+            };
+        }
+    };
     let outcome = delivery::attempt(&client, &d).await;
     d.attempts += 1;
     let url = redact_url(&d.url);
@@ -427,17 +539,7 @@ async fn attempt(
             false
         }
     };
-    let ob = outbox.clone();
-    let snapshot = d.clone();
-    let persisted = tokio::task::spawn_blocking(move || {
-        if done {
-            ob.remove(&snapshot.id)
-        } else {
-            ob.write_all(std::slice::from_ref(&snapshot))
-        }
-    })
-    .await;
-    if let Ok(Err(e)) | Err(e) = persisted.map_err(std::io::Error::other) {
+    if let Err(e) = outbox.settle(&d, done).await {
         tracing::error!(delivery = %d.id, error = %e, "cannot update the webhook outbox");
     }
     Report { delivery: d, done }
@@ -479,7 +581,14 @@ mod tests {
             ..WebhookSettings::default()
         };
         let outbox_dir = dir.path().join("ob");
-        let (sink, _worker) = start(cfg, &outbox_dir, settings, Arc::new(Metrics::new()), rx).unwrap();
+        let (sink, _worker) = start(
+            cfg,
+            OutboxPlace::Dir(outbox_dir.clone()),
+            settings,
+            Arc::new(Metrics::new()),
+            rx,
+        )
+        .unwrap();
         sink.accept(&PublishEvent {
             namespace: "@a".into(),
             name: "x".into(),
@@ -487,7 +596,7 @@ mod tests {
             path: "@a/x/1.0.0".into(),
         })
         .await;
-        let (all, _) = sink.outbox.load().unwrap();
+        let (all, _) = Outbox::open(&outbox_dir).unwrap().load().unwrap();
         let summary: Vec<(String, String)> = all.iter().map(|d| (d.url.clone(), d.event.clone())).collect();
         assert_eq!(
             summary,

@@ -23,6 +23,20 @@ pub struct Behaviour {
     pub stalled: AtomicUsize,
     /// How many requests arrived (all of them).
     pub requests: AtomicUsize,
+    /// Every request that arrived: when, and `METHOD path?query`.
+    pub log: Mutex<Vec<(std::time::Instant, String)>>,
+}
+
+impl Behaviour {
+    /// How many requests so far contain every one of `needles` in `METHOD path?query`.
+    pub fn count(&self, needles: &[&str]) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, l)| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
 }
 
 /// Start a front to `upstream` on a free loopback port (its own runtime thread); its URL.
@@ -65,6 +79,14 @@ async fn forward(
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let path = parts.uri.path().to_owned();
+    behaviour.log.lock().unwrap().push((
+        std::time::Instant::now(),
+        format!(
+            "{} {}",
+            parts.method,
+            parts.uri.path_and_query().map_or("/", |p| p.as_str())
+        ),
+    ));
     let stall = parts.method == hyper::Method::PUT
         && behaviour
             .stall_put_suffix
