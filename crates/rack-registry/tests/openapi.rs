@@ -131,7 +131,7 @@ fn templates_for(doc: &Value, raw: &str) -> Vec<String> {
             .map(|(t, _)| (t.split('/').filter(|s| !s.starts_with('{')).count(), t.clone()))
             .collect();
         if !found.is_empty() {
-            found.sort_by(|a, b| b.0.cmp(&a.0));
+            found.sort_by_key(|f| std::cmp::Reverse(f.0));
             return found.into_iter().map(|(_, t)| t).collect();
         }
     }
