@@ -44,6 +44,46 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for what must list them all (the `Error` schema of docs/openapi.yaml is
+    /// checked against it). A new kind stops the test `all_lists_every_kind_once` from
+    /// compiling: the reminder to list it here.
+    pub const ALL: [ErrorKind; 31] = {
+        use ErrorKind::*;
+        [
+            InvalidPath,
+            InvalidPreset,
+            InvalidNamespace,
+            MissingFile,
+            InvalidFileType,
+            MissingChecksum,
+            ChecksumMismatch,
+            InvalidArchive,
+            UploadFailed,
+            SchemaValidationFailed,
+            FileNotFound,
+            UnsafeFile,
+            UndeclaredFile,
+            InvalidManifest,
+            UnsupportedMediaType,
+            Unauthorized,
+            InvalidToken,
+            TokenExpired,
+            ForbiddenNamespace,
+            NamespaceNotAllowed,
+            AnonymousUploadForbidden,
+            InsufficientPermissions,
+            NotFound,
+            NamespaceNotFound,
+            MethodNotAllowed,
+            VersionExists,
+            PayloadTooLarge,
+            RequestTimeout,
+            RateLimitExceeded,
+            ServiceUnavailable,
+            Internal,
+        ]
+    };
+
     pub fn status(self) -> u16 {
         use ErrorKind::*;
         match self {
@@ -300,6 +340,51 @@ impl std::error::Error for ApiError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_every_kind_once() {
+        // The match is exhaustive: a new kind breaks this test's build, a reminder to add it
+        // to ALL (and to the Error schema of docs/openapi.yaml).
+        fn known(k: ErrorKind) -> bool {
+            use ErrorKind::*;
+            match k {
+                InvalidPath
+                | InvalidPreset
+                | InvalidNamespace
+                | MissingFile
+                | InvalidFileType
+                | MissingChecksum
+                | ChecksumMismatch
+                | InvalidArchive
+                | UploadFailed
+                | SchemaValidationFailed
+                | FileNotFound
+                | UnsafeFile
+                | UndeclaredFile
+                | InvalidManifest
+                | UnsupportedMediaType
+                | Unauthorized
+                | InvalidToken
+                | TokenExpired
+                | ForbiddenNamespace
+                | NamespaceNotAllowed
+                | AnonymousUploadForbidden
+                | InsufficientPermissions
+                | NotFound
+                | NamespaceNotFound
+                | MethodNotAllowed
+                | VersionExists
+                | PayloadTooLarge
+                | RequestTimeout
+                | RateLimitExceeded
+                | ServiceUnavailable
+                | Internal => true,
+            }
+        }
+        let codes: std::collections::HashSet<_> = ErrorKind::ALL.iter().map(|k| k.code()).collect();
+        assert_eq!(codes.len(), ErrorKind::ALL.len(), "a kind is listed twice");
+        assert!(ErrorKind::ALL.iter().all(|k| known(*k)));
+    }
 
     #[test]
     fn body_shape() {

@@ -16,6 +16,8 @@ pub const SCHEMA_FILES: [&str; 3] = ["registry-item.json", "preset.json", "rack.
 pub enum Route {
     Health,
     Metrics,
+    /// `/openapi.json`: the API's own description (docs/openapi.yaml).
+    OpenApi,
     Namespaces,
     NamespaceRegistries(Result<String, ApiError>),
     Preset(Result<String, ApiError>),
@@ -115,6 +117,7 @@ impl Route {
         match self {
             Route::Health => "/health",
             Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
             Route::Namespaces => "/namespaces",
             Route::NamespaceRegistries(_) => "/namespaces/:namespace/registries",
             Route::Preset(_) => "/presets/:name",
@@ -133,7 +136,8 @@ impl Route {
 
     pub fn cache_tier(&self) -> CacheTier {
         match self {
-            Route::Namespaces | Route::NamespaceRegistries(_) => CacheTier::Short,
+            // The document changes with a deploy at an unchanged URL: short, revalidated by ETag.
+            Route::Namespaces | Route::NamespaceRegistries(_) | Route::OpenApi => CacheTier::Short,
             Route::Preset(_) | Route::Schema(_) => CacheTier::Day,
             Route::Registry(Ok(r)) => r.cache_tier(),
             _ => CacheTier::NoStore,
@@ -153,6 +157,7 @@ pub fn route(raw_path: &str) -> Route {
     match parts.as_slice() {
         ["health"] => Route::Health,
         ["metrics"] => Route::Metrics,
+        ["openapi.json"] => Route::OpenApi,
         ["namespaces"] => Route::Namespaces,
         ["namespaces", ns, "registries"] => Route::NamespaceRegistries(
             percent_decode(ns)
@@ -365,6 +370,10 @@ mod tests {
         assert_eq!(route("/health"), Route::Health);
         assert_eq!(route("/health/"), Route::Health);
         assert_eq!(route("/metrics"), Route::Metrics);
+        assert_eq!(route("/openapi.json"), Route::OpenApi);
+        assert_eq!(route("/openapi.json").template(), "/openapi.json");
+        assert_eq!(route("/openapi.json").cache_tier(), CacheTier::Short);
+        assert_eq!(route("/openapi.yaml"), Route::NotFound);
         assert_eq!(route("/namespaces"), Route::Namespaces);
         assert_eq!(
             route("/namespaces/%40rack/registries"),

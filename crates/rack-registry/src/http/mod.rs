@@ -5,6 +5,7 @@
 //! are built on the same read functions ([`reads`]).
 
 pub mod logging;
+pub mod openapi;
 pub mod pages;
 pub mod reads;
 pub mod response;
@@ -124,6 +125,7 @@ async fn handle(
             "text/plain; version=0.0.4; charset=utf-8",
             rack_core::route::CacheTier::NoStore,
         )),
+        Route::OpenApi => Ok(openapi::reply()),
         Route::Registry(res) => match res {
             Ok(res) => reads::registry(state, &ctx, res).await,
             Err(e) => Err(e.into()),
