@@ -71,11 +71,8 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
     let headers = req.headers();
     let head = method == "HEAD";
     let answer = match route(path) {
-        // No metrics at the edge (SPEC §11.6): the path does not exist here.
-        Route::NotFound | Route::Metrics => Err(Fail::Api(ApiError::route_not_found())),
-        // No uploads at the edge: the path exists but allows no method (RFC 9110 §10.2.1:
-        // an empty `Allow`).
-        Route::Upload => return method_not_allowed("", head),
+        // No metrics and no uploads at the edge (SPEC §11.6): those paths are not routes here.
+        Route::NotFound | Route::Metrics | Route::Upload => Err(Fail::Api(ApiError::route_not_found())),
         r if !r.allows(&method) => return method_not_allowed(r.allowed_methods(), head),
         r => read(&env, headers, r).await,
     };
