@@ -137,8 +137,7 @@ impl Walk {
         for key in objects {
             self.anything = true;
             if key.strip_prefix(dir) == Some(self.marker.as_str()) && dir.len() > self.prefix.len() {
-                self.found
-                    .push(dir[self.prefix.len()..dir.len() - 1].to_owned());
+                self.found.push(dir[self.prefix.len()..dir.len() - 1].to_owned());
             }
         }
         for p in prefixes {

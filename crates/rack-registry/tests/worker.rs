@@ -16,7 +16,8 @@ use raw_http::{RawClient, RawResponse};
 use serde_json::Value;
 
 fn error_of(r: &RawResponse) -> (String, String) {
-    let v: Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.body_text()));
+    let v: Value =
+        serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.body_text()));
     (
         v["code"].as_str().unwrap_or_default().to_owned(),
         v["message"].as_str().unwrap_or_default().to_owned(),
@@ -27,7 +28,8 @@ fn assert_json_error(r: &RawResponse, status: u16, code: &str) {
     assert_eq!(r.status, status, "{}", r.body_text());
     assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
     assert!(
-        r.header("content-type").is_some_and(|t| t.starts_with("application/json")),
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("application/json")),
         "{:?}",
         r.header("content-type")
     );
@@ -66,7 +68,9 @@ fn other_methods_are_405_json() {
         }
     }
     // The same paths read fine with GET.
-    let r = client.request("GET", "/namespaces/@rack/registries", &[]).unwrap();
+    let r = client
+        .request("GET", "/namespaces/@rack/registries", &[])
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.body_text());
 }
 
@@ -111,11 +115,15 @@ fn namespace_index_answers_listings() {
     .unwrap();
     let server = worker::start(world.path(), &world.local_env());
     let client = RawClient::new(&server.base);
-    let r = client.request("GET", "/namespaces/@anon/registries", &[]).unwrap();
+    let r = client
+        .request("GET", "/namespaces/@anon/registries", &[])
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.body_text());
     assert_eq!(r.body_text(), r#"{"namespace":"@anon","registries":["kit"]}"#);
     // Without an index the namespace is walked.
-    let r = client.request("GET", "/namespaces/@company/registries", &[]).unwrap();
+    let r = client
+        .request("GET", "/namespaces/@company/registries", &[])
+        .unwrap();
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(r.status, 401, "gated namespace without a token: {v}");
     let r = client
@@ -127,7 +135,10 @@ fn namespace_index_answers_listings() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body_text());
     let v: Value = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(v["registries"], serde_json::json!(["core", "ui/button", "ui/forms/input"]));
+    assert_eq!(
+        v["registries"],
+        serde_json::json!(["core", "ui/button", "ui/forms/input"])
+    );
 }
 
 /// A token added to `.auth/auth.json` is refused while the isolate's cached policy is younger
@@ -163,7 +174,11 @@ fn policy_is_cached_for_auth_cache_seconds() {
     std::fs::write(world.auth_path(), serde_json::to_vec_pretty(&policy).unwrap()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while pushes(&server) == before {
-        assert!(Instant::now() < deadline, "serve-local never pushed the new policy:\n{}", server.output());
+        assert!(
+            Instant::now() < deadline,
+            "serve-local never pushed the new policy:\n{}",
+            server.output()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -189,7 +204,10 @@ fn policy_is_cached_for_auth_cache_seconds() {
             break;
         }
         assert_json_error(&r, 401, "INVALID_TOKEN");
-        assert!(Instant::now() < deadline, "new token still refused long after AUTH_CACHE_SECONDS");
+        assert!(
+            Instant::now() < deadline,
+            "new token still refused long after AUTH_CACHE_SECONDS"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rack_core::auth::Ctx;
 use rack_core::layout::{self, VersionsFile};
-use rack_core::mime::content_type;
 use rack_core::listing::{
     health_body, health_marker_missing, namespace_of_prefix, namespaces_body, registries_body,
     HEALTH_MARKER_UNREADABLE,
 };
+use rack_core::mime::content_type;
 use rack_core::names::is_segment;
 use rack_core::route::{CacheTier, RegistryResource, ResourceKind};
 use rack_core::ApiError;
@@ -167,7 +167,11 @@ pub async fn schema(state: &AppState, file: &'static str) -> ApiResult {
 
 pub async fn namespaces(state: &AppState, ctx: &Ctx<'_>) -> ApiResult {
     let names = namespace_names(state, ctx).await?;
-    Ok(Reply::ok(namespaces_body(&names), "application/json", CacheTier::Short))
+    Ok(Reply::ok(
+        namespaces_body(&names),
+        "application/json",
+        CacheTier::Short,
+    ))
 }
 
 /// The namespaces `ctx` may list (SPEC §4 `/namespaces`), sorted. Shared with the web pages.
@@ -196,9 +200,9 @@ pub(crate) async fn namespace_names(state: &AppState, ctx: &Ctx<'_>) -> Result<V
 
 pub async fn namespace_registries(state: &AppState, ctx: &Ctx<'_>, ns: &str) -> ApiResult {
     let registries = registry_names(state, ctx, ns).await?;
-    let cached = state.listings.get_or_render(ns, &registries, || {
-        Bytes::from(registries_body(ns, &registries))
-    });
+    let cached = state
+        .listings
+        .get_or_render(ns, &registries, || Bytes::from(registries_body(ns, &registries)));
     Ok(Reply::object(cached, "application/json", CacheTier::Short))
 }
 

@@ -194,7 +194,9 @@ pub fn test_target() -> Target {
     match std::env::var("RACK_TEST_TARGET").ok().as_deref() {
         Some("s3") => Target::S3,
         None | Some("") | Some("local") => Target::Local,
-        Some("worker") => panic!("RACK_TEST_TARGET=worker: the Worker serves reads only; use CONFORMANCE_TARGET=worker"),
+        Some("worker") => {
+            panic!("RACK_TEST_TARGET=worker: the Worker serves reads only; use CONFORMANCE_TARGET=worker")
+        }
         Some(other) => panic!("RACK_TEST_TARGET={other}: local or s3"),
     }
 }

@@ -29,7 +29,9 @@ pub fn available() -> bool {
         if std::env::var("RACK_REQUIRE_WORKER").is_ok_and(|v| v == "1") {
             panic!("RACK_REQUIRE_WORKER=1 but node or crates/rack-worker/node_modules is missing (npm ci)");
         }
-        eprintln!("\n*** SKIPPING the worker tests: node or crates/rack-worker/node_modules (npm ci) missing ***\n");
+        eprintln!(
+            "\n*** SKIPPING the worker tests: node or crates/rack-worker/node_modules (npm ci) missing ***\n"
+        );
     }
     ok
 }
