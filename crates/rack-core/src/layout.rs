@@ -36,6 +36,11 @@ pub fn file_key(registry: &str, version: &str, path: &str) -> String {
     [registry, "/", version, "/", path].concat()
 }
 
+/// `schema/<file>`: a schema file in storage (`file` from [`crate::route::SCHEMA_FILES`]).
+pub fn schema_key(file: &str) -> String {
+    ["schema/", file].concat()
+}
+
 pub fn preset_key(name: &str) -> String {
     ["presets/", name, "/preset.json"].concat()
 }

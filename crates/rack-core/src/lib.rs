@@ -10,6 +10,7 @@
 //! - [`layout`]: storage keys and registry segment derivation (SPEC §3, §5.4);
 //! - [`auth`]: `auth.json` parsing (fail closed) and every access decision (SPEC §6);
 //! - [`limits`]: the default upload and extraction limits (SPEC §5, §10);
+//! - [`listing`]: the namespace index, the registry walk, listing and `/health` bodies (SPEC §3, §4, §8);
 //! - [`etag`]: content-derived strong ETags and `If-None-Match` matching (SPEC §9);
 //! - [`error`]: the error catalogue (SPEC §12), mapped to status, code and message in one place.
 //!
@@ -21,6 +22,7 @@ pub mod error;
 pub mod etag;
 pub mod layout;
 pub mod limits;
+pub mod listing;
 pub mod manifest;
 pub mod mime;
 pub mod names;

@@ -61,7 +61,7 @@ impl SchemaStore {
     /// `SCHEMA_DIR` does not exist.
     pub fn locate(&self, main: &Arc<dyn Storage>, file: &str) -> Option<(Arc<dyn Storage>, String)> {
         match self {
-            SchemaStore::Storage => Some((main.clone(), format!("schema/{file}"))),
+            SchemaStore::Storage => Some((main.clone(), rack_core::layout::schema_key(file))),
             SchemaStore::Dir { path, watch, store } => {
                 let store = match store.get() {
                     Some(s) => s.clone(),

@@ -6,8 +6,9 @@
 //! list, so a single run shows everything that differs from the contract.
 //!
 //! Environment knobs: `CONFORMANCE_FILTER=<substring>` runs only the cases whose name contains it;
-//! `CONFORMANCE_TARGET` (`local` or `s3`; default: both, s3 when an S3 server is available, see
-//! `common/s3.rs`) selects the targets, and so which `only` lists apply.
+//! `CONFORMANCE_TARGET` (`local`, `s3` or `worker`; default: local, and s3 when an S3 server is
+//! available, see `common/s3.rs`) selects the targets, and so which `only` lists apply. `worker`
+//! runs the edge Worker in workerd through `crates/rack-worker/serve-local` (`common/worker.rs`).
 
 mod common;
 #[path = "common/http.rs"]
@@ -424,7 +425,13 @@ fn read_api_conformance() {
             );
             vec![Target::S3]
         }
-        Some(other) => panic!("CONFORMANCE_TARGET={other}: this runner serves local and s3"),
+        Some("worker") => {
+            if !common::worker::available() {
+                return;
+            }
+            vec![Target::Worker]
+        }
+        Some(other) => panic!("CONFORMANCE_TARGET={other}: local, s3 or worker"),
     };
     let filter = std::env::var("CONFORMANCE_FILTER").ok();
     let cases = load_cases();

@@ -6,11 +6,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rack_core::auth::Ctx;
 use rack_core::layout::{self, VersionsFile};
+use rack_core::listing::{
+    health_body, health_marker_missing, namespace_of_prefix, namespaces_body, registries_body,
+    HEALTH_MARKER_UNREADABLE,
+};
 use rack_core::mime::content_type;
-use rack_core::names::{is_namespace, is_segment};
+use rack_core::names::is_segment;
 use rack_core::route::{CacheTier, RegistryResource, ResourceKind};
 use rack_core::ApiError;
-use serde_json::json;
 
 use super::response::{ApiResult, ErrorReply, Reply, Streamed};
 use crate::cache::{Cached, Found};
@@ -164,7 +167,11 @@ pub async fn schema(state: &AppState, file: &'static str) -> ApiResult {
 
 pub async fn namespaces(state: &AppState, ctx: &Ctx<'_>) -> ApiResult {
     let names = namespace_names(state, ctx).await?;
-    Ok(Reply::json(&json!({ "namespaces": names }), CacheTier::Short))
+    Ok(Reply::ok(
+        namespaces_body(&names),
+        "application/json",
+        CacheTier::Short,
+    ))
 }
 
 /// The namespaces `ctx` may list (SPEC §4 `/namespaces`), sorted. Shared with the web pages.
@@ -178,8 +185,7 @@ pub(crate) async fn namespace_names(state: &AppState, ctx: &Ctx<'_>) -> Result<V
             .await
             .map_err(internal)?;
         for p in &page.prefixes {
-            let ns = p.trim_end_matches('/');
-            if is_namespace(ns) && ctx.lists(ns) {
+            if let Some(ns) = namespace_of_prefix(p).filter(|ns| ctx.lists(ns)) {
                 names.push(ns.to_owned());
             }
         }
@@ -194,9 +200,9 @@ pub(crate) async fn namespace_names(state: &AppState, ctx: &Ctx<'_>) -> Result<V
 
 pub async fn namespace_registries(state: &AppState, ctx: &Ctx<'_>, ns: &str) -> ApiResult {
     let registries = registry_names(state, ctx, ns).await?;
-    let cached = state.listings.get_or_render(ns, &registries, || {
-        Bytes::from(json!({ "namespace": ns, "registries": &registries[..] }).to_string())
-    });
+    let cached = state
+        .listings
+        .get_or_render(ns, &registries, || Bytes::from(registries_body(ns, &registries)));
     Ok(Reply::object(cached, "application/json", CacheTier::Short))
 }
 
@@ -223,23 +229,15 @@ pub(crate) async fn registry_names(
 pub async fn health(state: &AppState) -> Reply {
     let problem = match state.storage.get(layout::HEALTHCHECK_KEY).await {
         Ok(Some(_)) => None,
-        Ok(None) => Some(format!("storage marker {} not found", layout::HEALTHCHECK_KEY)),
+        Ok(None) => Some(health_marker_missing()),
         Err(e) => {
             tracing::error!(error = %e, "health check failed");
-            Some("storage marker unreadable".to_owned())
+            Some(HEALTH_MARKER_UNREADABLE.to_owned())
         }
     };
-    match problem {
-        None => Reply::json(
-            &json!({"status": "ok", "checks": {"storage": {"status": "ok"}}}),
-            CacheTier::NoStore,
-        ),
-        Some(error) => Reply {
-            status: http::StatusCode::SERVICE_UNAVAILABLE,
-            ..Reply::json(
-                &json!({"status": "error", "checks": {"storage": {"status": "error", "error": error}}}),
-                CacheTier::NoStore,
-            )
-        },
+    let (status, body) = health_body(problem.as_deref());
+    Reply {
+        status: http::StatusCode::from_u16(status).expect("200 or 503"),
+        ..Reply::ok(body, "application/json", CacheTier::NoStore)
     }
 }

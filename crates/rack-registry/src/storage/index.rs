@@ -12,42 +12,15 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rack_core::names::{is_namespace, is_segment};
-use serde::{Deserialize, Serialize};
+use rack_core::names::is_segment;
 
 use super::{walk_marked_dirs, PutMode, Result, Storage, StorageError};
 
-pub const INDEX_FILE: &str = ".registries.json";
-
-/// The index key of namespace `ns` (`@ns`).
-pub fn index_key(ns: &str) -> String {
-    format!("{ns}/{INDEX_FILE}")
-}
-
-/// Whether `key` is a namespace index (derived data: `storage pull` leaves it out).
-pub fn is_index_key(key: &str) -> bool {
-    key.split_once('/')
-        .is_some_and(|(ns, rest)| rest == INDEX_FILE && is_namespace(ns))
-}
-
-#[derive(Serialize, Deserialize)]
-struct RegistryIndex {
-    registries: Vec<String>,
-}
-
-pub fn parse(bytes: &[u8]) -> Option<Vec<String>> {
-    serde_json::from_slice::<RegistryIndex>(bytes)
-        .ok()
-        .map(|i| i.registries)
-}
+// Key, format and parsing are the core's (shared with the edge Worker).
+pub use rack_core::listing::{index_key, is_index_key, parse_index as parse, INDEX_FILE};
 
 pub fn render(registries: &[String]) -> Bytes {
-    let mut list = registries.to_vec();
-    list.sort();
-    list.dedup();
-    let mut out = serde_json::to_vec(&RegistryIndex { registries: list }).expect("serializable");
-    out.push(b'\n');
-    Bytes::from(out)
+    Bytes::from(rack_core::listing::render_index(registries))
 }
 
 /// The registries of namespace `ns` by walking its directories (`None`: nothing stored).
@@ -94,21 +67,4 @@ pub async fn rebuild(s: &dyn Storage, ns: &str) -> Result<Option<usize>> {
     };
     s.put(&index_key(ns), render(&list), PutMode::Overwrite).await?;
     Ok(Some(list.len()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn index_keys_and_format() {
-        assert_eq!(index_key("@ns"), "@ns/.registries.json");
-        assert!(is_index_key("@ns/.registries.json"));
-        assert!(!is_index_key("@ns/a/.registries.json"));
-        assert!(!is_index_key("presets/.registries.json"));
-        let body = render(&["b/c".into(), "a".into(), "a".into()]);
-        assert_eq!(&body[..], b"{\"registries\":[\"a\",\"b/c\"]}\n");
-        assert_eq!(parse(&body).unwrap(), ["a", "b/c"]);
-        assert!(parse(b"[]").is_none());
-    }
 }

@@ -158,37 +158,29 @@ pub async fn walk_marked_dirs<S: Storage + ?Sized>(
     marker: &str,
     descend: DirFilter,
 ) -> Result<Option<Arc<[String]>>> {
-    let mut found = Vec::new();
-    let mut stack = vec![prefix.to_owned()];
-    let mut anything = false;
-    while let Some(dir) = stack.pop() {
+    // The walk itself is the core's (shared with the edge Worker); this feeds it pages.
+    let mut walk = Walk::new(prefix, marker, descend);
+    while let Some(dir) = walk.next_dir() {
         let mut start: Option<String> = None;
         loop {
             let page = s.list(&dir, true, start.as_deref(), 1000).await?;
-            anything |= !page.objects.is_empty() || !page.prefixes.is_empty();
-            for o in &page.objects {
-                if o.key.strip_prefix(&dir) == Some(marker) && dir.len() > prefix.len() {
-                    found.push(dir[prefix.len()..dir.len() - 1].to_owned());
-                }
-            }
-            for p in &page.prefixes {
-                let name = p[dir.len()..].trim_end_matches('/');
-                if descend(name) {
-                    stack.push(p.clone());
-                }
-            }
+            walk.page(
+                &dir,
+                page.objects.iter().map(|o| o.key.as_str()),
+                page.prefixes.iter().map(String::as_str),
+            );
             match page.next {
                 Some(n) => start = Some(n),
                 None => break,
             }
         }
     }
-    found.sort();
-    Ok(anything.then(|| Arc::from(found)))
+    Ok(walk.finish().map(Arc::from))
 }
 
 /// Which sub-directories a search descends into (by name).
-pub type DirFilter = fn(&str) -> bool;
+pub use rack_core::listing::DirFilter;
+use rack_core::listing::Walk;
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod s3;
+pub mod worker;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -158,6 +159,8 @@ pub struct Server {
     child: Child,
     pub base: String,
     output: Arc<Mutex<String>>,
+    /// Stop with SIGTERM on drop (serve-local: miniflare then stops its workerd child).
+    graceful: bool,
 }
 
 /// The server exited (or never said it was listening): its exit status and output.
@@ -230,6 +233,12 @@ impl Server {
     ) -> Result<Server, StartFailure> {
         let mut cmd = command(cwd, env, &["serve"]);
         tune(&mut cmd);
+        Server::spawn(cmd, Duration::from_secs(20), false)
+    }
+
+    /// Run `cmd` until it prints its `listening on http://...` line (at most `startup`).
+    /// `graceful`: stop it with SIGTERM rather than SIGKILL when dropped.
+    pub fn spawn(mut cmd: Command, startup: Duration, graceful: bool) -> Result<Server, StartFailure> {
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -254,10 +263,17 @@ impl Server {
             });
         }
         drop(tx);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + startup;
         loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(base) => return Ok(Server { child, base, output }),
+                Ok(base) => {
+                    return Ok(Server {
+                        child,
+                        base,
+                        output,
+                        graceful,
+                    })
+                }
                 Err(_) => {
                     if let Ok(Some(status)) = child.try_wait() {
                         std::thread::sleep(Duration::from_millis(100));
@@ -314,6 +330,13 @@ fn unsafe_kill(pid: u32, sig: &str) {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if self.graceful && matches!(self.child.try_wait(), Ok(None)) {
+            unsafe_kill(self.child.id(), "TERM");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

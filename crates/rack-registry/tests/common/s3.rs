@@ -194,6 +194,9 @@ pub fn test_target() -> Target {
     match std::env::var("RACK_TEST_TARGET").ok().as_deref() {
         Some("s3") => Target::S3,
         None | Some("") | Some("local") => Target::Local,
+        Some("worker") => {
+            panic!("RACK_TEST_TARGET=worker: the Worker serves reads only; use CONFORMANCE_TARGET=worker")
+        }
         Some(other) => panic!("RACK_TEST_TARGET={other}: local or s3"),
     }
 }
@@ -213,6 +216,8 @@ pub fn local_only(why: &str) -> bool {
 pub enum Target {
     Local,
     S3,
+    /// The edge Worker in workerd (`crates/rack-worker/serve-local`, see `common/worker.rs`).
+    Worker,
 }
 
 impl Target {
@@ -220,6 +225,7 @@ impl Target {
         match self {
             Target::Local => "local",
             Target::S3 => "s3",
+            Target::Worker => "worker",
         }
     }
 
@@ -243,5 +249,8 @@ pub fn serve_on(world: &World, target: Target) -> (super::Server, Option<Bucket>
             let env = world.env_on_bucket(&bucket);
             (super::Server::start(world.path(), &env), Some(bucket))
         }
+        // serve-local seeds its simulated R2 bucket from the world's storage directory and
+        // policy, with the server's variables.
+        Target::Worker => (super::worker::start(world.path(), &world.local_env()), None),
     }
 }
