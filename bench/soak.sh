@@ -14,6 +14,7 @@
 #   SOAK_PORT=18095         port of the server (127.0.0.1)
 #   SOAK_BIN=...            the server binary [default: target/release/rack-registry, built if missing]
 #   SOAK_CACHE_MAX_BYTES=   CACHE_MAX_BYTES of the server [default: unset, the server's 64 MiB]
+#   SOAK_SERVER_ENV=        more NAME=value words for the server's environment (e.g. MIMALLOC_*)
 #   SOAK_KEEP=0             1: keep the work directory (samples, logs)
 #
 # The load: wrk over every kind of read (manifests, latest, version lists, template files,
@@ -71,7 +72,7 @@ trap cleanup EXIT
 cp -r "$FIXTURES" "$W/storage" && cp -r "$ROOT/conformance/world/storage/." "$W/storage/"
 chmod -R u+w "$W/storage"
 cp "$ROOT/conformance/world/auth.json" "$W/auth.json"
-env -i PATH="$PATH" ${CACHE:+CACHE_MAX_BYTES="$CACHE"} HOST=127.0.0.1 PORT="$PORT" STORAGE_ROOT="$W/storage" \
+env -i PATH="$PATH" ${CACHE:+CACHE_MAX_BYTES="$CACHE"} ${SOAK_SERVER_ENV:-} HOST=127.0.0.1 PORT="$PORT" STORAGE_ROOT="$W/storage" \
   AUTH_CONFIG_PATH="$W/auth.json" WEBHOOK_CONFIG_PATH="$W/none.json" ADMIN_TOKEN="$TOKEN" \
   RATE_LIMIT_MAX=0 LOG_LEVEL=warn "$BIN" >"$W/server.log" 2>&1 &
 PID=$!
