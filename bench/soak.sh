@@ -13,6 +13,8 @@
 #   SOAK_SLOW=50            slowloris connections (one byte every 0.5 s); SLOW/5 slow readers
 #   SOAK_PORT=18095         port of the server (127.0.0.1)
 #   SOAK_BIN=...            the server binary [default: target/release/rack-registry, built if missing]
+#   SOAK_CACHE_MAX_BYTES=   CACHE_MAX_BYTES of the server [default: unset, the server's 64 MiB]
+#   SOAK_SERVER_ENV=        more NAME=value words for the server's environment (e.g. MIMALLOC_*)
 #   SOAK_KEEP=0             1: keep the work directory (samples, logs)
 #
 # The load: wrk over every kind of read (manifests, latest, version lists, template files,
@@ -39,6 +41,7 @@ IDLE="${SOAK_IDLE:-200}"
 SLOW="${SOAK_SLOW:-50}"
 PORT="${SOAK_PORT:-18095}"
 KEEP="${SOAK_KEEP:-0}"
+CACHE="${SOAK_CACHE_MAX_BYTES:-}"
 TOKEN="soak-admin-token-0123456789"
 URL="http://127.0.0.1:$PORT"
 [ "$WARMUP" -lt "$SECS" ] || die "SOAK_WARMUP ($WARMUP) must be below SOAK_SECONDS ($SECS)"
@@ -69,7 +72,7 @@ trap cleanup EXIT
 cp -r "$FIXTURES" "$W/storage" && cp -r "$ROOT/conformance/world/storage/." "$W/storage/"
 chmod -R u+w "$W/storage"
 cp "$ROOT/conformance/world/auth.json" "$W/auth.json"
-env -i PATH="$PATH" HOST=127.0.0.1 PORT="$PORT" STORAGE_ROOT="$W/storage" \
+env -i PATH="$PATH" ${CACHE:+CACHE_MAX_BYTES="$CACHE"} ${SOAK_SERVER_ENV:-} HOST=127.0.0.1 PORT="$PORT" STORAGE_ROOT="$W/storage" \
   AUTH_CONFIG_PATH="$W/auth.json" WEBHOOK_CONFIG_PATH="$W/none.json" ADMIN_TOKEN="$TOKEN" \
   RATE_LIMIT_MAX=0 LOG_LEVEL=warn "$BIN" >"$W/server.log" 2>&1 &
 PID=$!
