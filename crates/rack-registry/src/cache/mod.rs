@@ -605,7 +605,7 @@ mod tests {
         let cache = HotCache::new(1 << 20);
         let body = Bytes::from(vec![b'x'; 6144]);
         let key = |i: usize| format!("@a/r/1.0.0/templates/f-{i:04}.ts");
-        for i in 0..1300 {
+        for i in 0..=1300 {
             s.put(&key(i), body.clone(), PutMode::Create).await.unwrap();
         }
         // Filled while there is room.
@@ -625,9 +625,11 @@ mod tests {
         for k in &hot {
             assert!(cache.inner.peek(k.as_str()).is_some(), "{k} was pushed out");
         }
-        // An object asked for again gets in at its ADMIT_AFTER_MISSES-th miss.
-        let again = key(1000);
-        for _ in 2..ADMIT_AFTER_MISSES {
+        // An object asked for again gets in at its ADMIT_AFTER_MISSES-th miss. (One not read
+        // before: the miss count of an object read once above may have left the tag memo,
+        // whose shards evict in an order that varies from run to run.)
+        let again = key(1300);
+        for _ in 1..ADMIT_AFTER_MISSES {
             cache.get(&s, &again).await.unwrap().unwrap();
             assert!(cache.inner.peek(again.as_str()).is_none());
         }
