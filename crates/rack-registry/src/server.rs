@@ -165,7 +165,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
                 .map_err(|e| format!("storage root {}: {e}", config.storage_root.display()))?
                 .require_marker();
             Arc::new(if config.fs_watch {
-                local.with_watcher()
+                local.with_watcher().hold_open(config.open_file_cache)
             } else {
                 local
             })
@@ -301,6 +301,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         storage = %storage.describe(),
         workers = config.http_workers,
         max_connections = config.max_connections,
+        open_file_cache = config.open_file_cache,
         "listening on http://{local}"
     );
     let settings = http::serve::Settings {
