@@ -13,6 +13,8 @@
 //! - A replica that dies leaves its claims to expire; the others list the outbox (at an
 //!   interval that backs off while it is empty, [`super::schedule::PollBackoff`]) and take over
 //!   expired claims. Delivery is at least once; `X-Webhook-Delivery` never changes.
+//! - A replica stopped gracefully hands its claims back ([`OutboxStore::release_claims`]): the
+//!   others take its deliveries at their next list rather than after the claims expire.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
