@@ -90,16 +90,24 @@ pub async fn open_bucket(bucket: &BucketConfig) -> Result<S3Storage, String> {
         }
         tracing::info!(storage = %s3.describe(), "initialised an empty bucket");
     }
+    probe_bucket(s3, bucket.single_writer).await
+}
+
+/// The conditional-write probe (SPEC §11.1) of a connected bucket: the bucket back when it
+/// honours conditional writes (or in single-writer emulation if allowed), an error saying so
+/// otherwise.
+pub async fn probe_bucket(s3: S3Storage, single_writer: bool) -> Result<S3Storage, String> {
+    let unreachable = |e: StorageError| format!("bucket {} at {}: {e}", s3.bucket(), s3.endpoint());
     match s3.probe_conditional_writes().await.map_err(unreachable)? {
         Probe::Honoured => {
-            if bucket.single_writer {
+            if single_writer {
                 tracing::info!(
                     "STORAGE_SINGLE_WRITER=true is not needed: the bucket honours conditional writes"
                 );
             }
             Ok(s3)
         }
-        failed if bucket.single_writer => {
+        failed if single_writer => {
             tracing::warn!(
                 probe = ?failed,
                 "the bucket does not honour conditional writes: STORAGE_SINGLE_WRITER=true, so \

@@ -115,3 +115,90 @@ fn an_unusable_bucket_exits_with_code_2_naming_bucket_and_endpoint() {
         );
     }
 }
+
+/// The storage commands treat an unusable bucket as `serve` does (SPEC §10): exit code 2 and a
+/// message on stderr naming the bucket and the endpoint; `check --repair` (whose writes rely on
+/// compare-and-swap) also runs the conditional-write probe.
+#[test]
+fn storage_commands_on_an_unusable_bucket_exit_with_code_2() {
+    let Some(bucket) = Bucket::new() else { return };
+    let world = common::World::new();
+    let missing = Bucket {
+        endpoint: bucket.endpoint.clone(),
+        name: format!("{}-missing", bucket.name),
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = Bucket {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        name: bucket.name.clone(),
+    };
+    let root = world.storage().display().to_string();
+    let pulled = world.path().join("pulled").display().to_string();
+    let run = |b: &Bucket, args: &[&str]| {
+        let out = common::command(world.path(), &b.env(), args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (what, b) in [
+        ("missing bucket", &missing),
+        ("unreachable endpoint", &unreachable),
+    ] {
+        for args in [
+            &["storage", "check"][..],
+            &["storage", "check", "--repair"],
+            &["storage", "push", &root],
+            &["storage", "push", &root, "--dry-run"],
+            &["storage", "pull", &pulled],
+        ] {
+            let (code, err) = run(b, args);
+            assert_eq!(code, Some(2), "{what} {args:?}:\n{err}");
+            let command = format!("rack-registry {} {}:", args[0], args[1]);
+            assert!(
+                err.contains(&command)
+                    && err.contains(&format!("bucket {}", b.name))
+                    && err.contains(&b.endpoint),
+                "{what} {args:?}: the message names command, bucket and endpoint:\n{err}"
+            );
+            assert!(
+                !err.contains(common::s3::SECRET_KEY),
+                "{what}: secret in output:\n{err}"
+            );
+        }
+    }
+    assert!(!world.path().join("pulled").exists(), "nothing pulled");
+
+    // A store that ignores conditional writes: `check` reads and works, `check --repair` is
+    // refused like `serve` (unless STORAGE_SINGLE_WRITER=true).
+    let careless = Bucket {
+        endpoint: s3front::start(
+            bucket.endpoint.clone(),
+            Arc::new(s3front::Behaviour {
+                strip_conditions: true.into(),
+                ..Default::default()
+            }),
+        ),
+        name: bucket.name.clone(),
+    };
+    let (code, err) = run(&careless, &["storage", "check"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = run(&careless, &["storage", "check", "--repair"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("rack-registry storage check:")
+            && err.contains("does not honour conditional writes")
+            && err.contains("STORAGE_SINGLE_WRITER=true"),
+        "{err}"
+    );
+    let mut env = careless.env();
+    env.push(("STORAGE_SINGLE_WRITER".into(), "true".into()));
+    let out = common::command(world.path(), &env, &["storage", "check", "--repair"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}

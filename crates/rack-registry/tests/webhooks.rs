@@ -883,10 +883,11 @@ fn replica_env(
     env
 }
 
-/// The delivery objects under `.rack/outbox/` in `bucket`, with their bodies.
-fn bucket_outbox(bucket: &common::s3::Bucket) -> Vec<(String, Value)> {
+/// A client of `bucket` (moto itself, not a test front), and a runtime to drive it.
+fn bucket_client(
+    bucket: &common::s3::Bucket,
+) -> (rack_registry::storage::s3::S3Storage, tokio::runtime::Runtime) {
     use rack_registry::storage::s3::{S3Options, S3Storage};
-    use rack_registry::storage::Storage;
     let s3 = S3Storage::new(&S3Options {
         endpoint: Some(bucket.endpoint.clone()),
         region: "us-east-1".into(),
@@ -899,6 +900,13 @@ fn bucket_outbox(bucket: &common::s3::Bucket) -> Vec<(String, Value)> {
         .enable_all()
         .build()
         .unwrap();
+    (s3, rt)
+}
+
+/// The delivery objects under `.rack/outbox/` in `bucket`, with their bodies.
+fn bucket_outbox(bucket: &common::s3::Bucket) -> Vec<(String, Value)> {
+    use rack_registry::storage::Storage;
+    let (s3, rt) = bucket_client(bucket);
     rt.block_on(async {
         let page = s3.list(".rack/outbox/", false, None, 1000).await.unwrap();
         let mut out = Vec::new();
@@ -909,6 +917,18 @@ fn bucket_outbox(bucket: &common::s3::Bucket) -> Vec<(String, Value)> {
         }
         out
     })
+}
+
+/// Write `record` as the delivery object of `id` in `bucket` (as a replica would have).
+fn put_bucket_delivery(bucket: &common::s3::Bucket, id: &str, record: &Value) {
+    use rack_registry::storage::{PutMode, Storage};
+    let (s3, rt) = bucket_client(bucket);
+    rt.block_on(s3.put(
+        &format!(".rack/outbox/{id}.json"),
+        serde_json::to_vec(record).unwrap().into(),
+        PutMode::Create,
+    ))
+    .unwrap();
 }
 
 #[test]
@@ -1061,6 +1081,9 @@ fn bucket_outbox_idle_listing_backs_off() {
         return;
     };
     let world = World::new();
+    // A webhook is configured (without one the outbox is not listed at all: the next test).
+    let url = format!("http://127.0.0.1:{}/hook", free_port());
+    write_hooks(&world, &[hook(&url, SECRET, &["uploaded"], true)]);
     let behaviour = Arc::new(s3front::Behaviour::default());
     let front = common::s3::Bucket {
         endpoint: s3front::start(bucket.endpoint.clone(), behaviour.clone()),
@@ -1099,4 +1122,150 @@ fn bucket_outbox_idle_listing_backs_off() {
     let later = lists() - settled;
     assert!(later <= 4, "{later} lists in 4 s at a 1.6 s interval");
     drop(server);
+}
+
+/// How many times `server` logged that it stopped listing the outbox (no webhook, empty outbox).
+fn idle_scans(server: &Server) -> usize {
+    server
+        .output()
+        .matches("no webhook enabled and the outbox is empty")
+        .count()
+}
+
+/// Without any webhook, a replica lists the outbox until it is empty (a delivery left there is
+/// still delivered), then not at all; a reload that enables a webhook brings the listing back,
+/// and one that removes the last webhook stops it again.
+#[test]
+fn bucket_outbox_without_webhooks_is_not_listed() {
+    if bucket_tests_ran_already() {
+        return;
+    }
+    let Some(bucket) = common::s3::Bucket::new() else {
+        return;
+    };
+    let world = World::new();
+    // No webhooks.json. A delivery queued while a webhook existed waits in the bucket,
+    // unclaimed (its replica is gone).
+    let rx = Receiver::start(Act::Status(200));
+    let id = "1700000000000-left1";
+    put_bucket_delivery(
+        &bucket,
+        id,
+        &json!({
+            "format": 1, "id": id, "event": "uploaded", "url": rx.url("/hook"), "webhook": 0,
+            "timestamp": "2026-01-01T00:00:00.000Z", "signature": "sha256=00",
+            "body": "{\"event\":\"uploaded\"}", "attempts": 0,
+            "next_attempt_ms": 1_700_000_000_000i64, "created_ms": 1_700_000_000_000i64, "seq": 0
+        }),
+    );
+    let behaviour = Arc::new(s3front::Behaviour::default());
+    let front = common::s3::Bucket {
+        endpoint: s3front::start(bucket.endpoint.clone(), behaviour.clone()),
+        name: bucket.name.clone(),
+    };
+    let server = Server::start(
+        world.path(),
+        &replica_env(
+            &world,
+            &front,
+            "a",
+            &[
+                ("WEBHOOK_OUTBOX_POLL_MIN_MS", "100"),
+                ("WEBHOOK_OUTBOX_POLL_MAX_MS", "1600"),
+            ],
+        ),
+    );
+    let lists = || behaviour.count(&["GET ", "list-type=2", "outbox"]);
+    let got = rx.wait_for(1, Duration::from_secs(20));
+    assert_eq!(
+        got[0].h("x-webhook-delivery"),
+        id,
+        "the left delivery is delivered"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the outbox emptied and the scan idle",
+        || idle_scans(&server) == 1,
+    );
+    assert!(bucket_outbox(&bucket).is_empty());
+    // The code before listed on its backoff here: 100 ms doubling to 1.6 s, 3 or more in 4 s.
+    let idle_from = lists();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(lists(), idle_from, "no outbox list without webhooks");
+
+    // A webhook appears (live reload): listing resumes.
+    write_hooks(&world, &[hook(&rx.url("/hook"), SECRET, &["uploaded"], true)]);
+    eventually(
+        Duration::from_secs(15),
+        "listing again once a webhook exists",
+        || lists() >= idle_from + 2,
+    );
+    assert_eq!(idle_scans(&server), 1, "{}", server.output());
+    // The last webhook is disabled: the next empty list ends the listing again.
+    write_hooks(&world, &[hook(&rx.url("/hook"), SECRET, &["uploaded"], false)]);
+    eventually(Duration::from_secs(15), "idle again", || idle_scans(&server) == 2);
+    let idle_from = lists();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(lists(), idle_from, "no outbox list once the last webhook is gone");
+    assert_eq!(rx.requests().len(), 1);
+}
+
+/// A replica stopped with SIGTERM while its attempt hangs hands its claim back: the other
+/// replica delivers the same delivery long before the claim (300 s) would have expired.
+#[test]
+fn bucket_outbox_sigterm_releases_claims_to_the_other_replica() {
+    if bucket_tests_ran_already() {
+        return;
+    }
+    let Some(bucket) = common::s3::Bucket::new() else {
+        return;
+    };
+    let world = World::new();
+    let rx = Receiver::start(Act::Status(200));
+    rx.script(&[Act::Hang]);
+    write_hooks(&world, &[hook(&rx.url("/hook"), SECRET, &["uploaded"], true)]);
+    let settings: &[(&str, &str)] = &[
+        ("WEBHOOK_TIMEOUT_SECONDS", "200"),
+        ("WEBHOOK_CLAIM_SECONDS", "300"),
+        ("WEBHOOK_OUTBOX_POLL_MIN_MS", "200"),
+        ("WEBHOOK_OUTBOX_POLL_MAX_MS", "1000"),
+    ];
+    let a = Server::start(world.path(), &replica_env(&world, &bucket, "a", settings));
+    let b = Server::start(world.path(), &replica_env(&world, &bucket, "b", settings));
+    upload_ok(&a, "handed", "1.0.0");
+    let first = rx.wait_for(1, Duration::from_secs(10));
+    let id = first[0].h("x-webhook-delivery").to_owned();
+    // A holds the claim for 300 s while its attempt hangs.
+    let held = bucket_outbox(&bucket);
+    assert_eq!(held.len(), 1, "{held:?}");
+    let claim = &held[0].1["claim"];
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        claim["expires_ms"].as_i64().unwrap() > now_ms + 200_000,
+        "{claim}"
+    );
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &a.pid().to_string()])
+        .status()
+        .unwrap();
+    eventually(Duration::from_secs(30), "A stopped", || {
+        a.output().contains("webhook worker stopped")
+    });
+    // B delivers it: the wait is far below A's claim, which would otherwise keep B away.
+    let got = rx.wait_for(2, Duration::from_secs(60));
+    assert!(
+        a.output().contains("webhook deliveries handed back"),
+        "{}",
+        a.output()
+    );
+    assert_eq!(got[1].h("x-webhook-delivery"), id, "same X-Webhook-Delivery");
+    assert_eq!(got[1].body, first[0].body, "identical bytes");
+    eventually(Duration::from_secs(10), "bucket outbox emptied", || {
+        bucket_outbox(&bucket).is_empty()
+    });
+    assert_eq!(deliveries(&b, "success"), 1);
 }

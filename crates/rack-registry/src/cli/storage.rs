@@ -17,6 +17,7 @@ use clap::{Args, Subcommand};
 use md5::{Digest, Md5};
 
 use crate::config::{Backend, Config, ServeArgs};
+use crate::server::ServeError;
 use crate::storage::{check, index, staged_files, validate_key, LocalStorage, ObjectMeta, PutMode, Storage};
 
 #[derive(Debug, Subcommand)]
@@ -68,22 +69,19 @@ pub fn run_auth_push(a: AuthPush) -> ExitCode {
         Err(code) => return code,
     };
     let result = runtime.block_on(async {
-        let storage = open(&config).await?;
+        let storage = open(&config).await.map_err(ServeError::Config)?;
         storage
             .put(AUTH_KEY, Bytes::from(text.into_bytes()), PutMode::Overwrite)
             .await
             .map_err(|e| e.to_string())?;
-        Ok::<_, String>(storage.describe())
+        Ok::<_, ServeError>(storage.describe())
     });
     match result {
         Ok(target) => {
             println!("{target}: wrote {AUTH_KEY}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("rack-registry auth push: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => failed("auth push", e),
     }
 }
 
@@ -256,6 +254,27 @@ pub async fn pull(storage: &dyn Storage, dir: &Path, dry_run: bool) -> Result<Co
     Ok(counts)
 }
 
+/// Report a command's failure: an unusable storage (unreachable or missing bucket, refused
+/// credentials, failed probe, missing root) is a configuration error, exit 2 as for `serve`
+/// (SPEC §10); a failure of the work itself is exit 1.
+fn failed(command: &str, e: ServeError) -> ExitCode {
+    eprintln!("rack-registry {command}: {e}");
+    ExitCode::from(e.exit_code())
+}
+
+/// [`open`], and for a command whose writes rely on compare-and-swap (`check --repair`) the
+/// conditional-write probe of a bucket too, as `serve` runs it (`STORAGE_SINGLE_WRITER=true`
+/// accepts a store that fails it).
+async fn open_for_cas(config: &Config) -> Result<Arc<dyn Storage>, String> {
+    match &config.backend {
+        Backend::Local => open(config).await,
+        Backend::R2(b) | Backend::S3(b) => {
+            let s3 = crate::server::connect_bucket(b).await?;
+            Ok(Arc::new(crate::server::probe_bucket(s3, b.single_writer).await?))
+        }
+    }
+}
+
 /// The configured storage, for an operator command: a bucket must be reachable; a local root
 /// must exist (it is never created here).
 pub async fn open(config: &Config) -> Result<Arc<dyn Storage>, String> {
@@ -284,7 +303,12 @@ fn run_check(a: CheckArgs) -> ExitCode {
         Err(code) => return code,
     };
     let result = runtime.block_on(async {
-        let storage = open(&config).await?;
+        let storage = if a.repair {
+            open_for_cas(&config).await
+        } else {
+            open(&config).await
+        }
+        .map_err(ServeError::Config)?;
         let found = check::check(storage.as_ref(), bucket)
             .await
             .map_err(|e| e.to_string())?;
@@ -295,7 +319,7 @@ fn run_check(a: CheckArgs) -> ExitCode {
         } else {
             found.clone()
         };
-        Ok::<_, String>((storage.describe(), found, left))
+        Ok::<_, ServeError>((storage.describe(), found, left))
     });
     match result {
         Ok((target, found, left)) => {
@@ -319,10 +343,7 @@ fn run_check(a: CheckArgs) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Err(e) => {
-            eprintln!("rack-registry storage check: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => failed("storage check", e),
     }
 }
 
@@ -351,7 +372,7 @@ pub fn run(cmd: StorageCommand) -> ExitCode {
         Err(code) => return code,
     };
     let result = runtime.block_on(async {
-        let storage = open(&config).await?;
+        let storage = open(&config).await.map_err(ServeError::Config)?;
         if is_push {
             let bucket = !matches!(config.backend, Backend::Local);
             push(storage.as_ref(), &t.dir, t.dry_run, bucket).await
@@ -359,6 +380,7 @@ pub fn run(cmd: StorageCommand) -> ExitCode {
             pull(storage.as_ref(), &t.dir, t.dry_run).await
         }
         .map(|c| (storage.describe(), c))
+        .map_err(ServeError::Failed)
     });
     match result {
         Ok((target, c)) => {
@@ -374,10 +396,7 @@ pub fn run(cmd: StorageCommand) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("rack-registry storage {name}: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => failed(&format!("storage {name}"), e),
     }
 }
 

@@ -13,6 +13,8 @@
 //! - A replica that dies leaves its claims to expire; the others list the outbox (at an
 //!   interval that backs off while it is empty, [`super::schedule::PollBackoff`]) and take over
 //!   expired claims. Delivery is at least once; `X-Webhook-Delivery` never changes.
+//! - A replica stopped gracefully hands its claims back ([`OutboxStore::release_claims`]): the
+//!   others take its deliveries at their next list rather than after the claims expire.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -245,6 +247,39 @@ impl OutboxStore for BucketOutbox {
         Ok(scan)
     }
 
+    async fn release_claims(&self) -> usize {
+        let held: Vec<(String, String)> = self.held.lock().unwrap().drain().collect();
+        let mut released = 0;
+        for (id, etag) in held {
+            // Only an object unchanged since our last write is still ours: a compare-and-swap
+            // on that ETag never undoes another replica's claim or a removal.
+            let record = match self.read(&id).await {
+                Ok(Some((record, current))) if current == etag => record,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(delivery = %id, error = %e, "cannot release a webhook delivery: its claim will expire");
+                    continue;
+                }
+            };
+            let unclaimed = Record {
+                claim: None,
+                delivery: record.delivery,
+            };
+            match self
+                .storage
+                .put(&key(&id), encode(&unclaimed), PutMode::IfVersion(etag))
+                .await
+            {
+                Ok(_) => released += 1,
+                Err(StorageError::PreconditionFailed(_)) => {}
+                Err(e) => {
+                    tracing::warn!(delivery = %id, error = %e, "cannot release a webhook delivery: its claim will expire")
+                }
+            }
+        }
+        released
+    }
+
     fn shared(&self) -> bool {
         true
     }
@@ -339,6 +374,50 @@ mod tests {
         assert!(s.get(&key(&d.id)).await.unwrap().is_none(), "removed when done");
         assert!(a.claim(&d).await.unwrap().is_none());
         assert_eq!(a.scan(&none).await.unwrap().pending, 0);
+    }
+
+    /// A replica stopping hands its claims back (attempt count and retry time kept), so another
+    /// takes them at once; a delivery another replica took over meanwhile is left alone.
+    #[tokio::test]
+    async fn released_claims_are_taken_at_once_by_another_replica() {
+        let (_dir, s) = storage();
+        let a = BucketOutbox::new(s.clone(), Duration::from_secs(600));
+        let b = BucketOutbox::new(s.clone(), Duration::from_secs(600));
+        let (fresh, mut retried, lost) = (delivery("1-a"), delivery("2-b"), delivery("3-c"));
+        a.enqueue(&[fresh.clone(), retried.clone(), lost.clone()])
+            .await
+            .unwrap();
+        retried.attempts = 1;
+        retried.next_attempt_ms = now_ms() + 60_000;
+        a.claim(&retried).await.unwrap().unwrap();
+        a.settle(&retried, false).await.unwrap();
+        // `lost`: a's claim expired and b took it over (a still remembers its old ETag).
+        let expired = Record {
+            delivery: lost.clone(),
+            claim: Some(Claim {
+                owner: a.owner().to_owned(),
+                expires_ms: now_ms() - 1,
+            }),
+        };
+        s.put(&key(&lost.id), encode(&expired), PutMode::Overwrite)
+            .await
+            .unwrap();
+        b.claim(&lost).await.unwrap().expect("expired claim taken over");
+        // b's worker schedules `lost`: its scans skip it.
+        let none: HashSet<String> = [lost.id.clone()].into();
+        assert!(b.scan(&none).await.unwrap().found.is_empty(), "held by a");
+
+        assert_eq!(a.release_claims().await, 2);
+        let found = b.scan(&none).await.unwrap().found;
+        assert_eq!(found, vec![fresh.clone(), retried.clone()], "schedule kept");
+        let obj = s.get(&key(&lost.id)).await.unwrap().unwrap();
+        let rec: Record = serde_json::from_slice(&obj.body).unwrap();
+        assert_eq!(
+            rec.claim.map(|c| c.owner),
+            Some(b.owner().to_owned()),
+            "b's claim kept"
+        );
+        assert_eq!(a.release_claims().await, 0, "nothing held any more");
     }
 
     #[tokio::test]

@@ -32,7 +32,8 @@
 //! a crash during an attempt repeats it, and receivers deduplicate on `X-Webhook-Delivery`.
 //!
 //! On shutdown the worker stops starting attempts, gives in-flight ones a short grace to finish,
-//! and leaves everything pending in the outbox for the next start. A delivery found after a
+//! and leaves everything pending in the outbox for the next start (in the bucket, with its
+//! claims handed back so that another replica takes them at once). A delivery found after a
 //! restart gets at least one more attempt, even if the crash came between its last attempt and
 //! the removal of its file.
 
@@ -68,6 +69,9 @@ use crate::storage::Storage;
 /// Longest wait for in-flight attempts on shutdown before they are abandoned (their deliveries
 /// stay in the outbox and are attempted again after the next start).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How often an idle scan (no webhook enabled) looks at the live configuration for one.
+const CONFIG_LOOK: Duration = Duration::from_secs(1);
 
 /// Load `webhooks.json` at startup: a missing file disables webhooks; a malformed one is an
 /// error naming the file and the problem.
@@ -167,6 +171,7 @@ pub fn start(
     if outbox.shared() {
         tracing::info!(outbox = %outbox.describe(), "webhook outbox in the bucket, shared by every replica");
         tokio::spawn(scan_loop(
+            config.clone(),
             outbox.clone(),
             known.clone(),
             tx.clone(),
@@ -198,7 +203,10 @@ pub fn start(
 /// A shared outbox's look for deliveries no replica is working on (left by a dead replica, or
 /// by this one before a restart): list, hand what may be taken to the worker, wait, again. The
 /// wait backs off while the outbox is empty, so an idle replica costs a few list calls an hour.
+/// With no enabled webhook it costs none: once a list finds the outbox empty, the scan idles
+/// until a reload enables a webhook ([`schedule::keep_listing`]).
 async fn scan_loop(
+    config: Arc<Live<WebhookConfig>>,
     outbox: Arc<dyn OutboxStore>,
     known: Arc<Mutex<HashSet<String>>>,
     tx: mpsc::UnboundedSender<Delivery>,
@@ -210,7 +218,7 @@ async fn scan_loop(
             return;
         }
         let snapshot = known.lock().unwrap().clone();
-        let wait = match outbox.scan(&snapshot).await {
+        let (wait, pending) = match outbox.scan(&snapshot).await {
             Ok(scan) => {
                 if !scan.found.is_empty() {
                     tracing::info!(found = scan.found.len(), "taking over pending webhook deliveries");
@@ -220,13 +228,29 @@ async fn scan_loop(
                         return; // the worker stopped
                     }
                 }
-                poll.next(scan.pending)
+                (poll.next(scan.pending), Some(scan.pending))
             }
             Err(e) => {
                 tracing::warn!(error = %e, outbox = %outbox.describe(), "cannot list the webhook outbox");
-                poll.next(0)
+                (poll.next(0), None)
             }
         };
+        if !schedule::keep_listing(config.get().enabled_count() > 0, pending) {
+            tracing::info!("no webhook enabled and the outbox is empty: not listing it until one is");
+            // The configuration is live-reloaded in memory: looking at it costs no request.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(CONFIG_LOOK) => {}
+                    changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return },
+                }
+                if config.get().enabled_count() > 0 {
+                    break;
+                }
+            }
+            tracing::info!("a webhook is enabled: listing the outbox again");
+            poll.reset();
+            continue;
+        }
         tracing::debug!(wait_ms = wait.as_millis() as u64, "next webhook outbox list");
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -465,6 +489,21 @@ impl Worker {
             })
             .await;
             tasks.abort_all();
+            // Aborted attempts stop at their next await: wait, so that what they hold is known.
+            while tasks.join_next().await.is_some() {}
+        }
+        // Claims of a shared outbox are handed back at once, so another replica need not wait
+        // for them to expire; bounded like the attempts (past it, the claims simply expire).
+        if self.outbox.shared() {
+            match tokio::time::timeout(SHUTDOWN_GRACE, self.outbox.release_claims()).await {
+                Ok(0) => {}
+                Ok(released) => {
+                    tracing::info!(released, "webhook deliveries handed back to the other replicas")
+                }
+                Err(_) => {
+                    tracing::warn!("releasing webhook claims took too long: the rest expire on their own")
+                }
+            }
         }
         let pending = self.slots.len();
         tracing::info!(

@@ -76,10 +76,25 @@ impl PollBackoff {
         wait
     }
 
+    /// Back to the shortest interval (work may appear again).
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+
     /// List calls per hour of a replica idle for long (at the longest interval).
     pub fn idle_lists_per_hour(&self) -> f64 {
         3600.0 / self.max.as_secs_f64()
     }
+}
+
+/// What the scan of a shared outbox does after a list: keep listing on the backoff, or go idle
+/// until a webhook is enabled again. Without an enabled webhook this replica queues nothing, so
+/// once a list finds the outbox empty nothing can appear that it must deliver (a replica that
+/// has webhooks lists for the orphans of its peers); until then what is left (queued while
+/// webhooks existed, or left by a dead replica) is still delivered or given up on §7's schedule.
+/// A failed list (`None`) says nothing about the outbox: keep listing.
+pub fn keep_listing(webhooks_enabled: bool, pending: Option<usize>) -> bool {
+    webhooks_enabled || pending != Some(0)
 }
 
 #[cfg(test)]
@@ -131,10 +146,31 @@ mod tests {
         assert_eq!(p.next(0), s(5));
         assert_eq!(p.next(0), s(10));
         assert_eq!(p.idle_lists_per_hour(), 12.0);
+        p.next(0);
+        p.reset();
+        assert_eq!(p.next(0), s(5), "reset: the shortest again");
         // A maximum below the minimum is the minimum; a zero minimum never spins.
         let mut p = PollBackoff::new(s(10), s(1));
         assert_eq!((p.next(0), p.next(0)), (s(10), s(10)));
         let mut p = PollBackoff::new(Duration::ZERO, Duration::ZERO);
         assert!(p.next(0) > Duration::ZERO);
+    }
+
+    #[test]
+    fn listing_stops_only_when_no_webhook_and_nothing_pending() {
+        assert!(
+            keep_listing(true, Some(0)),
+            "webhooks: orphans may appear at any time"
+        );
+        assert!(keep_listing(true, None));
+        assert!(
+            keep_listing(false, Some(2)),
+            "deliveries left: deliver or give them up"
+        );
+        assert!(keep_listing(false, None), "a failed list proves nothing");
+        assert!(
+            !keep_listing(false, Some(0)),
+            "nothing to deliver and nothing can be queued"
+        );
     }
 }

@@ -36,6 +36,13 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Pending deliveries not among `known` that this replica may take.
     async fn scan(&self, known: &HashSet<String>) -> Result<Scan, String>;
 
+    /// On shutdown, after the last attempt: hand back the deliveries this replica holds, so
+    /// another replica takes them at its next list instead of after the claims expire. Returns
+    /// how many were released. A local outbox has no claims.
+    async fn release_claims(&self) -> usize {
+        0
+    }
+
     /// Whether other replicas share this outbox, so it must be listed again and again for
     /// deliveries they leave orphaned (a local directory is read once, at startup).
     fn shared(&self) -> bool;
