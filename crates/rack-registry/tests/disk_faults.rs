@@ -62,19 +62,6 @@ fn assert_clear_5xx(reply: &pkg::Reply, code: &str) {
     reply.assert_code(reply.status, code);
 }
 
-trait Code {
-    fn json_code(&self) -> String;
-}
-
-impl Code for pkg::Reply {
-    fn json_code(&self) -> String {
-        serde_json::from_str::<Value>(&self.text)
-            .ok()
-            .and_then(|v| v["code"].as_str().map(str::to_owned))
-            .unwrap_or_default()
-    }
-}
-
 #[track_caller]
 fn assert_no_panic(server: &Server) {
     let out = server.output();
@@ -280,6 +267,52 @@ fn a_version_directory_with_mode_000_fails_alone() {
     assert_no_panic(&server);
 }
 
+/// While the storage root is missing: `/health` 503 and every read that reaches storage a 500
+/// with the JSON error body and `no-store`, never a 404 or an empty listing that would tell a
+/// client the resources no longer exist. Listings of a namespace may answer from a walk
+/// confirmed within the last second (`WALK_FRESH`), so they are polled.
+#[track_caller]
+fn assert_storage_gone(server: &Server, reads: &[String]) {
+    let health = get(server, "/health");
+    assert_eq!(health.status, 503, "{}", health.text);
+    assert_eq!(health.cache_control.as_deref(), Some("no-store"));
+    assert_eq!(health.json()["status"], "error");
+    assert_eq!(health.json()["checks"]["storage"]["status"], "error");
+    for path in reads {
+        get(server, path).assert_error(500, "INTERNAL_SERVER_ERROR", "Internal server error");
+    }
+    let listing = "/namespaces/@company/registries";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let reply = get(server, listing);
+        if reply.status != 200 {
+            reply.assert_error(500, "INTERNAL_SERVER_ERROR", "Internal server error");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{listing} still 200: {}",
+            reply.text
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Every read of [`assert_storage_gone`]: cached and uncached objects, a version that does not
+/// exist (a miss), the listings.
+fn storage_reads() -> Vec<String> {
+    vec![
+        ROLLUP_FILE.to_owned(),
+        format!("{WIDGET}/versions"),
+        WIDGET.to_owned(),
+        format!("{WIDGET}/1.0.0"),
+        format!("{WIDGET}/1.0.0/files/templates/a.txt"),
+        format!("{WIDGET}/9.9.9"),
+        "/registries/@rack/build/never-published/1.0.0".to_owned(),
+        "/namespaces".to_owned(),
+    ]
+}
+
 #[test]
 fn the_storage_root_removed_while_running() {
     let world = World::new();
@@ -287,38 +320,15 @@ fn the_storage_root_removed_while_running() {
     let server = Server::start(world.path(), &world.local_env());
     assert_eq!(upload(&server, "1.0.0").status, 201);
     let rollup = get(&server, ROLLUP_FILE).text;
+    // Read once, so that the hot cache and the watcher hold them.
+    for path in storage_reads() {
+        get(&server, &path);
+    }
+    get(&server, "/namespaces/@company/registries");
 
     let away = world.path().join("storage.away");
     std::fs::rename(&root, &away).unwrap();
-    let health = get(&server, "/health");
-    assert_eq!(health.status, 503, "{}", health.text);
-    assert_eq!(health.json()["checks"]["storage"]["status"], "error");
-    // Reads: the right bytes (immutable, possibly from memory) or a clear error, never a panic.
-    for path in [ROLLUP_FILE, &format!("{WIDGET}/versions"), "/namespaces"] {
-        let reply = get(&server, path);
-        eprintln!(
-            "root removed: GET {path} -> {} {}",
-            reply.status,
-            reply.json_code()
-        );
-        if reply.status != 200 {
-            assert!(
-                reply.status == 404 || reply.status >= 500,
-                "{path}: {}",
-                reply.status
-            );
-            reply.assert_code(
-                reply.status,
-                if reply.status == 404 {
-                    "NOT_FOUND"
-                } else {
-                    "INTERNAL_SERVER_ERROR"
-                },
-            );
-        } else if path == ROLLUP_FILE {
-            assert_eq!(reply.text, rollup);
-        }
-    }
+    assert_storage_gone(&server, &storage_reads());
     let reply = upload(&server, "1.1.0");
     assert_clear_5xx(&reply, "SERVICE_UNAVAILABLE");
     assert!(!root.exists(), "the storage root was re-created");
@@ -329,5 +339,59 @@ fn the_storage_root_removed_while_running() {
     let reply = upload(&server, "1.1.0");
     assert_eq!(reply.status, 201, "{}", reply.text);
     assert_eq!(versions(&server), json!({"versions": ["1.1.0", "1.0.0"]}));
+    assert_no_panic(&server);
+}
+
+#[test]
+fn the_storage_root_deleted_while_running_and_restored_from_a_copy() {
+    let world = World::new();
+    let root = world.storage();
+    let server = Server::start(world.path(), &world.local_env());
+    assert_eq!(upload(&server, "1.0.0").status, 201);
+    let rollup = get(&server, ROLLUP_FILE).text;
+    for path in storage_reads() {
+        get(&server, &path);
+    }
+    let namespaces = get(&server, "/namespaces").json();
+    let registries = get(&server, "/namespaces/@company/registries").json();
+    let backup = world.path().join("backup");
+    common::copy_tree(&root, &backup);
+    std::fs::remove_dir_all(backup.join(".tmp")).ok();
+
+    // `rm -rf`: the directory is unlinked while the server may hold a descriptor of it.
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_storage_gone(&server, &storage_reads());
+    // Twice: the first misses dropped whatever was held of the old root.
+    assert_storage_gone(&server, &storage_reads());
+    let reply = upload(&server, "1.1.0");
+    assert_clear_5xx(&reply, "SERVICE_UNAVAILABLE");
+    assert!(!root.exists(), "the storage root was re-created");
+
+    // Restored from the copy: the same process serves it again, and sees later changes.
+    common::copy_tree(&backup, &root);
+    let health = get(&server, "/health");
+    assert_eq!(health.status, 200, "{}", health.text);
+    assert_eq!(get(&server, ROLLUP_FILE).text, rollup);
+    assert_eq!(versions(&server), json!({"versions": ["1.0.0"]}));
+    assert_eq!(
+        get(&server, &format!("{WIDGET}/1.0.0/files/templates/a.txt")).text,
+        "1.0.0"
+    );
+    assert_eq!(get(&server, &format!("{WIDGET}/9.9.9")).status, 404);
+    assert_eq!(get(&server, "/namespaces").json(), namespaces);
+    assert_eq!(get(&server, "/namespaces/@company/registries").json(), registries);
+    let rollup_path = root
+        .join(ROLLUP_FILE.trim_start_matches("/registries/"))
+        .join("registry.json");
+    std::fs::write(&rollup_path, rollup.replace("rollup", "rollup-edited")).unwrap();
+    assert_eq!(
+        get(&server, ROLLUP_FILE).text,
+        rollup.replace("rollup", "rollup-edited"),
+        "an edit in the restored root is served (its watches are live)"
+    );
+    let reply = upload(&server, "1.1.0");
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(versions(&server), json!({"versions": ["1.1.0", "1.0.0"]}));
+    pkg::assert_tmp_clean(&root);
     assert_no_panic(&server);
 }

@@ -230,6 +230,11 @@ pub async fn health(state: &AppState) -> Reply {
     let problem = match state.storage.get(layout::HEALTHCHECK_KEY).await {
         Ok(Some(_)) => None,
         Ok(None) => Some(health_marker_missing()),
+        // The storage root itself is gone: the marker with it (the detail goes to the log).
+        Err(e @ StorageError::Unavailable(_)) => {
+            tracing::warn!(error = %e, "health check failed");
+            Some(health_marker_missing())
+        }
         Err(e) => {
             tracing::error!(error = %e, "health check failed");
             Some(HEALTH_MARKER_UNREADABLE.to_owned())

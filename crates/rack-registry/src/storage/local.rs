@@ -10,7 +10,9 @@
 //! and never descend into a directory that is already on the current path (a symlink loop).
 //! Writes never create the root itself and, with [`LocalStorage::require_marker`], are refused
 //! while its `.healthcheck` marker is missing (a root deleted or re-created empty while the
-//! server runs is not written into).
+//! server runs is not written into). While the root itself is missing, reads and listings fail
+//! with [`StorageError::Unavailable`] rather than finding nothing (see [`miss`]); they recover
+//! by themselves once it is back.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Write};
@@ -74,6 +76,24 @@ fn is_absent(e: &std::io::Error) -> bool {
             Errno::from_io_error(e),
             Some(Errno::NAMETOOLONG | Errno::LOOP | Errno::XDEV)
         )
+}
+
+/// What a miss means: no such object while the root is there, but
+/// [`StorageError::Unavailable`] when the root itself is gone (removed while running, a lost
+/// mount): every key is absent then, and a client must not be told that every resource
+/// stopped existing (404, an empty listing). One `stat` of the root, on misses only.
+fn miss<T>(root: &Path, absent: T) -> Result<T> {
+    match std::fs::metadata(root) {
+        Ok(md) if md.is_dir() => Ok(absent),
+        Ok(_) => Err(StorageError::Unavailable(format!(
+            "storage root {} is not a directory",
+            root.display()
+        ))),
+        Err(e) => Err(StorageError::Unavailable(format!(
+            "storage root {} is missing: {e}",
+            root.display()
+        ))),
+    }
 }
 
 /// Whether `openat2(2)` works here (Linux 5.6+, not blocked by a seccomp filter).
@@ -393,24 +413,34 @@ fn read_sized(file: &mut std::fs::File, size: u64) -> std::io::Result<Bytes> {
 /// put into the tree must not hang a thread in `open(2)`; anything but a regular file is "no
 /// object").
 fn open_object(root: &Path, key: &str) -> Result<Option<(std::fs::File, ObjectMeta)>> {
-    object_of(open_beneath(root, key, OBJECT_FLAGS), key)
+    match object_of(open_beneath(root, key, OBJECT_FLAGS), key)? {
+        None => miss(root, None),
+        found => Ok(found),
+    }
 }
 
 const OBJECT_FLAGS: rustix::fs::OFlags = rustix::fs::OFlags::RDONLY.union(rustix::fs::OFlags::NONBLOCK);
 
-/// [`open_object`] relative to the watcher's open root directory (see
+/// [`open_object`] through the watcher's open root directory (see
 /// [`super::watch::Watcher::with_root`]): saves opening and closing the root per read.
-fn open_object_in(
-    dir: BorrowedFd<'_>,
+fn open_object_held(
+    w: &super::watch::Watcher,
     root: &Path,
     key: &str,
 ) -> Result<Option<(std::fs::File, ObjectMeta)>> {
-    match openat2_beneath(dir, key, OBJECT_FLAGS).map(|opened| object_of(opened, key)) {
-        Some(Ok(Some(found))) => Ok(Some(found)),
+    let held =
+        w.with_root(|dir| openat2_beneath(dir, key, OBJECT_FLAGS).map(|opened| object_of(opened, key)));
+    match held {
+        Some(Some(Ok(Some(found)))) => Ok(Some(found)),
         // Absent is asked again by path: an empty root removed and made anew sends no event
         // while a descriptor of it is held (the kernel reports the removal when the last one
-        // closes), and only an empty root can be removed without an event inside it.
-        _ => open_object(root, key),
+        // closes), and only an empty root can be removed without an event inside it. Such a
+        // held root is dropped, with the watches under it.
+        Some(_) => {
+            w.forget_unlinked_root();
+            open_object(root, key)
+        }
+        None => open_object(root, key),
     }
 }
 
@@ -431,7 +461,7 @@ fn stat_object(root: &Path, key: &str) -> Result<Option<ObjectMeta>> {
     match stat_beneath(root, key) {
         Ok(md) if md.is_file() => Ok(Some(meta_of(key, &md))),
         Ok(_) => Ok(None),
-        Err(e) if is_absent(&e) => Ok(None),
+        Err(e) if is_absent(&e) => miss(root, None),
         Err(e) => Err(io_err(key)(e)),
     }
 }
@@ -727,9 +757,7 @@ impl Storage for LocalStorage {
                 _ => None,
             };
             let opened = match self.watcher.as_deref() {
-                Some(w) => w
-                    .with_root(|dir| open_object_in(dir, root, key))
-                    .unwrap_or_else(|| open_object(root, key)),
+                Some(w) => open_object_held(w, root, key),
                 None => open_object(root, key),
             };
             let Some((file, meta)) = opened? else {
@@ -783,7 +811,7 @@ impl Storage for LocalStorage {
             let mut page = ListPage::default();
             // A prefix that resolves outside the root (through a symlink) holds nothing.
             match stat_beneath(root, &prefix) {
-                Err(e) if is_absent(&e) => return Ok(page),
+                Err(e) if is_absent(&e) => return miss(root, page),
                 _ => {}
             }
             // Merge objects and prefixes in key order for pagination.
@@ -950,7 +978,7 @@ impl Storage for LocalStorage {
             }
             // Beneath the root only: a namespace symlinked to elsewhere holds nothing.
             match stat_beneath(root, &key) {
-                Err(e) if is_absent(&e) => return Ok(None),
+                Err(e) if is_absent(&e) => return miss(root, None),
                 Err(e) => return Err(io_err(&key)(e)),
                 Ok(md) if !md.is_dir() => {
                     return Err(io_err(&key)(std::io::Error::new(
@@ -1227,6 +1255,90 @@ mod tests {
         std::fs::create_dir_all(root.join("a")).unwrap();
         std::fs::write(root.join("a/b"), b"three").unwrap();
         assert_eq!(read("a/b").await.as_deref(), Some(&b"three"[..]));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_missing_root_is_unavailable_not_empty() {
+        for watched in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().canonicalize().unwrap().join("root");
+            std::fs::create_dir_all(root.join("@a/x/1.0.0")).unwrap();
+            std::fs::write(root.join("@a/x/versions.json"), b"{}").unwrap();
+            let mut s = LocalStorage::open(&root).unwrap();
+            if watched {
+                s = s.with_watcher();
+            }
+            let is_seg: DirFilter = |n| !n.contains('.');
+            assert!(s
+                .get_up_to("@a/x/versions.json", 1 << 20)
+                .await
+                .unwrap()
+                .is_some());
+            assert!(
+                s.head("@a/nope").await.unwrap().is_none(),
+                "a miss with the root there"
+            );
+            std::fs::remove_dir_all(&root).unwrap();
+            let gone = |r: Result<bool>| matches!(r, Err(StorageError::Unavailable(_)));
+            assert!(gone(s.get("@a/x/versions.json").await.map(|o| o.is_some())));
+            assert!(gone(
+                s.get_up_to("@a/x/versions.json", 1 << 20)
+                    .await
+                    .map(|o| o.is_some())
+            ));
+            assert!(gone(s.head("@a/x/versions.json").await.map(|o| o.is_some())));
+            assert!(gone(
+                s.get_stream("@a/x/versions.json").await.map(|o| o.is_some())
+            ));
+            assert!(gone(
+                s.list("", true, None, 10).await.map(|p| p.prefixes.is_empty())
+            ));
+            assert!(gone(
+                s.list("@a/", false, None, 10).await.map(|p| p.objects.is_empty())
+            ));
+            assert!(gone(
+                s.find_marked_dirs("@b/", "versions.json", is_seg)
+                    .await
+                    .map(|f| f.is_some())
+            ));
+            // Back: served again, and a miss is a miss.
+            std::fs::create_dir_all(root.join("@a/x")).unwrap();
+            std::fs::write(root.join("@a/x/versions.json"), b"{1}").unwrap();
+            let o = s.get("@a/x/versions.json").await.unwrap().unwrap();
+            assert_eq!(&o.body[..], b"{1}");
+            assert!(s.head("@a/nope").await.unwrap().is_none());
+            assert_eq!(s.list("", true, None, 10).await.unwrap().prefixes, ["@a/"]);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_held_root_removed_without_an_event_is_dropped_at_the_next_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let s = LocalStorage::open(&root).unwrap().with_watcher();
+        let w = s.watcher().expect("the test directory is on a local filesystem");
+        let read = async |key: &str| {
+            w.sync();
+            w.watch(key);
+            s.get_up_to(key, 1 << 20).await
+        };
+        // A miss on an empty root: the root is watched and held open.
+        assert!(read("k").await.unwrap().is_none());
+        assert!(w.with_root(|_| ()).is_some());
+        // Removed while held: the kernel sends no event until the descriptor is closed.
+        std::fs::remove_dir(&root).unwrap();
+        let g = w.sync();
+        assert!(matches!(read("k").await, Err(StorageError::Unavailable(_))));
+        assert!(w.with_root(|_| ()).is_none(), "the removed root is still held");
+        assert!(w.sync() > g, "entries confirmed before are not trusted any more");
+        // Restored: read, and watched again (a new entry in the root itself is seen).
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("k"), b"v").unwrap();
+        assert!(matches!(read("k").await.unwrap(), Some(Fetched::Whole(o)) if &o.body[..] == b"v"));
+        let g = w.sync();
+        std::fs::write(root.join("new"), b"").unwrap();
+        assert!(w.sync() > g, "the restored root is not watched");
     }
 
     #[tokio::test(flavor = "multi_thread")]

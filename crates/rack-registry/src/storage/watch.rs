@@ -225,16 +225,7 @@ impl Watcher {
         }
         drop(fd);
         if reset {
-            // A fresh instance drops every old watch at once (the kernel removes them with the
-            // old descriptor); paths are watched again as they are read.
-            match new_instance() {
-                Ok(fd) => *self.fd.write().unwrap_or_else(|e| e.into_inner()) = fd,
-                Err(e) => tracing::warn!(error = %e, "cannot renew the inotify instance"),
-            }
-            self.complete.write().unwrap_or_else(|e| e.into_inner()).clear();
-            *self.root_dir.write().unwrap_or_else(|e| e.into_inner()) = None;
-            state.watched.clear();
-            state.foreign.clear();
+            self.reset(state);
         }
         let generation = if changed {
             self.generation.fetch_add(1, Ordering::SeqCst) + 1
@@ -243,6 +234,51 @@ impl Watcher {
         };
         self.draining.fetch_add(1, Ordering::SeqCst);
         generation
+    }
+
+    /// Drop every watch and the held root (under `state`'s lock): paths are watched again,
+    /// and the root opened again by path, as they are read.
+    fn reset(&self, state: &mut State) {
+        // A fresh instance drops every old watch at once (the kernel removes them with the
+        // old descriptor).
+        match new_instance() {
+            Ok(fd) => *self.fd.write().unwrap_or_else(|e| e.into_inner()) = fd,
+            Err(e) => tracing::warn!(error = %e, "cannot renew the inotify instance"),
+        }
+        self.complete.write().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.root_dir.write().unwrap_or_else(|e| e.into_inner()) = None;
+        state.watched.clear();
+        state.foreign.clear();
+    }
+
+    /// After a miss through the held root ([`Watcher::with_root`]): if the directory it holds
+    /// was removed (no link left), start over as after a structural event. The kernel reports
+    /// the removal of a directory only once its last descriptor is closed, and this one is
+    /// held, so no event would ever say it; the watches placed under it are dead too, and a
+    /// root restored in its place would go unwatched. Returns whether it was reset.
+    ///
+    /// Asked on misses only (one `fstat`): hits through a removed directory cannot happen.
+    pub fn forget_unlinked_root(&self) -> bool {
+        let unlinked = |dir: &Option<OwnedFd>| {
+            dir.as_ref()
+                .is_some_and(|fd| rustix::fs::fstat(fd).map_or(true, |st| st.st_nlink == 0))
+        };
+        if !unlinked(&self.root_dir.read().unwrap_or_else(|e| e.into_inner())) {
+            return false;
+        }
+        let mut state = self.lock();
+        // Checked again under the lock: another miss may have reset it meanwhile.
+        if !unlinked(&self.root_dir.read().unwrap_or_else(|e| e.into_inner())) {
+            return false;
+        }
+        tracing::warn!(root = %self.root.display(), "the storage root directory held open was removed: watching anew");
+        // As a drain does: `draining` odd while the reset is under way, so that no read takes
+        // the generation from before it as current.
+        self.draining.fetch_add(1, Ordering::SeqCst);
+        self.reset(&mut state);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.draining.fetch_add(1, Ordering::SeqCst);
+        true
     }
 
     /// Make sure that any later change to the file at `key` (relative to the root), or to a
