@@ -839,10 +839,7 @@ mod tests {
             ),
             ("HTTP_WORKERS", Box::new(|a| a.http_workers = Some("0".into()))),
             ("FS_WATCH", Box::new(|a| a.fs_watch = Some("on".into()))),
-            (
-                "OPEN_FILE_CACHE",
-                Box::new(|a| a.open_file_cache = Some("-1".into())),
-            ),
+            ("OPEN_FILE_CACHE", Box::new(|a| a.open_file_cache = Some("-1".into()))),
             ("AUTH_SOURCE", Box::new(|a| a.auth_source = Some("bucket".into()))),
             ("AUTH_SOURCE", Box::new(|a| a.auth_source = Some("s3".into()))),
             ("UI", Box::new(|a| a.ui = Some("yes".into()))),
@@ -999,24 +996,5 @@ mod tests {
         assert_eq!(e.var, "MAX_CONCURRENT_UPLOADS");
         let e = with(|a| a.upload_timeout_seconds = Some("soon".into())).unwrap_err();
         assert_eq!(e.var, "UPLOAD_TIMEOUT_SECONDS");
-    }
-
-    #[test]
-    fn the_descriptor_budget_is_shared_between_held_files_and_connections() {
-        // (fd limit, held files, connections): the two never take more than 7/8 of the budget
-        // (at least 64 left), and there is always at least one connection.
-        for (fds, files, conns) in [
-            (1024, 256, 640),
-            (20_000, 5_000, 12_500),
-            (524_288, 10_000, 448_752),
-            (100, 25, 11),
-            (16, 4, 1),
-        ] {
-            assert_eq!(default_open_file_cache(fds), files, "{fds}");
-            assert_eq!(default_max_connections(fds, files), conns, "{fds}");
-            if fds > 64 {
-                assert!(files + conns + (fds / 8).max(64) <= fds, "{fds}");
-            }
-        }
     }
 }

@@ -43,9 +43,7 @@ pub struct Held {
 
 impl std::fmt::Debug for OpenFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenFiles")
-            .field("held", &self.inner.len())
-            .finish()
+        f.debug_struct("OpenFiles").field("held", &self.inner.len()).finish()
     }
 }
 
@@ -143,19 +141,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_held_descriptor_serves_the_next_read_and_never_a_stale_one() {
         let dir = tempfile::tempdir().unwrap();
-        let s = LocalStorage::open(dir.path())
-            .unwrap()
-            .with_watcher()
-            .hold_open(16);
-        assert!(
-            s.watcher().is_some(),
-            "the test directory is on a local filesystem"
-        );
+        let s = LocalStorage::open(dir.path()).unwrap().with_watcher().hold_open(16);
+        assert!(s.watcher().is_some(), "the test directory is on a local filesystem");
         let root = s.root().to_owned();
         let key = "@a/r/1.0.0/templates/a.ts";
-        s.put(key, Bytes::from_static(b"one"), PutMode::Create)
-            .await
-            .unwrap();
+        s.put(key, Bytes::from_static(b"one"), PutMode::Create).await.unwrap();
         assert_eq!(read(&s, key).await.unwrap(), "one");
         assert_eq!(s.held_open(), 1);
         assert_eq!(s.held_hits(), 0);
@@ -181,9 +171,7 @@ mod tests {
         let other = dir.path().join("other");
         std::fs::create_dir_all(other.join("1.0.0/templates")).unwrap();
         std::fs::write(other.join("1.0.0/templates/a.ts"), b"swapped").unwrap();
-        s.put(key, Bytes::from_static(b"before"), PutMode::Create)
-            .await
-            .unwrap();
+        s.put(key, Bytes::from_static(b"before"), PutMode::Create).await.unwrap();
         assert_eq!(read(&s, key).await.unwrap(), "before");
         assert_eq!(read(&s, key).await.unwrap(), "before");
         std::fs::rename(root.join("@a/r"), dir.path().join("old")).unwrap();
@@ -194,15 +182,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn held_descriptors_stay_within_their_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let s = LocalStorage::open(dir.path())
-            .unwrap()
-            .with_watcher()
-            .hold_open(16);
+        let s = LocalStorage::open(dir.path()).unwrap().with_watcher().hold_open(16);
         let key = |i: usize| format!("@a/r/1.0.0/templates/f-{i:03}.ts");
         for i in 0..200 {
-            s.put(&key(i), Bytes::from(vec![b'x'; 100]), PutMode::Create)
-                .await
-                .unwrap();
+            s.put(&key(i), Bytes::from(vec![b'x'; 100]), PutMode::Create).await.unwrap();
         }
         // Writes through this storage changed the tree: settle the generation first.
         read(&s, &key(0)).await.unwrap();
@@ -218,9 +201,7 @@ mod tests {
         // Large files are never held.
         let big = "@a/r/1.0.0/templates/big.bin";
         let size = super::MAX_HELD_SIZE as usize + 1;
-        s.put(big, Bytes::from(vec![b'y'; size]), PutMode::Create)
-            .await
-            .unwrap();
+        s.put(big, Bytes::from(vec![b'y'; size]), PutMode::Create).await.unwrap();
         let held = s.held_open();
         assert_eq!(read(&s, big).await.unwrap().len(), size);
         assert!(s.held_open() <= held.max(1));
@@ -232,14 +213,9 @@ mod tests {
         let key = "@a/r/1.0.0/registry.json";
         for s in [
             LocalStorage::open(dir.path()).unwrap().hold_open(16),
-            LocalStorage::open(dir.path())
-                .unwrap()
-                .with_watcher()
-                .hold_open(0),
+            LocalStorage::open(dir.path()).unwrap().with_watcher().hold_open(0),
         ] {
-            s.put(key, Bytes::from_static(b"{}"), PutMode::Overwrite)
-                .await
-                .unwrap();
+            s.put(key, Bytes::from_static(b"{}"), PutMode::Overwrite).await.unwrap();
             assert_eq!(read(&s, key).await.unwrap(), "{}");
             assert_eq!(read(&s, key).await.unwrap(), "{}");
             assert_eq!(s.held_open(), 0);
