@@ -166,14 +166,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HEADER_TIMEOUT_SECONDS")]
     pub header_timeout_seconds: Option<String>,
     /// Most connections open at once; at the cap new ones wait in the listen backlog
-    /// [default: the file-descriptor limit less OPEN_FILE_CACHE and an eighth (at least 64)]
+    /// [default: the file-descriptor limit less a quarter (at least 64) for storage]
     #[arg(long, env = "MAX_CONNECTIONS")]
     pub max_connections: Option<String>,
-    /// Local storage: descriptors of small files kept open between reads, so that a read
-    /// missing the hot cache needs no open (0: none) [default: a quarter of the
-    /// file-descriptor limit, at most 10000]
-    #[arg(long, env = "OPEN_FILE_CACHE")]
-    pub open_file_cache: Option<String>,
     /// Local storage: watch files with inotify so that hot reads need no stat (`auto`), or
     /// stat every hot read (`off`) [default: auto]
     #[arg(long, env = "FS_WATCH")]
@@ -321,8 +316,6 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
-    /// Descriptors of small files the local backend keeps open (`OPEN_FILE_CACHE`).
-    pub open_file_cache: usize,
     /// Whether the local backend may use inotify to skip the per-read stat (`FS_WATCH`).
     pub fs_watch: bool,
     /// `AUTH_SOURCE=bucket`: the policy is `.auth/auth.json` in the bucket.
@@ -347,8 +340,9 @@ fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
 }
 
 /// Blank values count as unset.
-/// The process's file-descriptor limit, raised to its hard maximum first (at most 2^20).
-fn fd_budget() -> usize {
+/// The default connection cap: the file-descriptor limit (raised to its hard maximum first),
+/// less a quarter (at least 64) left for storage, logs, the config watcher and webhooks.
+fn default_max_connections() -> usize {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
     if let (Some(cur), Some(max)) = (limit.current, limit.maximum) {
@@ -362,21 +356,8 @@ fn fd_budget() -> usize {
             }
         }
     }
-    limit.current.unwrap_or(1 << 20).min(1 << 20) as usize
-}
-
-/// The default number of held file descriptors: a quarter of the budget, at most 10,000
-/// (what nginx's `open_file_cache max=10000` is commonly set to).
-fn default_open_file_cache(fds: usize) -> usize {
-    (fds / 4).min(10_000)
-}
-
-/// The default connection cap: the descriptors left once the held files and an eighth (at
-/// least 64, for storage writes, logs, the config watcher and webhooks) are set aside.
-fn default_max_connections(fds: usize, open_files: usize) -> usize {
-    fds.saturating_sub(open_files)
-        .saturating_sub((fds / 8).max(64))
-        .max(1)
+    let fds = limit.current.unwrap_or(1 << 20).min(1 << 20) as usize;
+    fds.saturating_sub((fds / 4).max(64)).max(1)
 }
 
 fn given(v: &Option<String>) -> Option<&str> {
@@ -658,13 +639,8 @@ impl Config {
             30,
             1,
         )?);
-        let fds = fd_budget();
-        let open_file_cache = match given(&a.open_file_cache) {
-            None => default_open_file_cache(fds),
-            Some(_) => parse_u64("OPEN_FILE_CACHE", &a.open_file_cache, 0, 0)?.min(1 << 20) as usize,
-        };
         let max_connections = match given(&a.max_connections) {
-            None => default_max_connections(fds, open_file_cache),
+            None => default_max_connections(),
             Some(_) => parse_u64("MAX_CONNECTIONS", &a.max_connections, 0, 1)?.min(1 << 20) as usize,
         };
         let fs_watch = match given(&a.fs_watch).map(str::to_ascii_lowercase).as_deref() {
@@ -695,7 +671,6 @@ impl Config {
             http_workers,
             header_timeout,
             max_connections,
-            open_file_cache,
             host,
             port,
             log_level,
@@ -839,7 +814,6 @@ mod tests {
             ),
             ("HTTP_WORKERS", Box::new(|a| a.http_workers = Some("0".into()))),
             ("FS_WATCH", Box::new(|a| a.fs_watch = Some("on".into()))),
-            ("OPEN_FILE_CACHE", Box::new(|a| a.open_file_cache = Some("-1".into()))),
             ("AUTH_SOURCE", Box::new(|a| a.auth_source = Some("bucket".into()))),
             ("AUTH_SOURCE", Box::new(|a| a.auth_source = Some("s3".into()))),
             ("UI", Box::new(|a| a.ui = Some("yes".into()))),

@@ -54,9 +54,6 @@ pub struct LocalStorage {
     /// Small reads on the calling thread: the root is on a local filesystem (see
     /// [`INLINE_READ_MAX`]; set with the watcher, which checks exactly that).
     inline_reads: bool,
-    /// Descriptors of small files read lately, trusted by the watcher's generation (see
-    /// [`super::open_files`]; set with [`LocalStorage::hold_open`]).
-    open_files: Option<Arc<super::open_files::OpenFiles>>,
 }
 
 fn io_err(key: &str) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
@@ -269,7 +266,6 @@ impl LocalStorage {
             watcher: None,
             inline_reads: false,
             require_marker: false,
-            open_files: None,
         })
     }
 
@@ -308,27 +304,6 @@ impl LocalStorage {
         self.watcher = super::watch::Watcher::new(&self.root).map(Arc::new);
         self.inline_reads = self.watcher.is_some();
         self
-    }
-
-    /// Keep up to `capacity` descriptors of small files open between reads (see
-    /// [`super::open_files`]). Only with a watcher: nothing else tells when one goes stale.
-    pub fn hold_open(mut self, capacity: usize) -> LocalStorage {
-        self.open_files = self
-            .watcher
-            .as_ref()
-            .and_then(|_| super::open_files::OpenFiles::new(capacity))
-            .map(Arc::new);
-        self
-    }
-
-    /// How many descriptors are held open between reads (for tests and diagnostics).
-    pub fn held_open(&self) -> usize {
-        self.open_files.as_ref().map_or(0, |f| f.len())
-    }
-
-    /// Reads served from a held descriptor so far (for tests and diagnostics).
-    pub fn held_hits(&self) -> u64 {
-        self.open_files.as_ref().map_or(0, |f| f.hits())
     }
 
     pub fn root(&self) -> &Path {
@@ -739,23 +714,6 @@ impl Storage for LocalStorage {
         let owned = key.to_owned();
         if self.inline_reads {
             let root = &self.root;
-            // With held descriptors: the generation is read, and the watches are in place,
-            // before anything is opened (the hot cache has placed them already; asking again
-            // is a set lookup), so a descriptor held in this generation is still the file.
-            let held = match (self.watcher.as_deref(), self.open_files.as_deref()) {
-                (Some(w), Some(files)) if w.watch(key) => {
-                    let generation = w.sync();
-                    files.observe(generation);
-                    if let Some(h) = files.get(key, generation).filter(|h| h.meta.size <= limit) {
-                        if let Some(body) = h.read().map_err(io_err(key))? {
-                            let meta = h.meta.clone();
-                            return Ok(Some(Fetched::Whole(Object { meta, body })));
-                        }
-                    }
-                    Some((files, generation))
-                }
-                _ => None,
-            };
             let opened = match self.watcher.as_deref() {
                 Some(w) => open_object_held(w, root, key),
                 None => open_object(root, key),
@@ -763,17 +721,6 @@ impl Storage for LocalStorage {
             let Some((file, meta)) = opened? else {
                 return Ok(None);
             };
-            if let Some((files, generation)) = held {
-                if meta.size <= limit.min(super::open_files::MAX_HELD_SIZE) {
-                    let mut file = file;
-                    let body = read_sized(&mut file, meta.size).map_err(io_err(key))?;
-                    // A file cut short while being read is read by path next time.
-                    if body.len() as u64 == meta.size {
-                        files.insert(key, file, meta.clone(), generation);
-                    }
-                    return Ok(Some(Fetched::Whole(Object { meta, body })));
-                }
-            }
             return match read_opened(file, meta, limit, false)? {
                 Ok(done) => Ok(Some(done)),
                 Err((file, meta)) => {

@@ -12,7 +12,6 @@ pub mod check;
 pub mod contract;
 pub mod index;
 pub mod local;
-pub mod open_files;
 pub mod publish;
 pub mod s3;
 pub mod watch;
