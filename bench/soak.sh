@@ -9,6 +9,10 @@
 #   SOAK_SAMPLE_SECONDS=5   sampling period of RSS and fds
 #   SOAK_CONNECTIONS=64     wrk connections (2 threads) reading as fast as the server answers
 #   SOAK_UPLOADERS=2        upload loops (curl, one upload at a time each)
+#   SOAK_VERSIONS_PER_REGISTRY=0  0: each loop publishes into one registry (soak-<n>) for the
+#                           whole run; N: it moves to a new registry (soak-<n>-<k>) every N
+#                           uploads, so no registry outgrows N versions (each publish rebuilds
+#                           versions.json from the registry's directory: O(versions) work)
 #   SOAK_IDLE=200           idle connections held open (reopened when the server closes them)
 #   SOAK_SLOW=50            slowloris connections (one byte every 0.5 s); SLOW/5 slow readers
 #   SOAK_PORT=18095         port of the server (127.0.0.1)
@@ -37,6 +41,7 @@ WARMUP="${SOAK_WARMUP:-60}"
 PERIOD="${SOAK_SAMPLE_SECONDS:-5}"
 CONNS="${SOAK_CONNECTIONS:-64}"
 UPLOADERS="${SOAK_UPLOADERS:-2}"
+PER_REG="${SOAK_VERSIONS_PER_REGISTRY:-0}"
 IDLE="${SOAK_IDLE:-200}"
 SLOW="${SOAK_SLOW:-50}"
 PORT="${SOAK_PORT:-18095}"
@@ -184,7 +189,8 @@ wrk -t2 -c8 -d5s -s "$W/soak.lua" "$URL" >/dev/null 2>&1 || true
 sleep 2
 fds_before="$(ls "/proc/$PID/fd" | wc -l)"
 
-# Uploads: new versions of @rack/soak-<n>; every 5th a wrong checksum, every 7th a repeat.
+# Uploads: new versions of @rack/soak-<n> (soak-<n>-<k> with SOAK_VERSIONS_PER_REGISTRY); every
+# 5th a wrong checksum, every 7th a repeat.
 uploader() { # n
   local n="$1" i=0 dir="$W/up$1" code
   mkdir -p "$dir/pkg/templates"
@@ -192,10 +198,12 @@ uploader() { # n
   : >"$W/uploads.$n"
   while [ ! -f "$W/stop" ]; do
     i=$((i + 1))
-    local v="1.0.$i"
+    local name="soak-$n" j="$i"
+    if [ "$PER_REG" -gt 0 ]; then name="soak-$n-$(((i - 1) / PER_REG))"; j=$(((i - 1) % PER_REG + 1)); fi
+    local v="1.0.$j"
     [ $((i % 7)) = 0 ] && v="1.0.1"
     cat >"$dir/pkg/registry.json" <<EOF
-{"name":"soak-$n","namespace":"@rack","version":"$v","type":"registry:build","priority":1,
+{"name":"$name","namespace":"@rack","version":"$v","type":"registry:build","priority":1,
  "files":[{"path":"templates/index.ts","target":"src/index.ts","type":"registry:lib"}]}
 EOF
     tar -czf "$dir/pkg.tgz" -C "$dir/pkg" registry.json templates
