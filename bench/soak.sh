@@ -6,7 +6,8 @@
 # Knobs (environment):
 #   SOAK_SECONDS=600        length of the load
 #   SOAK_WARMUP=            seconds of the load before the RSS reference window [default: half
-#                           of SOAK_SECONDS]: RSS reaches its steady state after 2-4 minutes
+#                           of SOAK_SECONDS]: RSS levels off after 4-6 minutes (with
+#                           MIMALLOC_PURGE_DELAY=0; see docs/RELIABILITY.md "Soak")
 #   SOAK_WINDOW=60          RSS is compared as means over windows of this many seconds (the one
 #                           starting at SOAK_WARMUP, the last one), not single samples
 #   SOAK_SAMPLE_SECONDS=5   sampling period of RSS and fds
