@@ -4,9 +4,9 @@
 #
 # Usage: bench/soak.sh                         (needs wrk, curl, python3)
 # Knobs (environment):
-#   SOAK_SECONDS=600        length of the load
+#   SOAK_SECONDS=1200       length of the load (RSS levels off after ~9 minutes: see SOAK_WARMUP)
 #   SOAK_WARMUP=            seconds of the load before the RSS reference window [default: half
-#                           of SOAK_SECONDS]: RSS levels off after 4-6 minutes (with
+#                           of SOAK_SECONDS]: RSS levels off after ~9 minutes (4-6 with
 #                           MIMALLOC_PURGE_DELAY=0; see docs/RELIABILITY.md "Soak")
 #   SOAK_WINDOW=60          RSS is compared as means over windows of this many seconds (the one
 #                           starting at SOAK_WARMUP, the last one), not single samples
@@ -43,7 +43,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 . "$ROOT/bench/lib.sh"
-SECS="${SOAK_SECONDS:-600}"
+SECS="${SOAK_SECONDS:-1200}"
 WARMUP="${SOAK_WARMUP:-$((SECS / 2))}"
 WINDOW="${SOAK_WINDOW:-60}"
 PERIOD="${SOAK_SAMPLE_SECONDS:-5}"
