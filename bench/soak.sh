@@ -4,16 +4,26 @@
 #
 # Usage: bench/soak.sh                         (needs wrk, curl, python3)
 # Knobs (environment):
-#   SOAK_SECONDS=600        length of the load
-#   SOAK_WARMUP=60          seconds of the load before the RSS reference sample
+#   SOAK_SECONDS=1200       length of the load (RSS levels off after ~9 minutes: see SOAK_WARMUP)
+#   SOAK_WARMUP=            seconds of the load before the RSS reference window [default: half
+#                           of SOAK_SECONDS]: RSS levels off after ~9 minutes (4-6 with
+#                           MIMALLOC_PURGE_DELAY=0; see docs/RELIABILITY.md "Soak")
+#   SOAK_WINDOW=60          RSS is compared as means over windows of this many seconds (the one
+#                           starting at SOAK_WARMUP, the last one), not single samples
 #   SOAK_SAMPLE_SECONDS=5   sampling period of RSS and fds
 #   SOAK_CONNECTIONS=64     wrk connections (2 threads) reading as fast as the server answers
 #   SOAK_UPLOADERS=2        upload loops (curl, one upload at a time each)
+#   SOAK_VERSIONS_PER_REGISTRY=0  0: each loop publishes into one registry (soak-<n>) for the
+#                           whole run; N: it moves to a new registry (soak-<n>-<k>) every N
+#                           uploads, so no registry outgrows N versions (each publish rebuilds
+#                           versions.json from the registry's directory: O(versions) work)
 #   SOAK_IDLE=200           idle connections held open (reopened when the server closes them)
 #   SOAK_SLOW=50            slowloris connections (one byte every 0.5 s); SLOW/5 slow readers
 #   SOAK_PORT=18095         port of the server (127.0.0.1)
 #   SOAK_BIN=...            the server binary [default: target/release/rack-registry, built if missing]
-#   SOAK_CACHE_MAX_BYTES=   CACHE_MAX_BYTES of the server [default: unset, the server's 64 MiB]
+#   SOAK_CACHE_MAX_BYTES=8388608  CACHE_MAX_BYTES of the server (8 MiB, so the hot cache and its
+#                           large-object tier are full before the warm-up ends; empty: the
+#                           server's default, 64 MiB, whose RSS plateau came after ~450 s)
 #   SOAK_SERVER_ENV=        more NAME=value words for the server's environment (e.g. MIMALLOC_*)
 #   SOAK_KEEP=0             1: keep the work directory (samples, logs)
 #
@@ -26,22 +36,25 @@
 # connections (bench/soak_conns.py). The rate limit is off (one client address).
 #
 # Pass: no 5xx anywhere (the load asks for none), the server alive, RSS at the end within 10 %
-# of RSS after warm-up, and open fds once the load has stopped not above their count before it.
+# of RSS after warm-up (means over SOAK_WINDOW), and open fds once the load has stopped not above
+# their count before it.
 # See docs/RELIABILITY.md "Soak".
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 . "$ROOT/bench/lib.sh"
-SECS="${SOAK_SECONDS:-600}"
-WARMUP="${SOAK_WARMUP:-60}"
+SECS="${SOAK_SECONDS:-1200}"
+WARMUP="${SOAK_WARMUP:-$((SECS / 2))}"
+WINDOW="${SOAK_WINDOW:-60}"
 PERIOD="${SOAK_SAMPLE_SECONDS:-5}"
 CONNS="${SOAK_CONNECTIONS:-64}"
 UPLOADERS="${SOAK_UPLOADERS:-2}"
+PER_REG="${SOAK_VERSIONS_PER_REGISTRY:-0}"
 IDLE="${SOAK_IDLE:-200}"
 SLOW="${SOAK_SLOW:-50}"
 PORT="${SOAK_PORT:-18095}"
 KEEP="${SOAK_KEEP:-0}"
-CACHE="${SOAK_CACHE_MAX_BYTES:-}"
+CACHE="${SOAK_CACHE_MAX_BYTES-8388608}"
 TOKEN="soak-admin-token-0123456789"
 URL="http://127.0.0.1:$PORT"
 [ "$WARMUP" -lt "$SECS" ] || die "SOAK_WARMUP ($WARMUP) must be below SOAK_SECONDS ($SECS)"
@@ -184,7 +197,8 @@ wrk -t2 -c8 -d5s -s "$W/soak.lua" "$URL" >/dev/null 2>&1 || true
 sleep 2
 fds_before="$(ls "/proc/$PID/fd" | wc -l)"
 
-# Uploads: new versions of @rack/soak-<n>; every 5th a wrong checksum, every 7th a repeat.
+# Uploads: new versions of @rack/soak-<n> (soak-<n>-<k> with SOAK_VERSIONS_PER_REGISTRY); every
+# 5th a wrong checksum, every 7th a repeat.
 uploader() { # n
   local n="$1" i=0 dir="$W/up$1" code
   mkdir -p "$dir/pkg/templates"
@@ -192,10 +206,12 @@ uploader() { # n
   : >"$W/uploads.$n"
   while [ ! -f "$W/stop" ]; do
     i=$((i + 1))
-    local v="1.0.$i"
+    local name="soak-$n" j="$i"
+    if [ "$PER_REG" -gt 0 ]; then name="soak-$n-$(((i - 1) / PER_REG))"; j=$(((i - 1) % PER_REG + 1)); fi
+    local v="1.0.$j"
     [ $((i % 7)) = 0 ] && v="1.0.1"
     cat >"$dir/pkg/registry.json" <<EOF
-{"name":"soak-$n","namespace":"@rack","version":"$v","type":"registry:build","priority":1,
+{"name":"$name","namespace":"@rack","version":"$v","type":"registry:build","priority":1,
  "files":[{"path":"templates/index.ts","target":"src/index.ts","type":"registry:lib"}]}
 EOF
     tar -czf "$dir/pkg.tgz" -C "$dir/pkg" registry.json templates
@@ -236,9 +252,12 @@ echo "== status codes (wrk reads and bad requests)"; grep '^status' "$W/wrk.out"
 echo "== uploads"; { cat "$W"/uploads.* 2>/dev/null || true; } | sort | uniq -c
 echo "== idle/slow connections"; cat "$W/conns.json"
 echo "== samples (t, RSS KiB, fds)"; cat "$W/samples.tsv"
-python3 - "$W" "$WARMUP" "$fds_before" "$fds_after" "$alive" <<'PY'
+python3 - "$W" "$WARMUP" "$fds_before" "$fds_after" "$alive" "$SECS" "$WINDOW" <<'PY'
 import json, glob, sys
 w, warmup, fds_before, fds_after, alive = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
+secs, window = int(sys.argv[6]), int(sys.argv[7])
+# Two windows that do not overlap: the one after warm-up and the last one.
+window = max(1, min(window, (secs - warmup) // 2))
 fails = []
 codes = {}
 for line in open(w + "/wrk.out"):
@@ -257,10 +276,14 @@ if not alive: fails.append("the server died")
 samples = [l.split("\t") for l in open(w + "/samples.tsv").read().splitlines()[1:]]
 samples = [(int(t), int(r), int(f)) for t, r, f in samples if r]
 after = [s for s in samples if s[0] >= warmup]
-if after:
-    ref, end, peak = after[0][1], after[-1][1], max(s[1] for s in after)
+first = [s[1] for s in after if s[0] < warmup + window]
+last = [s[1] for s in after if s[0] >= secs - window]
+if first and last:
+    # Means over windows: single samples swing by a few MiB with the requests in flight.
+    ref, end, peak = sum(first) / len(first), sum(last) / len(last), max(s[1] for s in after)
     growth = (end - ref) / ref * 100
-    print(f"RSS after warm-up {ref/1024:.1f} MiB, at the end {end/1024:.1f} MiB ({growth:+.1f} %), peak {peak/1024:.1f} MiB")
+    print(f"RSS mean over {warmup}-{warmup + window} s {ref/1024:.1f} MiB, over the last {window} s "
+          f"{end/1024:.1f} MiB ({growth:+.1f} %); last sample {after[-1][1]/1024:.1f} MiB, peak {peak/1024:.1f} MiB")
     if growth >= 10: fails.append(f"RSS grew {growth:.1f} % after warm-up")
 else:
     fails.append("no sample after warm-up")

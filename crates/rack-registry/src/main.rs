@@ -11,6 +11,8 @@ use rack_registry::{logsink, server};
 /// system allocator was ~7 % of a small read's CPU; measured +9 % requests/s (bench/ab runs in
 /// docs/PERFORMANCE.md). Built without transparent huge pages, which would otherwise double
 /// the idle RSS (20 MiB instead of 11 MiB).
+/// Feature `mimalloc` (default); without it, the system allocator, for heap profilers.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
