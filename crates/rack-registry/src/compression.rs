@@ -86,6 +86,13 @@ pub fn negotiate(accept_encoding: &str) -> Option<Encoding> {
     best.map(|(e, _)| e)
 }
 
+/// Brotli's quality for objects compressed once and cached. Not 9: brotli (the crate) takes its
+/// largest hasher at 9 whatever the body's size, 32 MiB of tables per compression (the soak's
+/// heap profile found three at once); at 5-8 with a window up to 2^16 its small-window hasher
+/// takes as much. At 6 with the default window a 6 KB template takes ~2 MiB, and comes out the
+/// same size as at 9 (tests/compression_memory.rs).
+const BR_QUALITY: u32 = 6;
+
 /// Compress `data` with `enc`.
 pub fn compress(enc: Encoding, data: &[u8]) -> Vec<u8> {
     match enc {
@@ -97,7 +104,7 @@ pub fn compress(enc: Encoding, data: &[u8]) -> Vec<u8> {
         Encoding::Br => {
             let mut out = Vec::new();
             {
-                let mut w = brotli::CompressorWriter::new(&mut out, 4096, 9, 22);
+                let mut w = brotli::CompressorWriter::new(&mut out, 4096, BR_QUALITY, 22);
                 w.write_all(data).expect("in-memory write");
             }
             out
