@@ -206,12 +206,11 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
     let staging = match Staging::create(&state.staging_root).await {
         Ok(s) => s,
         Err(e) => {
-            return internal(
-                state,
-                client,
-                None,
-                format!("cannot create staging directory: {e}"),
-            )
+            // Answered before the body was read (a read-only or full disk): drained like any
+            // early refusal, or the client sees a reset instead of the 500.
+            failed(state, client, "INTERNAL_SERVER_ERROR", None);
+            tracing::error!(error = %e, "upload failed: cannot create staging directory");
+            return refuse_early(ApiError::internal(), body);
         }
     };
     let mut identity = None;
