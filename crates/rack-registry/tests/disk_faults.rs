@@ -313,17 +313,23 @@ fn storage_reads() -> Vec<String> {
     ]
 }
 
+/// A server on `world` with version 1.0.0 uploaded and every [`storage_reads`] path read once,
+/// so that the hot cache and the watcher hold them; returns it and the rollup file's text.
+fn start_warm(world: &World) -> (Server, String) {
+    let server = Server::start(world.path(), &world.local_env());
+    assert_eq!(upload(&server, "1.0.0").status, 201);
+    let rollup = get(&server, ROLLUP_FILE).text;
+    for path in storage_reads() {
+        get(&server, &path);
+    }
+    (server, rollup)
+}
+
 #[test]
 fn the_storage_root_removed_while_running() {
     let world = World::new();
     let root = world.storage();
-    let server = Server::start(world.path(), &world.local_env());
-    assert_eq!(upload(&server, "1.0.0").status, 201);
-    let rollup = get(&server, ROLLUP_FILE).text;
-    // Read once, so that the hot cache and the watcher hold them.
-    for path in storage_reads() {
-        get(&server, &path);
-    }
+    let (server, rollup) = start_warm(&world);
     get(&server, "/namespaces/@company/registries");
 
     let away = world.path().join("storage.away");
@@ -346,12 +352,7 @@ fn the_storage_root_removed_while_running() {
 fn the_storage_root_deleted_while_running_and_restored_from_a_copy() {
     let world = World::new();
     let root = world.storage();
-    let server = Server::start(world.path(), &world.local_env());
-    assert_eq!(upload(&server, "1.0.0").status, 201);
-    let rollup = get(&server, ROLLUP_FILE).text;
-    for path in storage_reads() {
-        get(&server, &path);
-    }
+    let (server, rollup) = start_warm(&world);
     let namespaces = get(&server, "/namespaces").json();
     let registries = get(&server, "/namespaces/@company/registries").json();
     let backup = world.path().join("backup");

@@ -80,12 +80,9 @@ fn a_store_ignoring_conditional_writes_is_refused_unless_single_writer() {
     });
 }
 
-/// A bucket that cannot be used is a configuration error (SPEC §10): exit code 2, and a message
-/// naming the bucket and the endpoint.
-#[test]
-fn an_unusable_bucket_exits_with_code_2_naming_bucket_and_endpoint() {
-    let Some(bucket) = Bucket::new() else { return };
-    let world = common::World::new();
+/// Two unusable variants of `bucket`: a bucket name that does not exist on its endpoint, and
+/// its name on an endpoint where nothing listens.
+fn unusable(bucket: &Bucket) -> (Bucket, Bucket) {
     let missing = Bucket {
         endpoint: bucket.endpoint.clone(),
         name: format!("{}-missing", bucket.name),
@@ -99,6 +96,16 @@ fn an_unusable_bucket_exits_with_code_2_naming_bucket_and_endpoint() {
         endpoint: format!("http://127.0.0.1:{port}"),
         name: bucket.name.clone(),
     };
+    (missing, unreachable)
+}
+
+/// A bucket that cannot be used is a configuration error (SPEC §10): exit code 2, and a message
+/// naming the bucket and the endpoint.
+#[test]
+fn an_unusable_bucket_exits_with_code_2_naming_bucket_and_endpoint() {
+    let Some(bucket) = Bucket::new() else { return };
+    let world = common::World::new();
+    let (missing, unreachable) = unusable(&bucket);
     for (what, b) in [
         ("missing bucket", &missing),
         ("unreachable endpoint", &unreachable),
@@ -123,19 +130,7 @@ fn an_unusable_bucket_exits_with_code_2_naming_bucket_and_endpoint() {
 fn storage_commands_on_an_unusable_bucket_exit_with_code_2() {
     let Some(bucket) = Bucket::new() else { return };
     let world = common::World::new();
-    let missing = Bucket {
-        endpoint: bucket.endpoint.clone(),
-        name: format!("{}-missing", bucket.name),
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let unreachable = Bucket {
-        endpoint: format!("http://127.0.0.1:{port}"),
-        name: bucket.name.clone(),
-    };
+    let (missing, unreachable) = unusable(&bucket);
     let root = world.storage().display().to_string();
     let pulled = world.path().join("pulled").display().to_string();
     let run = |b: &Bucket, args: &[&str]| {

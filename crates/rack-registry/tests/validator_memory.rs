@@ -7,50 +7,25 @@
 //! This binary counts live heap bytes with its own allocator, so it holds one test only (no
 //! other thread allocates meanwhile).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-}
+#[path = "common/heap.rs"]
+mod heap;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: heap::Counting = heap::Counting;
 
 #[test]
 fn schema_validation_keeps_little_memory() {
     let schema = rack_registry::validate::registry_item_schema(None).unwrap();
     let manifest: serde_json::Value =
         serde_json::from_str(include_str!("../../../examples/hello/registry.json")).unwrap();
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = heap::live();
     for _ in 0..3 {
         assert_eq!(
             rack_registry::validate::validate(&schema, &manifest).unwrap(),
             Ok(())
         );
     }
-    let kept = LIVE.load(Ordering::Relaxed) - before;
+    let kept = heap::live() - before;
     eprintln!("schema validation kept {} KiB", kept / 1024);
     // 0.33 kept ~41 MiB of heap here (47 MiB of RSS); 0.61 keeps ~0.4 MiB.
     assert!(

@@ -1025,6 +1025,32 @@ fn bucket_outbox_retries_on_schedule_then_gives_up_and_removes() {
     assert_eq!(deliveries(&server, "retry"), 2);
 }
 
+/// Two replicas on `bucket` with one webhook whose receiver hangs on its first request: an
+/// upload of `registry` to replica A, whose attempt then holds the delivery's claim (for
+/// `claim_seconds`, the attempt timing out after `timeout_seconds`). Returns A's attempt.
+fn claim_held_by_a(
+    bucket: &common::s3::Bucket,
+    registry: &str,
+    timeout_seconds: &str,
+    claim_seconds: &str,
+) -> (World, Receiver, Server, Server, Vec<Req>) {
+    let world = World::new();
+    let rx = Receiver::start(Act::Status(200));
+    rx.script(&[Act::Hang]);
+    write_hooks(&world, &[hook(&rx.url("/hook"), SECRET, &["uploaded"], true)]);
+    let settings: &[(&str, &str)] = &[
+        ("WEBHOOK_TIMEOUT_SECONDS", timeout_seconds),
+        ("WEBHOOK_CLAIM_SECONDS", claim_seconds),
+        ("WEBHOOK_OUTBOX_POLL_MIN_MS", "200"),
+        ("WEBHOOK_OUTBOX_POLL_MAX_MS", "1000"),
+    ];
+    let a = Server::start(world.path(), &replica_env(&world, bucket, "a", settings));
+    let b = Server::start(world.path(), &replica_env(&world, bucket, "b", settings));
+    upload_ok(&a, registry, "1.0.0");
+    let first = rx.wait_for(1, Duration::from_secs(10));
+    (world, rx, a, b, first)
+}
+
 #[test]
 fn bucket_outbox_a_replica_killed_mid_delivery_is_relieved_by_another() {
     if bucket_tests_ran_already() {
@@ -1033,21 +1059,7 @@ fn bucket_outbox_a_replica_killed_mid_delivery_is_relieved_by_another() {
     let Some(bucket) = common::s3::Bucket::new() else {
         return;
     };
-    let world = World::new();
-    let rx = Receiver::start(Act::Status(200));
-    // The first attempt hangs: replica A holds the claim while it waits.
-    rx.script(&[Act::Hang]);
-    write_hooks(&world, &[hook(&rx.url("/hook"), SECRET, &["uploaded"], true)]);
-    let settings: &[(&str, &str)] = &[
-        ("WEBHOOK_TIMEOUT_SECONDS", "20"),
-        ("WEBHOOK_CLAIM_SECONDS", "21"),
-        ("WEBHOOK_OUTBOX_POLL_MIN_MS", "200"),
-        ("WEBHOOK_OUTBOX_POLL_MAX_MS", "1000"),
-    ];
-    let a = Server::start(world.path(), &replica_env(&world, &bucket, "a", settings));
-    let b = Server::start(world.path(), &replica_env(&world, &bucket, "b", settings));
-    upload_ok(&a, "orphan", "1.0.0");
-    let first = rx.wait_for(1, Duration::from_secs(10));
+    let (_world, rx, a, b, first) = claim_held_by_a(&bucket, "orphan", "20", "21");
     a.kill9();
     let killed_at = Instant::now();
     // B sees the claim, waits for it to expire, then delivers the same delivery.
@@ -1220,20 +1232,7 @@ fn bucket_outbox_sigterm_releases_claims_to_the_other_replica() {
     let Some(bucket) = common::s3::Bucket::new() else {
         return;
     };
-    let world = World::new();
-    let rx = Receiver::start(Act::Status(200));
-    rx.script(&[Act::Hang]);
-    write_hooks(&world, &[hook(&rx.url("/hook"), SECRET, &["uploaded"], true)]);
-    let settings: &[(&str, &str)] = &[
-        ("WEBHOOK_TIMEOUT_SECONDS", "200"),
-        ("WEBHOOK_CLAIM_SECONDS", "300"),
-        ("WEBHOOK_OUTBOX_POLL_MIN_MS", "200"),
-        ("WEBHOOK_OUTBOX_POLL_MAX_MS", "1000"),
-    ];
-    let a = Server::start(world.path(), &replica_env(&world, &bucket, "a", settings));
-    let b = Server::start(world.path(), &replica_env(&world, &bucket, "b", settings));
-    upload_ok(&a, "handed", "1.0.0");
-    let first = rx.wait_for(1, Duration::from_secs(10));
+    let (_world, rx, a, b, first) = claim_held_by_a(&bucket, "handed", "200", "300");
     let id = first[0].h("x-webhook-delivery").to_owned();
     // A holds the claim for 300 s while its attempt hangs.
     let held = bucket_outbox(&bucket);
