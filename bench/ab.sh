@@ -19,21 +19,13 @@ URL_PATH="${3:-/registries/@rack/build/rollup/1.0.0}"
 HEADER="${4:-X-Bench: 1}"
 ROUNDS="${AB_ROUNDS:-8}"; DURATION="${AB_DURATION:-3}"; PIN="${AB_PIN:-0}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-command -v wrk >/dev/null || { echo "ab: wrk is needed (apt-get install -y wrk)" >&2; exit 1; }
-
-if [ -z "${RACK_FIXTURES:-}" ]; then
-  RACK_FIXTURES="$ROOT/../shared/fixtures/rack-storage"
-fi
-[ -f "$RACK_FIXTURES/.healthcheck" ] || { echo "ab: fixtures not found at $RACK_FIXTURES (put ../shared next to the repository or set RACK_FIXTURES)" >&2; exit 1; }
+. "$ROOT/bench/lib.sh"
+command -v wrk >/dev/null || die "wrk is needed (apt-get install -y wrk)"
+fixtures
 
 W="$(mktemp -d /tmp/rack-ab.XXXXXX)"
 PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
+trap 'cleanup_pids; rm -rf "$W"' EXIT
 cp -r "$RACK_FIXTURES" "$W/storage"
 chmod -R u+w "$W/storage"
 printf '{"@rack": []}\n' >"$W/auth.json"
@@ -46,9 +38,7 @@ start() { # binary port
 }
 start "$A" 18180
 start "$B" 18190
-for port in 18180 18190; do
-  for _ in $(seq 1 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/health" && break; sleep 0.05; done
-done
+for port in 18180 18190; do wait_http "http://127.0.0.1:$port/health"; done
 # Both must answer the same status and bytes.
 sa="$(curl -s -H "$HEADER" -w '%{http_code}' "http://127.0.0.1:18180$URL_PATH" | sha256sum)"
 sb="$(curl -s -H "$HEADER" -w '%{http_code}' "http://127.0.0.1:18190$URL_PATH" | sha256sum)"
@@ -64,7 +54,6 @@ for _ in $(seq 1 "$ROUNDS"); do
     echo "$side $rps" >>"$runs"
   done
 done
-median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
 ma="$(awk '$1 == "a" {print $2}' "$runs" | median)"
 mb="$(awk '$1 == "b" {print $2}' "$runs" | median)"
 echo "A (old) median req/s: $ma"

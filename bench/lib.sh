@@ -66,3 +66,16 @@ medians() {
     { for (c = 1; c <= 5; c++) row[NR, c] = $c; bad += $4; if ($5 != "") errs = errs $5 " " }
     END { printf "%.2f|%.3f|%.3f|%d|%s", med(1), med(2), med(3), bad, errs }'
 }
+
+# RACK_FIXTURES, defaulting to ../shared/fixtures/rack-storage beside the repository (needs ROOT),
+# made absolute and exported; dies with where to put it when missing.
+fixtures() {
+  RACK_FIXTURES="${RACK_FIXTURES:-$ROOT/../shared/fixtures/rack-storage}"
+  [ -f "$RACK_FIXTURES/.healthcheck" ] ||
+    die "fixtures not found at $RACK_FIXTURES (put ../shared next to the repository or set RACK_FIXTURES)"
+  RACK_FIXTURES="$(cd "$RACK_FIXTURES" && pwd)"
+  export RACK_FIXTURES
+}
+
+# Median of the numbers on stdin, one per line.
+median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }

@@ -24,8 +24,7 @@ KEEP="${RSS_KEEP:-0}"
 TOKEN="rss-bench-admin-token"
 URL="http://127.0.0.1:$PORT"
 
-say() { printf '%s\n' "$*" >&2; }
-die() { say "rss: $*"; exit 1; }
+. "$ROOT/bench/lib.sh"
 command -v curl >/dev/null || die "curl is missing (apt-get install -y curl)"
 
 BIN="${RSS_BIN:-$ROOT/target/release/rack-registry}"

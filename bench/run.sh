@@ -41,11 +41,7 @@ BIG_PORT="${BENCH_BIG_PORT:-18082}"
 # --- tools -------------------------------------------------------------------------------------
 need_tools
 
-if [ -z "${RACK_FIXTURES:-}" ]; then
-  RACK_FIXTURES="$ROOT/../shared/fixtures/rack-storage"
-fi
-[ -f "$RACK_FIXTURES/.healthcheck" ] || die "fixtures not found at $RACK_FIXTURES (put ../shared next to the repository or set RACK_FIXTURES)"
-RACK_FIXTURES="$(cd "$RACK_FIXTURES" && pwd)"
+fixtures
 
 # --- build -------------------------------------------------------------------------------------
 say "== building the release binary"

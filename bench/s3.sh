@@ -12,25 +12,16 @@
 # must not call the bucket).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+. "$ROOT/bench/lib.sh"
 BIN="$(realpath "${1:-$ROOT/target/release/rack-registry}")"
 URL_PATH="${2:-/registries/@rack/build/rollup/1.0.0}"
 ROUNDS="${S3B_ROUNDS:-6}"; DURATION="${S3B_DURATION:-3}"
-command -v wrk >/dev/null || { echo "s3 bench: wrk is needed (apt-get install -y wrk)" >&2; exit 1; }
-if [ -z "${RACK_FIXTURES:-}" ]; then
-  for d in "$ROOT/../shared/fixtures/rack-storage"; do
-    if [ -f "$d/.healthcheck" ]; then RACK_FIXTURES="$d"; break; fi
-  done
-fi
-[ -f "${RACK_FIXTURES:-}/.healthcheck" ] || { echo "s3 bench: fixtures not found (set RACK_FIXTURES)" >&2; exit 1; }
+command -v wrk >/dev/null || die "wrk is needed (apt-get install -y wrk)"
+fixtures
 
 W="$(mktemp -d /tmp/rack-s3b.XXXXXX)"
 PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
+trap 'cleanup_pids; rm -rf "$W"' EXIT
 if [ -z "${RACK_S3_ENDPOINT:-}" ]; then
   RACK_S3_ENDPOINT="$("$ROOT/tools/moto/start")"
   PIDS+=("$(cat "$ROOT/target/moto-venv/server.${RACK_S3_ENDPOINT##*:}.pid")")
@@ -51,9 +42,7 @@ start() { # port extra-env...
 }
 start 18280 STORAGE_ROOT="$W/storage"
 start 18290 STORAGE_ROOT="$W/scratch" "${S3ENV[@]}"
-for port in 18280 18290; do
-  for _ in $(seq 1 200); do curl -fs -o /dev/null "http://127.0.0.1:$port/health" && break; sleep 0.05; done
-done
+for port in 18280 18290; do wait_http "http://127.0.0.1:$port/health"; done
 sa="$(curl -s -w '%{http_code}' "http://127.0.0.1:18280$URL_PATH" | sha256sum)"
 sb="$(curl -s -w '%{http_code}' "http://127.0.0.1:18290$URL_PATH" | sha256sum)"
 [ "$sa" = "$sb" ] || echo "WARNING: local and s3 answer differently" >&2
@@ -67,7 +56,6 @@ for _ in $(seq 1 "$ROUNDS"); do
     echo "$side $rps" >>"$runs"
   done
 done
-median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
 ml="$(awk '$1 == "local" {print $2}' "$runs" | median)"
 ms="$(awk '$1 == "s3" {print $2}' "$runs" | median)"
 echo "local median req/s: $ml"

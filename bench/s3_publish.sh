@@ -13,10 +13,9 @@
 # registry sizes (1-9, 10-99, 100-999 versions already stored).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+. "$ROOT/bench/lib.sh"
 cd "$ROOT"
-if [ -z "${RACK_FIXTURES:-}" ] && [ -f "$ROOT/../shared/fixtures/rack-storage/.healthcheck" ]; then
-  export RACK_FIXTURES="$ROOT/../shared/fixtures/rack-storage"
-fi
+fixtures
 export RACK_BENCH_VERSIONS="${RACK_BENCH_VERSIONS:-1000}"
 cargo test -p rack-registry --test s3_costs -- --ignored --nocapture \
   bench_requests_per_publish_up_to_1000_versions

@@ -33,8 +33,8 @@ else
   (cd "$ROOT" && cargo build --release -p rack-registry -q)
   BIN="$ROOT/target/release/rack-registry"
 fi
-FIX="${RACK_FIXTURES:-$ROOT/../shared/fixtures/rack-storage}"
-[ -f "$FIX/.healthcheck" ] || die "fixtures not found at $FIX (set RACK_FIXTURES)"
+fixtures
+FIX="$RACK_FIXTURES"
 
 W="$(mktemp -d /tmp/rack-ui-bench.XXXXXX)"
 PIDS=()

@@ -9,11 +9,11 @@
 # Knobs: WB_COLD=5 (fresh runtimes measured), WB_WARM=400 (warm requests per route), RACK_FIXTURES.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+. "$ROOT/bench/lib.sh"
 WK="$ROOT/crates/rack-worker"
-[ -f "$WK/build/index.js" ] || { echo "worker bench: build the Worker first (docs/worker.md)" >&2; exit 1; }
-[ -d "$WK/node_modules/miniflare" ] || { echo "worker bench: run npm ci in $WK" >&2; exit 1; }
-if [ -z "${RACK_FIXTURES:-}" ]; then RACK_FIXTURES="$ROOT/../shared/fixtures/rack-storage"; fi
-[ -f "$RACK_FIXTURES/.healthcheck" ] || { echo "worker bench: fixtures not found (set RACK_FIXTURES)" >&2; exit 1; }
+[ -f "$WK/build/index.js" ] || die "build the Worker first (docs/worker.md)"
+[ -d "$WK/node_modules/miniflare" ] || die "run npm ci in $WK"
+fixtures
 
 gz() { gzip -9 -c "$1" | wc -c; }
 js=$(gz "$WK/build/index.js"); wasm=$(gz "$WK/build/index_bg.wasm")
@@ -21,6 +21,6 @@ raw=$(( $(wc -c <"$WK/build/index.js") + $(wc -c <"$WK/build/index_bg.wasm") ))
 total=$((js + wasm))
 printf 'bundle: %d bytes raw, %d bytes gzipped (js %d + wasm %d) = %.1f KiB gzipped\n' \
   "$raw" "$total" "$js" "$wasm" "$(echo "$total / 1024" | bc -l)"
-[ "$total" -lt $((1024 * 1024)) ] || { echo "worker bench: gzipped bundle over 1 MiB" >&2; exit 1; }
+[ "$total" -lt $((1024 * 1024)) ] || die "gzipped bundle over 1 MiB"
 
-RACK_FIXTURES="$RACK_FIXTURES" node "$ROOT/bench/worker-cpu.js"
+node "$ROOT/bench/worker-cpu.js"
