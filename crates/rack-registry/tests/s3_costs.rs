@@ -1,30 +1,24 @@
-//! What the server asks of the bucket (SPEC §11.2, §11.3), counted by a test-only S3 front:
+//! What the server asks of the bucket (SPEC §11.2, §11.3), counted by the test-only S3 front
+//! (`common/faultproxy.rs`, no fault injected):
 //! a warm read asks nothing, and a publish costs the same number of requests whatever the
 //! number of versions the registry already has.
 
 mod common;
+#[path = "common/faultproxy.rs"]
+mod faultproxy;
 #[path = "common/pkg.rs"]
 mod pkg;
-#[path = "common/s3front.rs"]
-mod s3front;
-
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use common::s3::Bucket;
+use faultproxy::FaultProxy;
 
 const PUBLISH: &str = "company-publish-token";
 const READ: &str = "company-read-token";
 
-fn counted_server(
-    extra: &[(&str, &str)],
-) -> Option<(common::World, common::Server, Arc<s3front::Behaviour>)> {
+fn counted_server(extra: &[(&str, &str)]) -> Option<(common::World, common::Server, FaultProxy)> {
     let bucket = Bucket::new()?;
-    let behaviour = Arc::new(s3front::Behaviour::default());
-    let front = Bucket {
-        endpoint: s3front::start(bucket.endpoint.clone(), behaviour.clone()),
-        name: bucket.name.clone(),
-    };
+    let proxy = FaultProxy::start(&bucket.endpoint);
+    let front = proxy.bucket(&bucket);
     let world = common::World::new();
     let mut env = world.env_on_bucket(&front);
     // The webhook outbox on local disk: the bucket outbox lists `.rack/outbox/` now and then
@@ -35,7 +29,7 @@ fn counted_server(
     ));
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let server = common::Server::start(world.path(), &env);
-    Some((world, server, behaviour))
+    Some((world, server, proxy))
 }
 
 #[test]
@@ -55,24 +49,20 @@ fn warm_reads_do_not_call_the_bucket() {
         let (status, _) = pkg::get(&server.base, p, Some(READ));
         assert_eq!(status, 200, "{p}");
     }
-    let cold = front.requests.load(Ordering::SeqCst);
+    let cold = front.requests();
     for _ in 0..10 {
         for p in paths {
             assert_eq!(pkg::get(&server.base, p, Some(READ)).0, 200, "{p}");
         }
     }
-    assert_eq!(
-        front.requests.load(Ordering::SeqCst),
-        cold,
-        "warm reads asked the bucket"
-    );
+    assert_eq!(front.requests(), cold, "warm reads asked the bucket");
 }
 
 /// Publish `count` versions of one registry; the bucket requests each publish made (and, in
 /// `times`, how long each took).
 fn publish_costs(
     server: &common::Server,
-    front: &s3front::Behaviour,
+    front: &FaultProxy,
     count: usize,
     times: &mut Vec<std::time::Duration>,
 ) -> Vec<usize> {
@@ -87,12 +77,12 @@ fn publish_costs(
             &["templates/a.txt"],
         );
         let p = pkg::package(&m, &[("templates/a.txt", version.as_bytes())]);
-        let before = front.requests.load(Ordering::SeqCst);
+        let before = front.requests();
         let t0 = std::time::Instant::now();
         let reply = pkg::Upload::new(p).bearer(PUBLISH).send(&server.base);
         times.push(t0.elapsed());
         assert_eq!(reply.status, 201, "{}", reply.text);
-        costs.push(front.requests.load(Ordering::SeqCst) - before);
+        costs.push(front.requests() - before);
     }
     costs
 }

@@ -1,18 +1,18 @@
-//! Publishers SIGKILLed mid-publish on a bucket (SPEC §11.2): a test-only S3 front holds one
-//! PUT of the publish forever, so the server is killed at a known step; the next publish or the
-//! sweep repairs what it left, and `storage check` is clean afterwards.
+//! Publishers SIGKILLed mid-publish on a bucket (SPEC §11.2): the test-only S3 front
+//! (`common/faultproxy.rs`) holds one PUT of the publish forever, so the server is killed at a
+//! known step; the next publish or the sweep repairs what it left, and `storage check` is clean
+//! afterwards.
 
 mod common;
+#[path = "common/faultproxy.rs"]
+mod faultproxy;
 #[path = "common/pkg.rs"]
 mod pkg;
-#[path = "common/s3front.rs"]
-mod s3front;
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::s3::Bucket;
+use faultproxy::{Fault, FaultProxy, Rule};
 use serde_json::json;
 
 const PUBLISH: &str = "company-publish-token";
@@ -35,23 +35,20 @@ fn package(version: &str, bytes: &str) -> Vec<u8> {
     )
 }
 
-/// Start a server through a front that holds PUTs ending in `suffix`, upload, and SIGKILL the
-/// server once the upload is held there.
+/// Start a server through a front that holds the PUTs whose path contains `suffix` (a key's
+/// end: nothing else a publish writes contains it), upload, and SIGKILL the server once the
+/// upload is held there.
 fn kill_publisher_at(bucket: &Bucket, world: &common::World, suffix: &str, version: &str) {
-    let behaviour = Arc::new(s3front::Behaviour::default());
-    let front = Bucket {
-        endpoint: s3front::start(bucket.endpoint.clone(), behaviour.clone()),
-        name: bucket.name.clone(),
-    };
-    let mut env = world.env_on_bucket(&front);
+    let proxy = FaultProxy::start(&bucket.endpoint);
+    let mut env = world.env_on_bucket(&proxy.bucket(bucket));
     env.push(("PUBLISH_LEASE_SECONDS".into(), "1".into()));
     let server = common::Server::start(world.path(), &env);
-    *behaviour.stall_put_suffix.lock().unwrap() = Some(suffix.to_owned());
+    proxy.inject(Rule::new("PUT", suffix, Fault::Hang));
     let base = server.base.clone();
     let body = package(version, "dead bytes\n");
     std::thread::spawn(move || pkg::Upload::new(body).bearer(PUBLISH).send(&base));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while behaviour.stalled.load(Ordering::SeqCst) == 0 {
+    while proxy.hung() == 0 {
         assert!(Instant::now() < deadline, "the publish never reached {suffix}");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -1,32 +1,24 @@
-//! The conditional-write probe (SPEC §11.1) against a store that ignores conditional writes: a
-//! test-only S3 front that strips `If-None-Match`/`If-Match` before forwarding to moto.
+//! The conditional-write probe (SPEC §11.1) against a store that ignores conditional writes: the
+//! test-only S3 front (`common/faultproxy.rs`) strips `If-None-Match`/`If-Match` before
+//! forwarding to moto.
 
 mod common;
+#[path = "common/faultproxy.rs"]
+mod faultproxy;
 #[path = "common/pkg.rs"]
 mod pkg;
 
-#[path = "common/s3front.rs"]
-mod s3front;
-
-use std::sync::Arc;
-
 use common::s3::Bucket;
+use faultproxy::{Fault, FaultProxy, Rule};
 
 const PUBLISH: &str = "company-publish-token";
 
 #[test]
 fn a_store_ignoring_conditional_writes_is_refused_unless_single_writer() {
     let Some(bucket) = Bucket::new() else { return };
-    let careless = Bucket {
-        endpoint: s3front::start(
-            bucket.endpoint.clone(),
-            Arc::new(s3front::Behaviour {
-                strip_conditions: true.into(),
-                ..Default::default()
-            }),
-        ),
-        name: bucket.name.clone(),
-    };
+    let proxy = FaultProxy::start(&bucket.endpoint);
+    proxy.inject(Rule::new("", "", Fault::StripConditions));
+    let careless = proxy.bucket(&bucket);
     let world = common::World::new();
     let (code, out) = common::run_cli(world.path(), &careless.env(), &["serve"]);
     assert_eq!(code, Some(2), "a configuration error:\n{out}");
@@ -170,16 +162,9 @@ fn storage_commands_on_an_unusable_bucket_exit_with_code_2() {
 
     // A store that ignores conditional writes: `check` reads and works, `check --repair` is
     // refused like `serve` (unless STORAGE_SINGLE_WRITER=true).
-    let careless = Bucket {
-        endpoint: s3front::start(
-            bucket.endpoint.clone(),
-            Arc::new(s3front::Behaviour {
-                strip_conditions: true.into(),
-                ..Default::default()
-            }),
-        ),
-        name: bucket.name.clone(),
-    };
+    let proxy = FaultProxy::start(&bucket.endpoint);
+    proxy.inject(Rule::new("", "", Fault::StripConditions));
+    let careless = proxy.bucket(&bucket);
     let (code, err) = run(&careless, &["storage", "check"]);
     assert_eq!(code, Some(0), "{err}");
     let (code, err) = run(&careless, &["storage", "check", "--repair"]);

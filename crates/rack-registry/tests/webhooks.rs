@@ -5,10 +5,10 @@
 //! dropped connection, or a hang).
 
 mod common;
+#[path = "common/faultproxy.rs"]
+mod faultproxy;
 #[path = "common/pkg.rs"]
 mod pkg;
-#[path = "common/s3front.rs"]
-mod s3front;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,6 +19,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{client, Server, World, ADMIN_TOKEN};
+use faultproxy::FaultProxy;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -1096,11 +1097,8 @@ fn bucket_outbox_idle_listing_backs_off() {
     // A webhook is configured (without one the outbox is not listed at all: the next test).
     let url = format!("http://127.0.0.1:{}/hook", free_port());
     write_hooks(&world, &[hook(&url, SECRET, &["uploaded"], true)]);
-    let behaviour = Arc::new(s3front::Behaviour::default());
-    let front = common::s3::Bucket {
-        endpoint: s3front::start(bucket.endpoint.clone(), behaviour.clone()),
-        name: bucket.name.clone(),
-    };
+    let proxy = FaultProxy::start(&bucket.endpoint);
+    let front = proxy.bucket(&bucket);
     let server = Server::start(
         world.path(),
         &replica_env(
@@ -1113,7 +1111,7 @@ fn bucket_outbox_idle_listing_backs_off() {
             ],
         ),
     );
-    let lists = || behaviour.count(&["GET ", "list-type=2", "outbox"]);
+    let lists = || proxy.count(&["GET ", "list-type=2", "outbox"]);
     eventually(Duration::from_secs(10), "the first outbox list", || lists() >= 1);
     let start = Instant::now();
     let at_start = lists();
@@ -1170,11 +1168,8 @@ fn bucket_outbox_without_webhooks_is_not_listed() {
             "next_attempt_ms": 1_700_000_000_000i64, "created_ms": 1_700_000_000_000i64, "seq": 0
         }),
     );
-    let behaviour = Arc::new(s3front::Behaviour::default());
-    let front = common::s3::Bucket {
-        endpoint: s3front::start(bucket.endpoint.clone(), behaviour.clone()),
-        name: bucket.name.clone(),
-    };
+    let proxy = FaultProxy::start(&bucket.endpoint);
+    let front = proxy.bucket(&bucket);
     let server = Server::start(
         world.path(),
         &replica_env(
@@ -1187,7 +1182,7 @@ fn bucket_outbox_without_webhooks_is_not_listed() {
             ],
         ),
     );
-    let lists = || behaviour.count(&["GET ", "list-type=2", "outbox"]);
+    let lists = || proxy.count(&["GET ", "list-type=2", "outbox"]);
     let got = rx.wait_for(1, Duration::from_secs(20));
     assert_eq!(
         got[0].h("x-webhook-delivery"),

@@ -1,11 +1,17 @@
 #![allow(dead_code)]
 
-//! A test-only fault injector between the server and S3 (moto): forwards every request, except
-//! that the first rule matching a request (method, a substring of its path and query, and
-//! optionally "carries `If-None-Match`/`If-Match`") applies its fault: latency, a 5xx instead
-//! of forwarding, a 5xx after forwarding (the store applied the write, its answer is lost), a
-//! dropped connection, or a hang (no answer at all). Rules are changed while the server runs, so
-//! one server process can be shown to recover once the store does.
+//! The test-only S3 front between the server and moto. It forwards every request, logs it
+//! (`METHOD path?query`, for tests that count what the server asks of the bucket), and lets the
+//! first matching [`Rule`] (method, a substring of the path and query, optionally "carries
+//! `If-None-Match`/`If-Match`") misbehave on purpose: latency, a 5xx instead of forwarding, a
+//! 5xx after forwarding (the store applied the write, its answer is lost), a dropped
+//! connection, a hang (no answer at all: a server can be SIGKILLed at a known step of a
+//! publish), or forwarding without the conditional headers (a store that ignores conditional
+//! writes). Rules change while the server runs, so one server process can be shown to recover
+//! once the store does.
+//!
+//! One proxy for every S3 test: a request goes log -> first matching rule -> forward, so a
+//! misbehaviour is one `Fault` variant and one arm of `handle`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,12 +32,15 @@ pub enum Fault {
     StatusAfter(u16),
     /// Close the connection without answering.
     Drop,
-    /// Never answer (the connection stays open).
+    /// Never answer (the connection stays open); counted by [`FaultProxy::hung`].
     Hang,
+    /// Forward without `If-None-Match`/`If-Match` (a store that ignores conditional writes).
+    StripConditions,
 }
 
 #[derive(Debug, Clone)]
 pub struct Rule {
+    /// The request's method; `""`: any.
     pub method: &'static str,
     /// A substring of the request's path and query (`list-type=2` for a list call).
     pub contains: String,
@@ -69,6 +78,10 @@ struct Shared {
     rules: Mutex<Vec<Rule>>,
     /// Requests a fault was applied to.
     faulted: AtomicUsize,
+    /// Requests a `Hang` is holding.
+    hung: AtomicUsize,
+    /// Every request that arrived, as `METHOD path?query`.
+    log: Mutex<Vec<String>>,
 }
 
 /// A running injector (its own runtime thread, lives as long as the test process).
@@ -130,13 +143,39 @@ impl FaultProxy {
     pub fn faulted(&self) -> usize {
         self.shared.faulted.load(Ordering::SeqCst)
     }
+
+    /// How many requests a `Hang` has held so far (they are never answered).
+    pub fn hung(&self) -> usize {
+        self.shared.hung.load(Ordering::SeqCst)
+    }
+
+    /// How many requests arrived so far (faulted or not).
+    pub fn requests(&self) -> usize {
+        self.shared.log.lock().unwrap().len()
+    }
+
+    /// How many requests so far contain every one of `needles` in `METHOD path?query`.
+    pub fn count(&self, needles: &[&str]) -> usize {
+        let log = self.shared.log.lock().unwrap();
+        log.iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
+
+    /// `bucket`, reached through this proxy.
+    pub fn bucket(&self, bucket: &crate::common::s3::Bucket) -> crate::common::s3::Bucket {
+        crate::common::s3::Bucket {
+            endpoint: self.url.clone(),
+            name: bucket.name.clone(),
+        }
+    }
 }
 
 /// The fault for this request, if a rule matches (and uses up one of its `times`).
 fn fault_for(state: &Shared, method: &str, target: &str, conditional: bool) -> Option<Fault> {
     let mut rules = state.rules.lock().unwrap();
     let i = rules.iter().position(|r| {
-        r.method == method
+        (r.method.is_empty() || r.method == method)
             && target.contains(&r.contains)
             && (!r.conditional || conditional)
             && r.times != Some(0)
@@ -171,8 +210,13 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    state
+        .log
+        .lock()
+        .unwrap()
+        .push(format!("{} {target}", parts.method));
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let conditional = parts.headers.contains_key("if-none-match") || parts.headers.contains_key("if-match");
     let fault = fault_for(&state, parts.method.as_str(), &target, conditional);
     match fault {
@@ -180,18 +224,22 @@ async fn handle(
         Some(Fault::Status(s)) => return Ok(s3_error(s)),
         Some(Fault::Drop) => return Err(std::io::Error::other("injected: connection dropped")),
         Some(Fault::Hang) => {
+            state.hung.fetch_add(1, Ordering::SeqCst);
             // Longer than any test; the connection is simply never answered.
             tokio::time::sleep(Duration::from_secs(600)).await;
             return Err(std::io::Error::other("injected: hang"));
         }
-        Some(Fault::StatusAfter(_)) | None => {}
+        Some(Fault::StatusAfter(_) | Fault::StripConditions) | None => {}
     }
     let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).unwrap();
     let mut out = client.request(method, format!("{upstream}{target}")).body(body);
+    let strip = fault == Some(Fault::StripConditions);
     for (name, value) in &parts.headers {
-        if name.as_str() != "host" {
-            out = out.header(name.as_str(), value.as_bytes());
+        let n = name.as_str();
+        if n == "host" || (strip && (n == "if-none-match" || n == "if-match")) {
+            continue;
         }
+        out = out.header(n, value.as_bytes());
     }
     let reply = out.send().await.map_err(std::io::Error::other)?;
     if let Some(Fault::StatusAfter(s)) = fault {
