@@ -6,7 +6,11 @@
 #        git stash pop; cargo build --release
 #        bench/ab.sh /tmp/old target/release/rack-registry /registries/@rack/build/rollup/1.0.0
 # Knobs (environment): AB_ROUNDS=8 (wrk runs per binary), AB_DURATION=3 (seconds per run),
-#   AB_PIN=0 (1: both servers on CPU 0 with one HTTP worker, wrk on CPU 1), RACK_FIXTURES.
+#   AB_PIN=0 (1: both servers on CPU 0 with one HTTP worker, wrk on CPU 1), RACK_FIXTURES,
+#   AB_STORAGE (serve this storage root, read-only, instead of a copy of the fixtures; its
+#   namespaces must be declared in AB_NAMESPACES, e.g. '"@rand": []'),
+#   AB_SCRIPT (a wrk Lua script, e.g. random paths over many files; then the path only checks
+#   that both answer alike).
 #
 # Both servers run at once on a copy of the fixtures; wrk alternates between them (A, B, A, B...)
 # so that drifts of a shared, noisy machine hit both alike. Prints the median requests/s of each
@@ -26,13 +30,19 @@ fixtures
 W="$(mktemp -d /tmp/rack-ab.XXXXXX)"
 PIDS=()
 trap 'cleanup_pids; rm -rf "$W"' EXIT
-cp -r "$RACK_FIXTURES" "$W/storage"
-chmod -R u+w "$W/storage"
-printf '{"@rack": []}\n' >"$W/auth.json"
+if [ -n "${AB_STORAGE:-}" ]; then
+  STORAGE="$(realpath "$AB_STORAGE")"
+else
+  STORAGE="$W/storage"
+  cp -r "$RACK_FIXTURES" "$STORAGE"
+  chmod -R u+w "$STORAGE"
+fi
+printf '{%s}\n' "${AB_NAMESPACES:-\"@rack\": []}" >"$W/auth.json"
+SCRIPT=(); [ -n "${AB_SCRIPT:-}" ] && SCRIPT=(-s "$(realpath "$AB_SCRIPT")")
 
 if [ "$PIN" = 1 ]; then SRV=(taskset -c 0); WRK=(taskset -c 1); EXTRA=(HTTP_WORKERS=1); else SRV=(); WRK=(); EXTRA=(); fi
 start() { # binary port
-  env -i PATH="$PATH" HOST=127.0.0.1 PORT="$2" STORAGE_ROOT="$W/storage" AUTH_CONFIG_PATH="$W/auth.json" \
+  env -i PATH="$PATH" HOST=127.0.0.1 PORT="$2" STORAGE_ROOT="$STORAGE" AUTH_CONFIG_PATH="$W/auth.json" \
     LOG_FORMAT=json RATE_LIMIT_MAX=1000000000 "${EXTRA[@]}" "${SRV[@]}" "$1" serve >"$W/$2.log" 2>&1 &
   PIDS+=($!)
 }
@@ -49,7 +59,7 @@ runs="$W/runs.txt"
 for _ in $(seq 1 "$ROUNDS"); do
   for side in a b; do
     port=18180; [ "$side" = b ] && port=18190
-    rps="$("${WRK[@]}" wrk -t2 -c32 -d"${DURATION}s" -H "$HEADER" "http://127.0.0.1:$port$URL_PATH" |
+    rps="$("${WRK[@]}" wrk -t2 -c32 -d"${DURATION}s" "${SCRIPT[@]}" -H "$HEADER" "http://127.0.0.1:$port$URL_PATH" |
       awk '/^Requests\/sec:/ {print $2}')"
     echo "$side $rps" >>"$runs"
   done
