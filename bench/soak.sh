@@ -67,8 +67,8 @@ if [ -z "${SOAK_BIN:-}" ] && [ ! -x "$BIN" ]; then
   (cd "$ROOT" && cargo build --release -q -p rack-registry) || die "cargo build --release failed"
 fi
 [ -x "$BIN" ] || die "$BIN not found"
-FIXTURES="${RACK_FIXTURES:-$ROOT/../shared/fixtures/rack-storage}"
-[ -f "$FIXTURES/.healthcheck" ] || die "fixtures not found at $FIXTURES (set RACK_FIXTURES)"
+fixtures
+FIXTURES="$RACK_FIXTURES"
 
 W="$(mktemp -d)"
 PIDS=()
