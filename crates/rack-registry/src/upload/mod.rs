@@ -69,8 +69,12 @@ impl From<ApiError> for Failure {
 /// An answer that is sent before the body was (fully) read: drain the rest in the background
 /// and close the connection afterwards, so the client can read it (SPEC §14).
 fn refuse_early(e: ApiError, body: Body) -> Response {
+    sent_early(ErrorReply(e).into_response(), body)
+}
+
+/// [`refuse_early`] for a reply already made.
+fn sent_early(mut res: Response, body: Body) -> Response {
     receive::drain(body);
-    let mut res = ErrorReply(e).into_response();
     res.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     res
@@ -208,9 +212,8 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
         Err(e) => {
             // Answered before the body was read (a read-only or full disk): drained like any
             // early refusal, or the client sees a reset instead of the 500.
-            failed(state, client, "INTERNAL_SERVER_ERROR", None);
-            tracing::error!(error = %e, "upload failed: cannot create staging directory");
-            return refuse_early(ApiError::internal(), body);
+            let msg = format!("cannot create staging directory: {e}");
+            return sent_early(internal(state, client, None, msg), body);
         }
     };
     let mut identity = None;
