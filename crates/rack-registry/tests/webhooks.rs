@@ -851,10 +851,14 @@ fn sigterm_keeps_pending_deliveries_in_the_outbox() {
 // The outbox in the bucket (SPEC §11.4): replicas on one moto bucket
 // ---------------------------------------------------------------------------------------------
 
-/// `true` (the caller returns) when this is the second pass of the binary on S3: these tests
-/// make their own buckets and already ran in the first pass.
-fn bucket_tests_ran_already() -> bool {
-    common::s3::local_only("bucket outbox tests make their own buckets (run in the local pass)")
+/// A fresh bucket for a bucket-outbox test, or `None` (the caller returns) when there is no S3
+/// server, or when this is the second pass of the binary on S3: these tests make their own
+/// buckets and already ran in the first pass.
+fn outbox_bucket() -> Option<common::s3::Bucket> {
+    if common::s3::local_only("bucket outbox tests make their own buckets (run in the local pass)") {
+        return None;
+    }
+    common::s3::Bucket::new()
 }
 
 /// A replica on `bucket` (STORAGE_ROOT its own scratch directory `name`), with `world`'s
@@ -934,10 +938,7 @@ fn put_bucket_delivery(bucket: &common::s3::Bucket, id: &str, record: &Value) {
 
 #[test]
 fn bucket_outbox_delivers_and_removes_the_delivery_objects() {
-    if bucket_tests_ran_already() {
-        return;
-    }
-    let Some(bucket) = common::s3::Bucket::new() else {
+    let Some(bucket) = outbox_bucket() else {
         return;
     };
     let world = World::new();
@@ -971,10 +972,7 @@ fn bucket_outbox_delivers_and_removes_the_delivery_objects() {
 
 #[test]
 fn bucket_outbox_retries_on_schedule_then_gives_up_and_removes() {
-    if bucket_tests_ran_already() {
-        return;
-    }
-    let Some(bucket) = common::s3::Bucket::new() else {
+    let Some(bucket) = outbox_bucket() else {
         return;
     };
     let world = World::new();
@@ -1054,10 +1052,7 @@ fn claim_held_by_a(
 
 #[test]
 fn bucket_outbox_a_replica_killed_mid_delivery_is_relieved_by_another() {
-    if bucket_tests_ran_already() {
-        return;
-    }
-    let Some(bucket) = common::s3::Bucket::new() else {
+    let Some(bucket) = outbox_bucket() else {
         return;
     };
     let (_world, rx, a, b, first) = claim_held_by_a(&bucket, "orphan", "20", "21");
@@ -1087,10 +1082,7 @@ fn bucket_outbox_a_replica_killed_mid_delivery_is_relieved_by_another() {
 
 #[test]
 fn bucket_outbox_idle_listing_backs_off() {
-    if bucket_tests_ran_already() {
-        return;
-    }
-    let Some(bucket) = common::s3::Bucket::new() else {
+    let Some(bucket) = outbox_bucket() else {
         return;
     };
     let world = World::new();
@@ -1147,10 +1139,7 @@ fn idle_scans(server: &Server) -> usize {
 /// and one that removes the last webhook stops it again.
 #[test]
 fn bucket_outbox_without_webhooks_is_not_listed() {
-    if bucket_tests_ran_already() {
-        return;
-    }
-    let Some(bucket) = common::s3::Bucket::new() else {
+    let Some(bucket) = outbox_bucket() else {
         return;
     };
     let world = World::new();
@@ -1221,10 +1210,7 @@ fn bucket_outbox_without_webhooks_is_not_listed() {
 /// replica delivers the same delivery long before the claim (300 s) would have expired.
 #[test]
 fn bucket_outbox_sigterm_releases_claims_to_the_other_replica() {
-    if bucket_tests_ran_already() {
-        return;
-    }
-    let Some(bucket) = common::s3::Bucket::new() else {
+    let Some(bucket) = outbox_bucket() else {
         return;
     };
     let (_world, rx, a, b, first) = claim_held_by_a(&bucket, "handed", "200", "300");
