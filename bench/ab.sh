@@ -10,7 +10,8 @@
 #   AB_STORAGE (serve this storage root, read-only, instead of a copy of the fixtures; its
 #   namespaces must be declared in AB_NAMESPACES, e.g. '"@rand": []'),
 #   AB_SCRIPT (a wrk Lua script, e.g. random paths over many files; then the path only checks
-#   that both answer alike).
+#   that both answer alike), AB_SERVER_ENV (more NAME=value words for both servers'
+#   environment, e.g. MAX_CONNECTIONS=1024).
 #
 # Both servers run at once on a copy of the fixtures; wrk alternates between them (A, B, A, B...)
 # so that drifts of a shared, noisy machine hit both alike. Prints the median requests/s of each
@@ -43,7 +44,7 @@ SCRIPT=(); [ -n "${AB_SCRIPT:-}" ] && SCRIPT=(-s "$(realpath "$AB_SCRIPT")")
 if [ "$PIN" = 1 ]; then SRV=(taskset -c 0); WRK=(taskset -c 1); EXTRA=(HTTP_WORKERS=1); else SRV=(); WRK=(); EXTRA=(); fi
 start() { # binary port
   env -i PATH="$PATH" HOST=127.0.0.1 PORT="$2" STORAGE_ROOT="$STORAGE" AUTH_CONFIG_PATH="$W/auth.json" \
-    LOG_FORMAT=json RATE_LIMIT_MAX=1000000000 "${EXTRA[@]}" "${SRV[@]}" "$1" serve >"$W/$2.log" 2>&1 &
+    LOG_FORMAT=json RATE_LIMIT_MAX=1000000000 ${AB_SERVER_ENV:-} "${EXTRA[@]}" "${SRV[@]}" "$1" serve >"$W/$2.log" 2>&1 &
   PIDS+=($!)
 }
 start "$A" 18180

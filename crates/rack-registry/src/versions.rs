@@ -19,17 +19,37 @@ use rack_core::names::is_version;
 use crate::storage::{PutMode, Storage, StorageError};
 
 /// Per-registry locks of this process.
+///
+/// Only locks in use are worth keeping: one nobody holds (no `Arc` outside the map) can be
+/// dropped and made anew later without losing anything. Once the map reaches [`LOCKS_SWEEP_AT`]
+/// entries, an insertion drops every such lock, so a publisher creating registry after
+/// registry cannot grow the map past the locks actually held plus that many.
 #[derive(Default)]
 pub struct RegistryLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
 
+/// Entries kept before unused locks are swept (the sweep runs once per this many insertions at
+/// worst, so its cost per publish stays O(1) on average).
+pub const LOCKS_SWEEP_AT: usize = 1024;
+
 impl RegistryLocks {
     pub fn get(&self, registry: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(registry.to_owned())
-            .or_default()
-            .clone()
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lock) = map.get(registry) {
+            return lock.clone();
+        }
+        if map.len() >= LOCKS_SWEEP_AT {
+            map.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        map.entry(registry.to_owned()).or_default().clone()
+    }
+
+    /// Locks held in the map (for tests and diagnostics).
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -187,6 +207,28 @@ pub async fn repair_journal(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn registry_locks_keep_only_what_is_held_past_the_sweep() {
+        let locks = RegistryLocks::default();
+        let held = locks.get("@a/held");
+        let guard = held.lock().await;
+        for i in 0..10 * LOCKS_SWEEP_AT {
+            drop(locks.get(&format!("@a/r-{i}")));
+            assert!(locks.len() <= LOCKS_SWEEP_AT, "{} locks after {i}", locks.len());
+        }
+        // A lock in use survives every sweep: the same mutex is handed out again.
+        let again = locks.get("@a/held");
+        assert!(Arc::ptr_eq(&held, &again));
+        assert!(again.try_lock().is_err(), "still held by `guard`");
+        drop(guard);
+        // Below the threshold nothing is swept: a lock stays the same while the map is small.
+        let small = RegistryLocks::default();
+        let first = small.get("@a/x");
+        drop(small.get("@a/y"));
+        assert!(Arc::ptr_eq(&first, &small.get("@a/x")));
+        assert_eq!(small.len(), 2);
+    }
     use crate::storage::testing::Counting;
     use crate::storage::LocalStorage;
 

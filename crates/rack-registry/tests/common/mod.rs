@@ -349,7 +349,9 @@ pub fn run_cli(cwd: &Path, env: &[(String, String)], args: &[&str]) -> (Option<i
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn rack-registry");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Catches a hang, not slowness: `storage check --repair` against a bucket took 12.6 s on a
+    // loaded 2-CPU machine (it probes conditional writes).
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let mut out = String::new();
@@ -359,7 +361,7 @@ pub fn run_cli(cwd: &Path, env: &[(String, String)], args: &[&str]) -> (Option<i
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("rack-registry {args:?} did not exit within 10 s");
+            panic!("rack-registry {args:?} did not exit within 30 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
