@@ -13,10 +13,6 @@
 #   SCALE_FILES_LARGE=20000      distinct 6 KB files for the over-cache random row (120 MB)
 #   SCALE_ROWS=all       or a regex on row names
 #   CACHE_MAX_BYTES      passed to our server (default 64 MiB, as shipped)
-#   SCALE_OPEN_FILES=10000  OPEN_FILES of our server: descriptors held open between reads, the
-#                        same number as nginx's `open_file_cache max=10000` below (the shipped
-#                        default is an eighth of the descriptor limit, at most 16384: 2500 where
-#                        the hard limit is 20000; empty: that default)
 #
 # Prints a Markdown table (req/s, p50/p99 per server, ratio us/nginx). Every row checks first
 # that both servers answer 200 with the same bytes. Numbers go to docs/PERFORMANCE.md.
@@ -31,7 +27,6 @@ LISTS="${SCALE_LISTS:-10000 100000}"
 FILES_SMALL="${SCALE_FILES_SMALL:-5000}"
 FILES_LARGE="${SCALE_FILES_LARGE:-20000}"
 ROWS="${SCALE_ROWS:-all}"
-OPEN_FILES="${SCALE_OPEN_FILES-10000}"
 US_PORT=18090
 NGINX_PORT=18091
 
@@ -78,7 +73,7 @@ PY
 
 env -i PATH="$PATH" HOST=127.0.0.1 PORT="$US_PORT" STORAGE_ROOT="$S" AUTH_CONFIG_PATH="$W/auth.json" \
   LOG_FORMAT=json RATE_LIMIT_MAX=0 ${CACHE_MAX_BYTES:+CACHE_MAX_BYTES=$CACHE_MAX_BYTES} \
-  ${OPEN_FILES:+OPEN_FILES=$OPEN_FILES} "$BIN" serve >"$W/us.log" 2>&1 &
+  "$BIN" serve >"$W/us.log" 2>&1 &
 PIDS+=($!)
 US="http://127.0.0.1:$US_PORT"
 wait_http "$US/health"

@@ -37,9 +37,7 @@
 #
 # Pass: no 5xx anywhere (the load asks for none), the server alive, RSS at the end within 10 %
 # of RSS after warm-up (means over SOAK_WINDOW), and open fds once the load has stopped not above
-# their count before it. Descriptors of files under the storage root are the small files the
-# server holds open between reads (OPEN_FILES, bounded by it): they are counted apart, before,
-# during and after the load.
+# their count before it.
 # See docs/RELIABILITY.md "Soak".
 set -euo pipefail
 
@@ -194,22 +192,10 @@ for i, s in enumerate(p):
 PY
 )"
 
-# Open descriptors of the server, less those of files under the storage root: the small files
-# it holds open between reads (OPEN_FILES), bounded by that setting and counted apart.
-STORAGE_REAL="$(realpath "$W/storage")"
-fds() { # pid -> "other held"
-  local other=0 held=0 f l
-  for f in /proc/"$1"/fd/*; do
-    l="$(readlink "$f" 2>/dev/null)" || continue
-    case "$l" in "$STORAGE_REAL"/*) held=$((held + 1)) ;; *) other=$((other + 1)) ;; esac
-  done
-  echo "$other $held"
-}
-
 # Quiet baseline: a short warm-up burst, then the fds with no client connected.
 wrk -t2 -c8 -d5s -s "$W/soak.lua" "$URL" >/dev/null 2>&1 || true
 sleep 2
-read -r fds_before held_before < <(fds "$PID")
+fds_before="$(ls "/proc/$PID/fd" | wc -l)"
 
 # Uploads: new versions of @rack/soak-<n> (soak-<n>-<k> with SOAK_VERSIONS_PER_REGISTRY); every
 # 5th a wrong checksum, every 7th a repeat.
@@ -246,11 +232,10 @@ python3 "$ROOT/bench/soak_conns.py" 127.0.0.1 "$PORT" "$SECS" "$IDLE" "$SLOW" "$
 PIDS+=($!)
 conns_pid=$!
 for n in $(seq 1 "$UPLOADERS"); do uploader "$n" & PIDS+=($!); done
-printf 't_s\trss_kib\tfds\theld\n' >"$W/samples.tsv"
+printf 't_s\trss_kib\tfds\n' >"$W/samples.tsv"
 while [ $(($(date +%s) - start)) -lt "$SECS" ]; do
   kill -0 "$PID" 2>/dev/null || break
-  read -r other held < <(fds "$PID")
-  printf '%s\t%s\t%s\t%s\n' "$(($(date +%s) - start))" "$(rss_kib "$PID")" "$other" "$held" >>"$W/samples.tsv"
+  printf '%s\t%s\t%s\n' "$(($(date +%s) - start))" "$(rss_kib "$PID")" "$(ls "/proc/$PID/fd" | wc -l)" >>"$W/samples.tsv"
   sleep "$PERIOD"
 done
 touch "$W/stop"
@@ -259,20 +244,18 @@ for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 PIDS=()
 alive=1; kill -0 "$PID" 2>/dev/null || alive=0
 sleep 3
-fds_after=-1; held_after=-1
-[ "$alive" = 1 ] && read -r fds_after held_after < <(fds "$PID")
+fds_after="$( [ "$alive" = 1 ] && ls "/proc/$PID/fd" | wc -l || echo -1)"
 
 # The verdict.
 echo "== wrk"; grep -E 'Requests/sec|requests in|Socket errors|Non-2xx' "$W/wrk.out" || true
 echo "== status codes (wrk reads and bad requests)"; grep '^status' "$W/wrk.out" | sort -k2n
 echo "== uploads"; { cat "$W"/uploads.* 2>/dev/null || true; } | sort | uniq -c
 echo "== idle/slow connections"; cat "$W/conns.json"
-echo "== samples (t, RSS KiB, fds other than held files, held files)"; cat "$W/samples.tsv"
-python3 - "$W" "$WARMUP" "$fds_before" "$fds_after" "$alive" "$SECS" "$WINDOW" "$held_before" "$held_after" <<'PY'
+echo "== samples (t, RSS KiB, fds)"; cat "$W/samples.tsv"
+python3 - "$W" "$WARMUP" "$fds_before" "$fds_after" "$alive" "$SECS" "$WINDOW" <<'PY'
 import json, glob, sys
 w, warmup, fds_before, fds_after, alive = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
 secs, window = int(sys.argv[6]), int(sys.argv[7])
-held_before, held_after = int(sys.argv[8]), int(sys.argv[9])
 # Two windows that do not overlap: the one after warm-up and the last one.
 window = max(1, min(window, (secs - warmup) // 2))
 fails = []
@@ -291,7 +274,7 @@ if five: fails.append(f"{five} responses 5xx")
 if ups.get("000"): fails.append(f"{ups['000']} uploads without an answer")
 if not alive: fails.append("the server died")
 samples = [l.split("\t") for l in open(w + "/samples.tsv").read().splitlines()[1:]]
-samples = [(int(t), int(r), int(f), int(h)) for t, r, f, h in samples if r]
+samples = [(int(t), int(r), int(f)) for t, r, f in samples if r]
 after = [s for s in samples if s[0] >= warmup]
 first = [s[1] for s in after if s[0] < warmup + window]
 last = [s[1] for s in after if s[0] >= secs - window]
@@ -304,8 +287,7 @@ if first and last:
     if growth >= 10: fails.append(f"RSS grew {growth:.1f} % after warm-up")
 else:
     fails.append("no sample after warm-up")
-print(f"open fds with no load: before {fds_before}, after {fds_after}; during load min {min(s[2] for s in samples)} max {max(s[2] for s in samples)}"
-      f" (besides held files of the storage: {held_before} before, {held_after} after, at most {max(s[3] for s in samples)} during load)")
+print(f"open fds with no load: before {fds_before}, after {fds_after}; during load min {min(s[2] for s in samples)} max {max(s[2] for s in samples)}")
 if fds_after > fds_before: fails.append(f"fds grew from {fds_before} to {fds_after}")
 print(f"soak: {reqs} wrk requests {json.dumps(codes, sort_keys=True)}, uploads {json.dumps(ups, sort_keys=True)}, "
       f"conns opened {conns.get('opened')}, closed by server {conns.get('closed_by_server')}: "

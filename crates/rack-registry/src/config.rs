@@ -166,15 +166,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HEADER_TIMEOUT_SECONDS")]
     pub header_timeout_seconds: Option<String>,
     /// Most connections open at once; at the cap new ones wait in the listen backlog
-    /// [default: the file-descriptor limit less a quarter (at least 64) for storage, less
-    /// OPEN_FILES]
+    /// [default: the file-descriptor limit less a quarter (at least 64) for storage]
     #[arg(long, env = "MAX_CONNECTIONS")]
     pub max_connections: Option<String>,
-    /// Local storage with FS_WATCH=auto: descriptors of small files held open between reads,
-    /// so a read that misses the hot cache is one pread (0: none) [default: an eighth of the
-    /// file-descriptor limit, at most 16384]
-    #[arg(long, env = "OPEN_FILES")]
-    pub open_files: Option<String>,
     /// Local storage: watch files with inotify so that hot reads need no stat (`auto`), or
     /// stat every hot read (`off`) [default: auto]
     #[arg(long, env = "FS_WATCH")]
@@ -324,10 +318,6 @@ pub struct Config {
     pub max_connections: usize,
     /// Whether the local backend may use inotify to skip the per-read stat (`FS_WATCH`).
     pub fs_watch: bool,
-    /// Descriptors of small files the local backend holds open between reads (`OPEN_FILES`,
-    /// with its watcher only; capped by what the descriptor limit leaves beside
-    /// `max_connections` and the reserve).
-    pub open_files: usize,
     /// `AUTH_SOURCE=bucket`: the policy is `.auth/auth.json` in the bucket.
     pub auth_from_bucket: bool,
     /// Whether the web pages under `/ui` are served (`UI`, SPEC §15).
@@ -349,12 +339,10 @@ fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// At most this many descriptors of small files are held open between reads by default.
-pub const OPEN_FILES_MAX: usize = 16_384;
-
-/// The process's file-descriptor limit, its soft limit raised to the hard one first (as
-/// systemd's `LimitNOFILE=` sets both), at most 2^20.
-fn fd_limit() -> usize {
+/// Blank values count as unset.
+/// The default connection cap: the file-descriptor limit (raised to its hard maximum first),
+/// less a quarter (at least 64) left for storage, logs, the config watcher and webhooks.
+fn default_max_connections() -> usize {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
     if let (Some(cur), Some(max)) = (limit.current, limit.maximum) {
@@ -368,27 +356,10 @@ fn fd_limit() -> usize {
             }
         }
     }
-    limit.current.unwrap_or(1 << 20).min(1 << 20) as usize
+    let fds = limit.current.unwrap_or(1 << 20).min(1 << 20) as usize;
+    fds.saturating_sub((fds / 4).max(64)).max(1)
 }
 
-/// Descriptors left for everything but connections and held files: storage reads and writes
-/// in progress, logs, the config watcher, webhook deliveries.
-fn fd_reserve(fds: usize) -> usize {
-    (fds / 4).max(64)
-}
-
-/// The default of `OPEN_FILES`: an eighth of the descriptor limit, at most [`OPEN_FILES_MAX`]
-/// (each pins a kernel `struct file` of a few hundred bytes and its file's inode).
-fn default_open_files(fds: usize) -> usize {
-    (fds / 8).min(OPEN_FILES_MAX)
-}
-
-/// `MAX_CONNECTIONS` by default: the descriptor limit less the reserve and the held files.
-fn default_max_connections(fds: usize, open_files: usize) -> usize {
-    fds.saturating_sub(fd_reserve(fds) + open_files).max(1)
-}
-
-/// Blank values count as unset.
 fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
@@ -668,17 +639,10 @@ impl Config {
             30,
             1,
         )?);
-        let fds = fd_limit();
-        let open_files = match given(&a.open_files) {
-            None => default_open_files(fds),
-            Some(_) => parse_u64("OPEN_FILES", &a.open_files, 0, 0)?.min(1 << 20) as usize,
-        };
         let max_connections = match given(&a.max_connections) {
-            None => default_max_connections(fds, open_files),
+            None => default_max_connections(),
             Some(_) => parse_u64("MAX_CONNECTIONS", &a.max_connections, 0, 1)?.min(1 << 20) as usize,
         };
-        // Held files never take the descriptors of the connections or of the reserve.
-        let open_files = open_files.min(fds.saturating_sub(max_connections + fd_reserve(fds)));
         let fs_watch = match given(&a.fs_watch).map(str::to_ascii_lowercase).as_deref() {
             None | Some("auto") => true,
             Some("off") => false,
@@ -704,7 +668,6 @@ impl Config {
             auth_from_bucket,
             ui,
             fs_watch,
-            open_files,
             http_workers,
             header_timeout,
             max_connections,
@@ -738,35 +701,6 @@ mod tests {
         let mut a = ServeArgs::default();
         f(&mut a);
         Config::from_args(&a)
-    }
-
-    #[test]
-    fn held_files_and_connections_share_the_descriptor_limit() {
-        let fds = fd_limit();
-        let c = with(|_| {}).unwrap();
-        assert_eq!(c.open_files, default_open_files(fds));
-        assert!(c.open_files <= OPEN_FILES_MAX);
-        assert_eq!(c.max_connections, default_max_connections(fds, c.open_files));
-        if fds >= 1024 {
-            assert!(c.max_connections + c.open_files + fd_reserve(fds) <= fds);
-        }
-        // Asked for: connections make room by default.
-        let c = with(|a| a.open_files = Some("100".into())).unwrap();
-        assert_eq!(c.open_files, 100.min(fds.saturating_sub(fd_reserve(fds) + 1)));
-        assert_eq!(c.max_connections, default_max_connections(fds, 100));
-        assert_eq!(with(|a| a.open_files = Some("0".into())).unwrap().open_files, 0);
-        // Both asked for, more than the limit allows: the connections keep theirs.
-        let c = with(|a| {
-            a.open_files = Some("1000000".into());
-            a.max_connections = Some(fds.to_string());
-        })
-        .unwrap();
-        assert_eq!(c.max_connections, fds);
-        assert_eq!(c.open_files, 0);
-        for bad in ["-1", "many", "1.5"] {
-            let e = with(|a| a.open_files = Some(bad.into())).unwrap_err();
-            assert_eq!(e.var, "OPEN_FILES", "{bad}");
-        }
     }
 
     #[test]

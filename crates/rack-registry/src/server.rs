@@ -173,7 +173,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
                 .map_err(|e| format!("storage root {}: {e}", config.storage_root.display()))?
                 .require_marker();
             Arc::new(if config.fs_watch {
-                local.with_watcher().with_open_files(config.open_files)
+                local.with_watcher()
             } else {
                 local
             })
@@ -309,7 +309,6 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         storage = %storage.describe(),
         workers = config.http_workers,
         max_connections = config.max_connections,
-        open_files = if config.backend == Backend::Local && config.fs_watch { config.open_files } else { 0 },
         "listening on http://{local}"
     );
     let settings = http::serve::Settings {

@@ -342,7 +342,7 @@ impl HotCache {
         } else {
             u64::MAX
         };
-        let obj = match storage.get_up_to_watched(key, limit, confirmed).await? {
+        let obj = match storage.get_up_to(key, limit).await? {
             None => {
                 self.inner.remove(key);
                 return Ok(None);

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::watch::UNWATCHED;
 use super::{
     validate_key, validate_prefix, DirFilter, Fetched, ListPage, Object, ObjectMeta, ObjectStream, PutMode,
     Result, Storage, StorageError,
@@ -55,9 +54,6 @@ pub struct LocalStorage {
     /// Small reads on the calling thread: the root is on a local filesystem (see
     /// [`INLINE_READ_MAX`]; set with the watcher, which checks exactly that).
     inline_reads: bool,
-    /// Descriptors of small files held open between reads (with the watcher only: see
-    /// [`super::open_files`]).
-    open_files: Option<Arc<super::open_files::OpenFiles>>,
 }
 
 fn io_err(key: &str) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
@@ -270,7 +266,6 @@ impl LocalStorage {
             watcher: None,
             inline_reads: false,
             require_marker: false,
-            open_files: None,
         })
     }
 
@@ -309,22 +304,6 @@ impl LocalStorage {
         self.watcher = super::watch::Watcher::new(&self.root).map(Arc::new);
         self.inline_reads = self.watcher.is_some();
         self
-    }
-
-    /// Hold up to `capacity` descriptors of small files open between reads (see
-    /// [`super::open_files`]); only with the watcher, which is what makes them safe to trust.
-    pub fn with_open_files(mut self, capacity: usize) -> LocalStorage {
-        self.open_files = self
-            .watcher
-            .as_ref()
-            .and(super::open_files::OpenFiles::new(capacity))
-            .map(Arc::new);
-        self
-    }
-
-    /// The held descriptors, if any (for tests and diagnostics).
-    pub fn open_files(&self) -> Option<&super::open_files::OpenFiles> {
-        self.open_files.as_deref()
     }
 
     pub fn root(&self) -> &Path {
@@ -731,64 +710,17 @@ impl Storage for LocalStorage {
     /// On a local filesystem a small file is opened and read on the calling thread (see
     /// [`INLINE_READ_MAX`]); otherwise one trip to the blocking pool does it all.
     async fn get_up_to(&self, key: &str, limit: u64) -> Result<Option<Fetched>> {
-        // Asked as the hot cache asks before its own reads: the generation, then the watches.
-        let confirmed = match (self.watcher.as_deref(), &self.open_files) {
-            (Some(w), Some(_)) => {
-                let generation = w.sync();
-                if w.watch(key) {
-                    generation
-                } else {
-                    UNWATCHED
-                }
-            }
-            _ => UNWATCHED,
-        };
-        self.get_up_to_watched(key, limit, confirmed).await
-    }
-
-    async fn get_up_to_watched(&self, key: &str, limit: u64, confirmed: u64) -> Result<Option<Fetched>> {
         validate_key(key)?;
         let owned = key.to_owned();
         if self.inline_reads {
             let root = &self.root;
-            let held = match (self.watcher.as_deref(), self.open_files.as_deref()) {
-                (Some(w), Some(open)) => {
-                    // Even for a read that will not use them: a removed file is not kept.
-                    open.close_after_reset(w);
-                    (confirmed != UNWATCHED).then_some((w, open))
-                }
-                _ => None,
-            };
-            if let Some((w, open)) = held {
-                if let Some(h) = open.get(w, key, confirmed) {
-                    if h.meta.size > limit {
-                        return Ok(Some(Fetched::TooLarge(h.meta.clone())));
-                    }
-                    let body = h.read().map_err(io_err(key))?;
-                    return Ok(Some(Fetched::Whole(Object {
-                        meta: h.meta.clone(),
-                        body,
-                    })));
-                }
-            }
             let opened = match self.watcher.as_deref() {
                 Some(w) => open_object_held(w, root, key),
                 None => open_object(root, key),
             };
-            let Some((mut file, meta)) = opened? else {
+            let Some((file, meta)) = opened? else {
                 return Ok(None);
             };
-            if let Some((w, open)) = held {
-                if meta.size <= limit.min(INLINE_READ_MAX) {
-                    let body = read_sized(&mut file, meta.size).map_err(io_err(key))?;
-                    let object = Object {
-                        meta: meta.clone(),
-                        body,
-                    };
-                    open.insert(w, file, meta, confirmed);
-                    return Ok(Some(Fetched::Whole(object)));
-                }
-            }
             return match read_opened(file, meta, limit, false)? {
                 Ok(done) => Ok(Some(done)),
                 Err((file, meta)) => {

@@ -12,7 +12,6 @@ pub mod check;
 pub mod contract;
 pub mod index;
 pub mod local;
-pub mod open_files;
 pub mod publish;
 pub mod s3;
 pub mod watch;
@@ -245,14 +244,6 @@ pub trait Storage: Send + Sync + 'static {
             Some(meta) if meta.size > limit => Ok(Some(Fetched::TooLarge(meta))),
             Some(_) => Ok(self.get(key).await?.map(Fetched::Whole)),
         }
-    }
-
-    /// [`Storage::get_up_to`] for a caller that took `confirmed` from this storage's
-    /// [`watcher`](Storage::watcher) before the call, with `key` watched ([`watch::UNWATCHED`]
-    /// if it is not): the hot cache's miss. A backend that keeps state trusted by the watcher
-    /// (the local disk's held descriptors) uses it rather than asking the watcher again.
-    async fn get_up_to_watched(&self, key: &str, limit: u64, _confirmed: u64) -> Result<Option<Fetched>> {
-        self.get_up_to(key, limit).await
     }
 
     /// The metadata of the object at `key`, or `None`.

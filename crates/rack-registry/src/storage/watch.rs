@@ -101,9 +101,6 @@ pub struct Watcher {
     /// resets everything, this included): reads open files beneath it without opening the
     /// root by path each time (see [`Watcher::with_root`]).
     root_dir: RwLock<Option<OwnedFd>>,
-    /// How many times every watch was dropped ([`Watcher::reset`]): descriptors held open
-    /// since before ([`super::open_files`]) are closed when it moves.
-    resets: AtomicU64,
 }
 
 /// Events after which a watched path may resolve to something else (a rename, a removal, a
@@ -159,7 +156,6 @@ impl Watcher {
             draining: AtomicU64::new(0),
             complete: RwLock::new(HashSet::new()),
             root_dir: RwLock::new(None),
-            resets: AtomicU64::new(0),
         })
     }
 
@@ -253,12 +249,6 @@ impl Watcher {
         *self.root_dir.write().unwrap_or_else(|e| e.into_inner()) = None;
         state.watched.clear();
         state.foreign.clear();
-        self.resets.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// How many times every watch was dropped so far (after a structural change).
-    pub fn resets(&self) -> u64 {
-        self.resets.load(Ordering::Acquire)
     }
 
     /// After a miss through the held root ([`Watcher::with_root`]): if the directory it holds
