@@ -29,7 +29,7 @@ pub struct RegistryLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
 
 /// Entries kept before unused locks are swept (the sweep runs once per this many insertions at
 /// worst, so its cost per publish stays O(1) on average).
-pub const LOCKS_SWEEP_AT: usize = 1024;
+const LOCKS_SWEEP_AT: usize = 1024;
 
 impl RegistryLocks {
     pub fn get(&self, registry: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -43,13 +43,10 @@ impl RegistryLocks {
         map.entry(registry.to_owned()).or_default().clone()
     }
 
-    /// Locks held in the map (for tests and diagnostics).
-    pub fn len(&self) -> usize {
+    /// Locks held in the map.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -207,6 +204,8 @@ pub async fn repair_journal(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::testing::Counting;
+    use crate::storage::LocalStorage;
 
     #[tokio::test]
     async fn registry_locks_keep_only_what_is_held_past_the_sweep() {
@@ -229,8 +228,6 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &small.get("@a/x")));
         assert_eq!(small.len(), 2);
     }
-    use crate::storage::testing::Counting;
-    use crate::storage::LocalStorage;
 
     #[tokio::test(flavor = "multi_thread")]
     async fn on_a_bucket_check_13_reads_versions_json_without_walking() {
