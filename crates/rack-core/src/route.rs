@@ -204,46 +204,70 @@ pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
 }
 
 /// Parse the part of the path after `/registries/` (SPEC §4 "Parsing `/registries/<rest>`").
+///
+/// One pass over the segments, building the registry key and the file path as it goes (three
+/// allocations: key, version, path): this runs on every read.
 pub fn parse_registry_path(rest: &str) -> Result<RegistryResource, ApiError> {
     let decoded = percent_decode(rest).ok_or_else(ApiError::invalid_path)?;
-    let mut parts: Vec<&str> = Vec::with_capacity(8);
-    parts.extend(decoded.split('/').filter(|p| !p.is_empty()));
-    let (&namespace, tail) = parts.split_first().ok_or_else(ApiError::invalid_path)?;
+    let mut parts = decoded.split('/').filter(|p| !p.is_empty());
+    let namespace = parts.next().ok_or_else(ApiError::invalid_path)?;
     if !is_namespace(namespace) {
         return Err(ApiError::invalid_path());
     }
-    let pivot = tail.iter().position(|p| is_version(p));
-    let (segments, kind) = match pivot {
-        None => match tail {
-            [segs @ .., last] if *last == "versions" && !segs.is_empty() => (segs, ResourceKind::Versions),
-            [] => return Err(ApiError::invalid_path()),
-            segs => (segs, ResourceKind::Latest),
-        },
-        Some(0) => return Err(ApiError::invalid_path()),
-        Some(i) => {
-            let version = tail[i].to_owned();
-            let kind = match &tail[i + 1..] {
-                [] => ResourceKind::Version(version),
-                ["files", path @ ..] if !path.is_empty() => {
-                    let path = path.join("/");
-                    if !is_file_path(&path) {
-                        return Err(ApiError::invalid_path());
-                    }
-                    ResourceKind::File {
-                        version,
-                        path: normalize_file_path(&path).to_owned(),
-                    }
-                }
-                _ => return Err(ApiError::invalid_path()),
-            };
-            (&tail[..i], kind)
+    let mut key = String::with_capacity(decoded.len());
+    key.push_str(namespace);
+    // Registry segments up to the first version-like one (the pivot), each checked as it is
+    // added; `last` is the key's length before the latest one, to take back a trailing
+    // `versions`.
+    let (mut count, mut last) = (0usize, key.len());
+    let mut version = None;
+    for part in parts.by_ref() {
+        if is_version(part) {
+            version = Some(part);
+            break;
         }
-    };
-    if !segments.iter().all(|s| is_segment(s)) {
-        return Err(ApiError::invalid_path());
+        if !is_segment(part) {
+            return Err(ApiError::invalid_path());
+        }
+        last = key.len();
+        key.push('/');
+        key.push_str(part);
+        count += 1;
     }
+    let kind = match version {
+        None if count >= 2 && key.ends_with("/versions") => {
+            key.truncate(last);
+            ResourceKind::Versions
+        }
+        None if count == 0 => return Err(ApiError::invalid_path()),
+        None => ResourceKind::Latest,
+        Some(_) if count == 0 => return Err(ApiError::invalid_path()),
+        Some(version) => match parts.next() {
+            None => ResourceKind::Version(version.to_owned()),
+            Some("files") => {
+                let mut path = String::with_capacity(decoded.len());
+                for part in parts {
+                    if !path.is_empty() {
+                        path.push('/');
+                    }
+                    path.push_str(part);
+                }
+                if path.is_empty() || !is_file_path(&path) {
+                    return Err(ApiError::invalid_path());
+                }
+                if path.starts_with("./") {
+                    path = normalize_file_path(&path).to_owned();
+                }
+                ResourceKind::File {
+                    version: version.to_owned(),
+                    path,
+                }
+            }
+            Some(_) => return Err(ApiError::invalid_path()),
+        },
+    };
     Ok(RegistryResource {
-        key: crate::layout::registry_key(namespace, segments),
+        key,
         namespace_len: namespace.len(),
         kind,
     })

@@ -207,6 +207,12 @@ type Inner = quick_cache::sync::Cache<Arc<str>, Arc<Cached>, Weigher>;
 
 pub struct HotCache {
     inner: Arc<Inner>,
+    /// The cache's capacity in bytes (asking `quick_cache` locks every shard).
+    capacity: u64,
+    /// Room left before the cache counts as full for [`HotCache::admit`], and when that was
+    /// last measured ([`mono_ms`] + 1; 0: never).
+    room: AtomicU64,
+    room_at: AtomicU64,
     /// Tags of objects read before, by version: an object evicted and read again (a working
     /// set larger than the cache) is not hashed again.
     tags: TagMemo,
@@ -225,6 +231,9 @@ struct Remembered {
     tag: String,
     /// Misses of the hot cache on this object since it last entered it ([`HotCache::admit`]).
     misses: AtomicU32,
+    /// The watcher's [`epoch`](crate::storage::watch::Watcher::epoch) in which this key was
+    /// last found watched ([`UNWATCHED`]: not known to be).
+    watched_in: AtomicU64,
 }
 
 impl TagMemo {
@@ -243,6 +252,11 @@ impl TagMemo {
         self.inner.get(key).filter(|r| r.version == version)
     }
 
+    /// Whatever is remembered of `key`, at any version.
+    fn any(&self, key: &str) -> Option<Arc<Remembered>> {
+        self.inner.get(key)
+    }
+
     pub fn insert(&self, key: &str, version: &str, tag: &str) {
         self.remember(key, version, tag);
     }
@@ -252,6 +266,7 @@ impl TagMemo {
             version: version.to_owned(),
             tag: tag.to_owned(),
             misses: AtomicU32::new(0),
+            watched_in: AtomicU64::new(UNWATCHED),
         });
         self.inner.insert(key.to_owned(), r.clone());
         r
@@ -268,12 +283,16 @@ fn tag_entries(max_bytes: u64) -> usize {
 impl HotCache {
     pub fn new(max_bytes: u64) -> HotCache {
         let items = (max_bytes / 4096).max(16) as usize;
+        let inner = Arc::new(quick_cache::sync::Cache::with_weighter(
+            items,
+            max_bytes.max(1),
+            Weigher,
+        ));
         HotCache {
-            inner: Arc::new(quick_cache::sync::Cache::with_weighter(
-                items,
-                max_bytes.max(1),
-                Weigher,
-            )),
+            capacity: inner.capacity(),
+            inner,
+            room: AtomicU64::new(0),
+            room_at: AtomicU64::new(0),
             tags: TagMemo::new(tag_entries(max_bytes)),
         }
     }
@@ -318,8 +337,22 @@ impl HotCache {
                 return Ok(Some(Found::Small(hit.clone())));
             }
         }
-        // Watches go in before the stat and the read, so no change after them is missed.
-        let watched = watcher.is_some_and(|w| w.watch(key));
+        // Watches go in before the stat and the read, so no change after them is missed. A
+        // key the memo knows as watched in the watcher's current epoch needs no `watch`: the
+        // memo is looked up on a miss anyway, and this saves a second cold lookup of the key.
+        let known = self.tags.any(key);
+        let epoch = watcher.map_or(UNWATCHED, |w| w.epoch());
+        let watched = match watcher {
+            None => false,
+            Some(_)
+                if known
+                    .as_ref()
+                    .is_some_and(|r| r.watched_in.load(Ordering::Acquire) == epoch) =>
+            {
+                true
+            }
+            Some(w) => w.watch(key),
+        };
         let confirmed = if watched { generation } else { UNWATCHED };
         // A cached entry is confirmed by its version (a `stat` on disk); a miss reads at once
         // (one storage operation, not a `stat` and then a read).
@@ -353,10 +386,13 @@ impl HotCache {
             }
             Some(Fetched::Whole(obj)) => obj,
         };
-        let remembered = match self.tags.remembered(key, &obj.meta.version) {
+        let remembered = match known.filter(|r| r.version == obj.meta.version) {
             Some(r) => r,
             None => self.tags.remember(key, &obj.meta.version, &etag_of(&obj.body)),
         };
+        if watched {
+            remembered.watched_in.store(epoch, Ordering::Release);
+        }
         let misses = remembered.misses.fetch_add(1, Ordering::Relaxed) + 1;
         let etag = remembered.tag.clone();
         let cached = Arc::new(Cached::with_etag(obj.body, obj.meta.version, etag));
@@ -386,11 +422,21 @@ impl HotCache {
         if replacing || misses >= ADMIT_AFTER_MISSES {
             return true;
         }
-        // "Full" leaves a sixteenth of slack: the cache evicts per shard, and its shards do not
-        // fill evenly.
         let weight = cached.body.len() as u64 + ENTRY_OVERHEAD;
-        let capacity = self.inner.capacity();
-        self.inner.weight() + weight <= capacity - capacity / 16
+        // A full cache stays full between two measures but for removals, so "no room" is
+        // trusted for a millisecond: the measure sums the weights of every shard under its
+        // lock (four shards per CPU), which every miss of a full cache used to pay. Room is
+        // always measured afresh before it is used.
+        let now = mono_ms() + 1;
+        if self.room_at.load(Ordering::Acquire) == now && self.room.load(Ordering::Relaxed) < weight {
+            return false;
+        }
+        // "Full" leaves a sixteenth of slack: the cache evicts per shard, and its shards do
+        // not fill evenly.
+        let room = (self.capacity - self.capacity / 16).saturating_sub(self.inner.weight());
+        self.room.store(room, Ordering::Relaxed);
+        self.room_at.store(now, Ordering::Release);
+        weight <= room
     }
 
     /// Drop an entry (after a write this process made).
