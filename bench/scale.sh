@@ -13,9 +13,12 @@
 #   SCALE_FILES_LARGE=20000      distinct 6 KB files for the over-cache random row (120 MB)
 #   SCALE_ROWS=all       or a regex on row names
 #   CACHE_MAX_BYTES      passed to our server (default 64 MiB, as shipped)
+#   SCALE_BIN            a server binary to measure instead of building this checkout
 #
-# Prints a Markdown table (req/s, p50/p99 per server, ratio us/nginx). Every row checks first
-# that both servers answer 200 with the same bytes. Numbers go to docs/PERFORMANCE.md.
+# Prints a Markdown table (req/s, p50/p99 per server, ratio of the medians us/nginx, and the
+# median and range of the per-round ratios; each round's numbers go to stderr as it runs).
+# Every row checks first that both servers answer 200 with the same bytes. Numbers go to
+# docs/PERFORMANCE.md.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -31,9 +34,13 @@ US_PORT=18090
 NGINX_PORT=18091
 
 need_tools
-say "== building the release binary"
-(cd "$ROOT" && cargo build --release -p rack-registry -q)
-BIN="$ROOT/target/release/rack-registry"
+if [ -n "${SCALE_BIN:-}" ]; then
+  BIN="$(realpath "$SCALE_BIN")"
+else
+  say "== building the release binary"
+  (cd "$ROOT" && cargo build --release -p rack-registry -q)
+  BIN="$ROOT/target/release/rack-registry"
+fi
 
 W="$(mktemp -d /tmp/rack-scale.XXXXXX)"
 chmod 755 "$W"
@@ -140,8 +147,8 @@ same_bytes() { # path
 
 TABLE="$W/table.md"
 {
-  echo "| row | nginx req/s | nginx p50 ms | nginx p99 ms | us req/s | us p50 ms | us p99 ms | us/nginx |"
-  echo "|---|--:|--:|--:|--:|--:|--:|--:|"
+  echo "| row | nginx req/s | nginx p50 ms | nginx p99 ms | us req/s | us p50 ms | us p99 ms | us/nginx | rounds us/nginx: median (min-max) |"
+  echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|"
 } >"$TABLE"
 
 row() { # name path-or-empty lua-or-empty
@@ -156,13 +163,20 @@ row() { # name path-or-empty lua-or-empty
     else
       ru+=("$(wrk_once "$US${path:-/}" "${args[@]}")"); rn+=("$(wrk_once "$NG${path:-/}" "${args[@]}")")
     fi
+    say "   nginx ${rn[-1]%%|*} req/s, us ${ru[-1]%%|*} req/s"
   done
+  # Each round's pair of runs side by side: a ratio per round is immune to the machine's
+  # drift between rounds (on a shared VM the medians of each server alone move by 10 %).
+  local ratios
+  ratios="$(for ((i = 0; i < ROUNDS; i++)); do
+    awk -v n="${rn[i]%%|*}" -v u="${ru[i]%%|*}" 'BEGIN { if (n > 0) printf "%.3f\n", u / n }'
+  done | sort -n | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f (%.2f-%.2f)", m, v[1], v[NR] }')"
   local n u
   n="$(medians "${rn[@]}")"; u="$(medians "${ru[@]}")"
-  awk -F'|' -v name="$name" -v n="$n" -v u="$u" 'BEGIN {
+  awk -F'|' -v name="$name" -v n="$n" -v u="$u" -v r="$ratios" 'BEGIN {
     split(n, a, "|"); split(u, b, "|");
     if (a[4] + b[4] > 0) printf "WARNING: %s: non-2xx answers (nginx %d, us %d)\n", name, a[4], b[4] > "/dev/stderr";
-    printf "| %s | %.0f | %s | %s | %.0f | %s | %s | %.2f |\n", name, a[1], a[2], a[3], b[1], b[2], b[3], (a[1] > 0 ? b[1] / a[1] : 0) }' >>"$TABLE"
+    printf "| %s | %.0f | %s | %s | %.0f | %s | %s | %.2f | %s |\n", name, a[1], a[2], a[3], b[1], b[2], b[3], (a[1] > 0 ? b[1] / a[1] : 0), r }' >>"$TABLE"
 }
 
 for n in $LISTS; do

@@ -38,13 +38,34 @@ pub fn is_version(s: &str) -> bool {
     s.as_bytes().first().is_some_and(u8::is_ascii_digit) && semver::Version::parse(s).is_ok()
 }
 
+/// The `/`-separated parts of `s`, exactly as `s.split('/')` yields them. By hand because the
+/// router and the path checks split every request's path: `str::split` with a `char` sets up
+/// a `memchr` search per part, which for parts of a few bytes costs more than a plain scan
+/// (callgrind: ~800 of the ~27,000 instructions of a small read).
+pub fn slash_parts(s: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.bytes().position(|b| b == b'/') {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
 /// Template file path: relative POSIX path, optional leading `./`, segments of
 /// `[A-Za-z0-9._@+-]+`, no `.`/`..`/empty segment, never absolute. (`%`, `?`, `#`, `\` are
 /// excluded by the segment alphabet.)
 pub fn is_file_path(s: &str) -> bool {
     let p = s.strip_prefix("./").unwrap_or(s);
     !p.is_empty()
-        && p.split('/').all(|seg| {
+        && slash_parts(p).all(|seg| {
             !seg.is_empty()
                 && seg != "."
                 && seg != ".."
@@ -62,6 +83,27 @@ pub fn normalize_file_path(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slash_parts_split_as_str_split_does() {
+        for s in [
+            "",
+            "/",
+            "a",
+            "a/b",
+            "/a/",
+            "//a//b//",
+            "@r/x/1.0.0/files/./t.ts",
+            "é/ü/",
+            "a/é",
+        ] {
+            assert_eq!(
+                slash_parts(s).collect::<Vec<_>>(),
+                s.split('/').collect::<Vec<_>>(),
+                "{s:?}"
+            );
+        }
+    }
     use regex::Regex;
 
     const SAMPLES: &[&str] = &[

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use crate::error::ApiError;
-use crate::names::{is_file_path, is_namespace, is_segment, is_version, normalize_file_path};
+use crate::names::{is_file_path, is_namespace, is_segment, is_version, normalize_file_path, slash_parts};
 
 /// The schema files `/schemas/<file>` may serve (SPEC §4).
 pub const SCHEMA_FILES: [&str; 3] = ["registry-item.json", "preset.json", "rack.json"];
@@ -209,7 +209,7 @@ pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
 /// allocations: key, version, path): this runs on every read.
 pub fn parse_registry_path(rest: &str) -> Result<RegistryResource, ApiError> {
     let decoded = percent_decode(rest).ok_or_else(ApiError::invalid_path)?;
-    let mut parts = decoded.split('/').filter(|p| !p.is_empty());
+    let mut parts = slash_parts(&decoded).filter(|p| !p.is_empty());
     let namespace = parts.next().ok_or_else(ApiError::invalid_path)?;
     if !is_namespace(namespace) {
         return Err(ApiError::invalid_path());
