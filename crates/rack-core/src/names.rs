@@ -83,6 +83,7 @@ pub fn normalize_file_path(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use regex::Regex;
 
     #[test]
     fn slash_parts_split_as_str_split_does() {
@@ -104,7 +105,6 @@ mod tests {
             );
         }
     }
-    use regex::Regex;
 
     const SAMPLES: &[&str] = &[
         "",

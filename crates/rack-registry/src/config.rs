@@ -339,7 +339,6 @@ fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Blank values count as unset.
 /// The default connection cap: the file-descriptor limit (raised to its hard maximum first),
 /// less a quarter (at least 64) left for storage, logs, the config watcher and webhooks.
 fn default_max_connections() -> usize {
@@ -360,6 +359,7 @@ fn default_max_connections() -> usize {
     fds.saturating_sub((fds / 4).max(64)).max(1)
 }
 
+/// Blank values count as unset.
 fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }

@@ -368,8 +368,9 @@ impl HotCache {
         }
         // Watches go in before the stat and the read, so no change after them is missed. A
         // key the memo knows as watched in the watcher's current epoch needs no `watch`: the
-        // memo is looked up on a miss anyway, and this saves a second cold lookup of the key.
-        let known = self.tags.any(key);
+        // memo is looked up on a miss anyway (here, rather than after the read, when there is
+        // a watcher), and this saves a second cold lookup of the key.
+        let known = watcher.and_then(|_| self.tags.any(key));
         let epoch = watcher.map_or(UNWATCHED, |w| w.epoch());
         let watched = match watcher {
             None => false,
@@ -414,6 +415,11 @@ impl HotCache {
                 return Ok(Some(Found::Large(meta)));
             }
             Some(Fetched::Whole(obj)) => obj,
+        };
+        let known = if watcher.is_some() {
+            known
+        } else {
+            self.tags.any(key)
         };
         let remembered = match known.filter(|r| r.version == obj.meta.version) {
             Some(r) => r,
