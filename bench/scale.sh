@@ -8,11 +8,14 @@
 #   SCALE_DURATION=5     seconds per wrk run
 #   SCALE_ROUNDS=3       interleaved runs per server and row (medians are reported)
 #   SCALE_CONNECTIONS=32 wrk connections (2 threads)
-#   SCALE_LISTS="10000 100000"   namespace sizes for the listing rows
+#   SCALE_LISTS="10000 100000"   namespace sizes for the listing rows (" ": none)
 #   SCALE_FILES_SMALL=5000       distinct 6 KB files for the in-cache random row (30 MB)
 #   SCALE_FILES_LARGE=20000      distinct 6 KB files for the over-cache random row (120 MB)
 #   SCALE_ROWS=all       or a regex on row names
 #   CACHE_MAX_BYTES      passed to our server (default 64 MiB, as shipped)
+#   SCALE_NGINX_OPEN_FILES=10000  nginx's open_file_cache entries (`off`: none). With
+#                        CACHE_MAX_BYTES, splits the over-cache row into its hit and miss paths
+#                        (docs/PERFORMANCE.md, "Item 3, seventh pass")
 #   SCALE_BIN            a server binary to measure instead of building this checkout
 #
 # Prints a Markdown table (req/s, p50/p99 per server, ratio of the medians us/nginx, and the
@@ -30,6 +33,12 @@ LISTS="${SCALE_LISTS:-10000 100000}"
 FILES_SMALL="${SCALE_FILES_SMALL:-5000}"
 FILES_LARGE="${SCALE_FILES_LARGE:-20000}"
 ROWS="${SCALE_ROWS:-all}"
+NGINX_OPEN_FILES="${SCALE_NGINX_OPEN_FILES:-10000}"
+case "$NGINX_OPEN_FILES" in
+  off) OPEN_FILE_CACHE="open_file_cache off;" ;;
+  *[!0-9]* | "") die "SCALE_NGINX_OPEN_FILES: a number of entries or off" ;;
+  *) OPEN_FILE_CACHE="open_file_cache max=$NGINX_OPEN_FILES inactive=60s;" ;;
+esac
 US_PORT=18090
 NGINX_PORT=18091
 
@@ -108,7 +117,7 @@ http {
   scgi_temp_path $W/nginx/tmp/scgi;
   sendfile on; tcp_nopush on; tcp_nodelay on;
   keepalive_timeout 65; keepalive_requests 1000000;
-  open_file_cache max=10000 inactive=60s;
+  $OPEN_FILE_CACHE
   etag on;
   server {
     listen 127.0.0.1:$NGINX_PORT;
@@ -127,7 +136,7 @@ EOF
 "$NGINX" -c "$W/nginx/nginx.conf" -p "$W/nginx" &
 PIDS+=($!)
 NG="http://127.0.0.1:$NGINX_PORT"
-wait_http "$NG/namespaces/@big${LISTS%% *}/registries"
+wait_http "$NG/registries/@rand/r/1.0.0/files/templates/f-000000.ts"
 
 # wrk scripts: one URL, or a random one of a list of paths.
 random_script() { # count -> lua file
