@@ -15,7 +15,9 @@
 #   CACHE_MAX_BYTES      passed to our server (default 64 MiB, as shipped)
 #   SCALE_NGINX_OPEN_FILES=10000  nginx's open_file_cache entries (`off`: none). With
 #                        CACHE_MAX_BYTES, splits the over-cache row into its hit and miss paths
-#                        (docs/PERFORMANCE.md, "Item 3, seventh pass")
+#                        (docs/PERFORMANCE.md, "Item 3, seventh pass"). Keep it under the
+#                        descriptor limit (`ulimit -n`): past it nginx answers 500s, which the
+#                        row reports as a WARNING
 #   SCALE_BIN            a server binary to measure instead of building this checkout
 #
 # Prints a Markdown table (req/s, p50/p99 per server, ratio of the medians us/nginx, and the
