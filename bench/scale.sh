@@ -16,7 +16,7 @@
 #   SCALE_NGINX_OPEN_FILES=10000  nginx's open_file_cache entries (`off`: none). With
 #                        CACHE_MAX_BYTES, splits the over-cache row into its hit and miss paths
 #                        (docs/PERFORMANCE.md, "Item 3, seventh pass"). Keep it under the
-#                        descriptor limit (`ulimit -n`): past it nginx answers 500s, which the
+#                        descriptor limit (`ulimit -n`): past it nginx fails some requests, which the
 #                        row reports as a WARNING
 #   SCALE_BIN            a server binary to measure instead of building this checkout
 #
