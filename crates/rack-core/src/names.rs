@@ -33,9 +33,8 @@ pub fn is_segment(s: &str) -> bool {
 /// A full SemVer 2.0 version (no `v` prefix, no leading zeros).
 pub fn is_version(s: &str) -> bool {
     // Every version starts with a digit; most path segments do not, and are told apart here
-    // without a parse (the router asks this of every segment). The parse is `Version::parse`'s
-    // without the copy of the text it keeps.
-    s.as_bytes().first().is_some_and(u8::is_ascii_digit) && semver::Version::parse(s).is_ok()
+    // without a parse (the router asks this of every segment).
+    s.as_bytes().first().is_some_and(u8::is_ascii_digit) && crate::version::Version::is_valid(s)
 }
 
 /// The `/`-separated parts of `s`, exactly as `s.split('/')` yields them. By hand because the

@@ -22,6 +22,11 @@ impl Version {
         })
     }
 
+    /// Whether [`Version::parse`] accepts `s` (the same rule, without keeping a copy of it).
+    pub fn is_valid(s: &str) -> bool {
+        semver::Version::parse(s).is_ok()
+    }
+
     pub fn as_str(&self) -> &str {
         &self.text
     }

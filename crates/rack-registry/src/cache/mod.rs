@@ -372,17 +372,12 @@ impl HotCache {
         // a watcher), and this saves a second cold lookup of the key.
         let known = watcher.and_then(|_| self.tags.any(key));
         let epoch = watcher.map_or(UNWATCHED, |w| w.epoch());
-        let watched = match watcher {
-            None => false,
-            Some(_)
-                if known
-                    .as_ref()
-                    .is_some_and(|r| r.watched_in.load(Ordering::Acquire) == epoch) =>
-            {
-                true
-            }
-            Some(w) => w.watch(key),
-        };
+        let watched = watcher.is_some_and(|w| {
+            known
+                .as_ref()
+                .is_some_and(|r| r.watched_in.load(Ordering::Acquire) == epoch)
+                || w.watch(key)
+        });
         let confirmed = if watched { generation } else { UNWATCHED };
         // A cached entry is confirmed by its version (a `stat` on disk); a miss reads at once
         // (one storage operation, not a `stat` and then a read).
