@@ -178,10 +178,14 @@ row() { # name path-or-empty lua-or-empty
   done
   # Each round's pair of runs side by side: a ratio per round is immune to the machine's
   # drift between rounds (on a shared VM the medians of each server alone move by 10 %).
-  local ratios
-  ratios="$(for ((i = 0; i < ROUNDS; i++)); do
+  local per_round=() ratios="n/a"
+  mapfile -t per_round < <(for ((i = 0; i < ROUNDS; i++)); do
     awk -v n="${rn[i]%%|*}" -v u="${ru[i]%%|*}" 'BEGIN { if (n > 0) printf "%.3f\n", u / n }'
-  done | sort -n | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f (%.2f-%.2f)", m, v[1], v[NR] }')"
+  done | sort -n)
+  if ((${#per_round[@]})); then
+    ratios="$(printf '%.2f (%.2f-%.2f)' "$(printf '%s\n' "${per_round[@]}" | median)" \
+      "${per_round[0]}" "${per_round[-1]}")"
+  fi
   local n u
   n="$(medians "${rn[@]}")"; u="$(medians "${ru[@]}")"
   awk -F'|' -v name="$name" -v n="$n" -v u="$u" -v r="$ratios" 'BEGIN {
