@@ -161,8 +161,8 @@ pub struct ServeArgs {
     /// Threads serving HTTP connections [default: the number of CPUs available]
     #[arg(long, env = "HTTP_WORKERS")]
     pub http_workers: Option<String>,
-    /// Seconds a client has to send a request's headers; also closes idle keep-alive
-    /// connections [default: 30]
+    /// Seconds a new connection has to send its first request's headers; later, a connection
+    /// with no request for one to two times this is closed, idle or mid-headers [default: 30]
     #[arg(long, env = "HEADER_TIMEOUT_SECONDS")]
     pub header_timeout_seconds: Option<String>,
     /// Most connections open at once; at the cap new ones wait in the listen backlog

@@ -281,3 +281,58 @@ fn slow_headers_and_idle_connections_are_cut_after_the_header_timeout() {
     let manifest = rollup_manifest(&world);
     keep_alive_gets(&server.base, "/registries/@rack/build/rollup/1.0.0", 3, &manifest);
 }
+
+/// Slowloris on a connection that has already been served: after one prompt request, the next
+/// head arrives a header line at a time, every 200 ms, and never ends. Bytes keep moving, so
+/// only the header timeout can end it; the connection must be cut within two timeouts of the
+/// last response, and the headers sent meanwhile must not be answered.
+#[test]
+fn a_head_dripped_after_a_request_is_cut_within_two_header_timeouts() {
+    let world = World::new();
+    let server = Server::start(world.path(), &world.env_with(&[("HEADER_TIMEOUT_SECONDS", "1")]));
+    let addr = host_port(&server.base);
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(conn, "GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let (status, _) = read_response(&mut conn, &mut Vec::new());
+    assert_eq!(status, 200);
+
+    let served = Instant::now();
+    conn.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    write!(conn, "GET /health HTTP/1.1\r\nHost: {addr}\r\n").unwrap();
+    let mut answered = Vec::new();
+    let mut lines = 0;
+    let cut = loop {
+        let mut buf = [0u8; 512];
+        match conn.read(&mut buf) {
+            Ok(0) => break served.elapsed(),
+            Ok(n) => answered.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break served.elapsed(), // reset
+        }
+        assert!(
+            served.elapsed() < Duration::from_secs(8),
+            "still open after {lines} dripped header lines"
+        );
+        if write!(conn, "X-Drip-{lines}: x\r\n").is_err() {
+            break served.elapsed();
+        }
+        lines += 1;
+    };
+    // A tick of the watchdog lands between one and two timeouts after the last response; the
+    // margin is for a loaded test machine.
+    assert!(cut < Duration::from_secs(4), "cut after {cut:?}");
+    assert!(
+        lines >= 3,
+        "cut before the drip went on: {lines} lines in {cut:?}"
+    );
+    let text = String::from_utf8_lossy(&answered);
+    assert!(
+        answered.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "the dripped request was answered: {text:?}"
+    );
+}

@@ -18,12 +18,15 @@
 //! No connection may hold a file descriptor for free (a silent socket, a partial HTTP/2
 //! preface, an HTTP/2 connection that only pings). Each connection has a watchdog:
 //! - until its first request head has arrived, it is dropped `header_timeout` after accept,
-//!   whatever it sent (hyper's own header timeout starts only with the first byte, and the
-//!   HTTP/1-or-2 sniffing before it has none);
+//!   whatever it sent (the HTTP/1-or-2 sniffing has no timeout of its own);
 //! - afterwards, once no request has been in flight for `header_timeout`, it is shut down
 //!   gracefully (HTTP/2 GOAWAY, HTTP/1 close after the current response), and dropped if it
 //!   then makes no progress (bytes read or written) for another `header_timeout`, so a reader
-//!   that stops reading cannot pin it either;
+//!   that stops reading cannot pin it either. This is also the HTTP/1 header timeout after the
+//!   first request: hyper counts a connection with half a head as idle and closes it at once
+//!   on a graceful shutdown, so a head dripped a byte at a time is cut one to two timeouts
+//!   after the last request. (hyper's own per-request header timer is off: it cost a timer per
+//!   request, about 5 % of a cached read's CPU, for the same bound within one timeout);
 //! - HTTP/2 peers are pinged every `header_timeout` and dropped if they do not answer.
 //!
 //! The number of open connections is capped ([`Settings::max_connections`]): at the cap the
@@ -58,9 +61,9 @@ pub struct Settings {
     pub workers: usize,
     /// How long a client may take to send the headers of a request, including the first one on
     /// a new connection, before the connection is closed (slowloris defence). A connection
-    /// with no request in flight for this long is closed too, on HTTP/1 and HTTP/2. Costs a
-    /// timer per request (about 5 % of a small read's CPU), as nginx's `client_header_timeout`
-    /// does.
+    /// with no request in flight for this long is closed too, on HTTP/1 and HTTP/2. Enforced
+    /// by each connection's watchdog, which ticks at this interval: a head after the first
+    /// one may take up to twice this long (module docs).
     pub header_timeout: Duration,
     /// Most connections open at once (at least one).
     pub max_connections: usize,
@@ -192,11 +195,10 @@ fn worker<S: App>(
     runtime.block_on(async move {
         let tracker = TaskTracker::new();
         let mut builder = Builder::new(TokioExecutor::new());
-        // hyper applies the header timeout only with a timer.
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout);
+        // No per-request header timer on HTTP/1: the connection's watchdog bounds a slow head
+        // (see `watch_connection`). hyper's timer allocated and armed a tokio timer for every
+        // request head, about 5 % of a cached read's CPU (docs/PERFORMANCE.md).
+        builder.http1().header_read_timeout(None);
         builder
             .http2()
             .timer(TokioTimer::new())
