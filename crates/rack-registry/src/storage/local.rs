@@ -711,7 +711,6 @@ impl Storage for LocalStorage {
     /// [`INLINE_READ_MAX`]); otherwise one trip to the blocking pool does it all.
     async fn get_up_to(&self, key: &str, limit: u64) -> Result<Option<Fetched>> {
         validate_key(key)?;
-        let owned = key.to_owned();
         if self.inline_reads {
             let root = &self.root;
             let opened = match self.watcher.as_deref() {
@@ -729,6 +728,7 @@ impl Storage for LocalStorage {
                 }
             };
         }
+        let owned = key.to_owned();
         self.blocking(move |root| match open_object(root, &owned)? {
             None => Ok(None),
             Some((file, meta)) => read_opened(file, meta, limit, true).map(|r| r.ok()),
