@@ -325,7 +325,7 @@ fn a_head_dripped_after_a_request_is_cut_within_two_header_timeouts() {
     };
     // A tick of the watchdog lands between one and two timeouts after the last response; the
     // margin is for a loaded test machine.
-    assert!(cut < Duration::from_secs(4), "cut after {cut:?}");
+    assert!(cut < Duration::from_secs(5), "cut after {cut:?}");
     assert!(
         lines >= 3,
         "cut before the drip went on: {lines} lines in {cut:?}"
