@@ -173,6 +173,11 @@ pub struct ServeArgs {
     /// stat every hot read (`off`) [default: auto]
     #[arg(long, env = "FS_WATCH")]
     pub fs_watch: Option<String>,
+    /// Local storage: serve files of 4 to 64 KiB from the page cache as read-only memory maps
+    /// under read leases, needing FS_WATCH (`auto`), or copy every file into the heap cache
+    /// (`off`) [default: auto]
+    #[arg(long, env = "MAP_FILES")]
+    pub map_files: Option<String>,
     /// Most uploads in progress at once; more are answered 503 with Retry-After [default: 4]
     #[arg(long, env = "MAX_CONCURRENT_UPLOADS")]
     pub max_concurrent_uploads: Option<String>,
@@ -318,6 +323,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Whether the local backend may use inotify to skip the per-read stat (`FS_WATCH`).
     pub fs_watch: bool,
+    /// Whether the local backend may serve small files as leased memory maps (`MAP_FILES`).
+    pub map_files: bool,
     /// `AUTH_SOURCE=bucket`: the policy is `.auth/auth.json` in the bucket.
     pub auth_from_bucket: bool,
     /// Whether the web pages under `/ui` are served (`UI`, SPEC §15).
@@ -648,6 +655,11 @@ impl Config {
             Some("off") => false,
             Some(s) => return Err(err("FS_WATCH", format!("{s:?} is not one of auto, off"))),
         };
+        let map_files = match given(&a.map_files).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("auto") => true,
+            Some("off") => false,
+            Some(s) => return Err(err("MAP_FILES", format!("{s:?} is not one of auto, off"))),
+        };
         let auth_from_bucket = match given(&a.auth_source).map(str::to_ascii_lowercase).as_deref() {
             None | Some("file") => false,
             Some("bucket") if backend != Backend::Local => true,
@@ -668,6 +680,7 @@ impl Config {
             auth_from_bucket,
             ui,
             fs_watch,
+            map_files,
             http_workers,
             header_timeout,
             max_connections,
@@ -814,6 +827,7 @@ mod tests {
             ),
             ("HTTP_WORKERS", Box::new(|a| a.http_workers = Some("0".into()))),
             ("FS_WATCH", Box::new(|a| a.fs_watch = Some("on".into()))),
+            ("MAP_FILES", Box::new(|a| a.map_files = Some("yes".into()))),
             ("AUTH_SOURCE", Box::new(|a| a.auth_source = Some("bucket".into()))),
             ("AUTH_SOURCE", Box::new(|a| a.auth_source = Some("s3".into()))),
             ("UI", Box::new(|a| a.ui = Some("yes".into()))),

@@ -166,17 +166,26 @@ impl From<String> for ServeError {
 }
 
 pub async fn run(config: Config) -> Result<(), ServeError> {
+    // Leased maps of small files (storage/mapped.rs) need the lease breaks heard first.
+    let mut lease_breaks = None;
     let storage: Arc<dyn Storage> = match &config.backend {
         Backend::Local => {
             prepare_local_root(&config.storage_root)?;
             let local = LocalStorage::open(&config.storage_root)
                 .map_err(|e| format!("storage root {}: {e}", config.storage_root.display()))?
                 .require_marker();
-            Arc::new(if config.fs_watch {
+            let mut local = if config.fs_watch {
                 local.with_watcher()
             } else {
                 local
-            })
+            };
+            if let Some((signal, maps)) = listen_for_lease_breaks(&config) {
+                local = local.with_leased_maps(maps.clone());
+                if local.maps_files() {
+                    lease_breaks = Some((signal, maps));
+                }
+            }
+            Arc::new(local)
         }
         Backend::R2(bucket) | Backend::S3(bucket) => {
             // STORAGE_ROOT is only local scratch space here: upload staging (`.tmp`) and the
@@ -297,6 +306,9 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         std::fs::remove_dir_all(&state.staging_root)
             .map_err(|e| format!("cannot clear staging {}: {e}", state.staging_root.display()))?;
     }
+    if let Some((signal, maps)) = lease_breaks {
+        spawn_lease_breaks(signal, maps, state.clone());
+    }
     if let Backend::R2(bucket) | Backend::S3(bucket) = &config.backend {
         spawn_lease_sweep(state.storage.clone(), bucket.lease, shutdown_rx.clone());
     }
@@ -351,6 +363,56 @@ fn log_loaded(policy: &Policy, admin_token: bool, webhooks: &WebhookConfig) {
         webhooks_enabled = webhooks.enabled_count(),
         "configuration loaded"
     );
+}
+
+/// Start listening for `SIGIO` (lease breaks) and make the bounds of leased maps, when the
+/// local backend may map files (`MAP_FILES`, with `FS_WATCH`, and a `/proc/locks` to read).
+/// The listener must exist before the first lease: `SIGIO`'s default action ends the process.
+fn listen_for_lease_breaks(
+    config: &Config,
+) -> Option<(tokio::signal::unix::Signal, Arc<crate::storage::mapped::Maps>)> {
+    if !(config.map_files && config.fs_watch) {
+        return None;
+    }
+    let maps = crate::storage::mapped::Maps::new(map_budget(config.limits.cache_max_bytes))?;
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::io()) {
+        Ok(signal) => Some((signal, maps)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGIO: files are not memory-mapped");
+            None
+        }
+    }
+}
+
+/// Bytes of files the leased maps may hold: eight times the hot cache's budget (512 MiB by
+/// default). They are page cache the kernel can reclaim, not heap, but they count in the
+/// process's resident memory once read.
+fn map_budget(cache_max_bytes: u64) -> u64 {
+    cache_max_bytes.saturating_mul(8)
+}
+
+/// On each `SIGIO`, drop the cache entries of the files whose lease is breaking: their maps
+/// go when the last response holding them ends, and with them the leases, so the writer
+/// waiting on one proceeds.
+fn spawn_lease_breaks(
+    mut signal: tokio::signal::unix::Signal,
+    maps: Arc<crate::storage::mapped::Maps>,
+    state: Arc<AppState>,
+) {
+    tokio::spawn(async move {
+        while signal.recv().await.is_some() {
+            let keys = maps.breaking();
+            for key in &keys {
+                state.cache.invalidate(key);
+            }
+            if !keys.is_empty() {
+                tracing::debug!(
+                    files = keys.len(),
+                    "lease breaks: mapped files dropped from the cache"
+                );
+            }
+        }
+    });
 }
 
 /// Every replica finishes the publishes of dead replicas (SPEC §11.2): once at startup, then

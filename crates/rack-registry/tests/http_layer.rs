@@ -523,6 +523,61 @@ fn operator_edits_show_on_next_read(fs_watch: &str) {
     assert_eq!(get_ok(&c, path, &[]).body, b"// edited after the swap\n");
 }
 
+/// Read leases the process `pid` holds, from `/proc/locks`.
+fn leases_of(pid: u32) -> usize {
+    let ours = format!(" {pid} ");
+    std::fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" LEASE ") && l.contains(&ours))
+        .count()
+}
+
+/// A file of 4 to 64 KiB is served from a memory map under a read lease (storage/mapped.rs).
+/// An editor's open for writing then waits only until the server has dropped the map, not the
+/// kernel's lease-break time (45 s), and the next GET serves the edit. `MAP_FILES=off` takes no
+/// lease.
+#[test]
+fn an_edit_in_place_of_a_mapped_file_waits_only_for_the_map_to_go() {
+    if common::s3::local_only("edits on disk") {
+        return;
+    }
+    let path = "/registries/@rack/build/rollup/1.0.0/files/templates/rollup.config.mjs";
+    let big = "export const x = 1; // padding padding padding\n"
+        .repeat(200)
+        .into_bytes();
+    for map_files in ["auto", "off"] {
+        let (world, server) = start_with(&[("MAP_FILES", map_files)]);
+        let c = RawClient::new(&server.base);
+        let disk = world
+            .storage()
+            .join("@rack/build/rollup/1.0.0/templates/rollup.config.mjs");
+        std::fs::write(&disk, &big).unwrap();
+        assert_eq!(get_ok(&c, path, &[]).body, big);
+        let z = get_ok(&c, path, &[("Accept-Encoding", "gzip")]);
+        assert_eq!(decode(&z), big, "{map_files}: a variant made from the map");
+        let held = leases_of(server.pid());
+        if map_files == "off" {
+            assert_eq!(held, 0, "no lease with MAP_FILES=off");
+        } else {
+            assert_eq!(held, 1, "the served file is mapped under a lease");
+        }
+
+        let edited: Vec<u8> = big.iter().map(|&b| if b == b'1' { b'2' } else { b }).collect();
+        let started = Instant::now();
+        edit_in_place(&disk, &edited);
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(5),
+            "{map_files}: the edit waited {waited:?} for the lease"
+        );
+        let r = get_ok(&c, path, &[]);
+        assert_eq!(r.body, edited, "{map_files}: the next GET serves the edit");
+        let z = get_ok(&c, path, &[("Accept-Encoding", "gzip")]);
+        assert_eq!(decode(&z), edited, "{map_files}: so does its variant");
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

@@ -23,6 +23,7 @@ use http::HeaderValue;
 use rack_core::layout::VersionsFile;
 
 use crate::compression::{compress, Encoding};
+use crate::storage::mapped::MAP_CHARGE;
 use crate::storage::watch::UNWATCHED;
 use crate::storage::{Fetched, Object, Storage, StorageError};
 use rack_core::etag::{etag_of, with_suffix};
@@ -69,6 +70,9 @@ pub struct Cached {
     /// The cache holding this entry and its key there, so that a variant computed later is
     /// charged to the cache's budget.
     home: OnceLock<(Weak<Inner>, Arc<str>)>,
+    /// The body is a leased memory map of the file ([`crate::storage::mapped`]): the page cache
+    /// holds it, and the cache is charged [`MAP_CHARGE`] for it instead of its length.
+    mapped: bool,
 }
 
 /// The rarer parts of a [`Cached`].
@@ -110,6 +114,7 @@ impl Cached {
             checked_at: AtomicU64::new(0),
             charged: AtomicU64::new(0),
             home: OnceLock::new(),
+            mapped: false,
         }
     }
 
@@ -129,7 +134,12 @@ impl Cached {
             let variants: usize = x.variants.iter().filter_map(|v| v.get()).map(Bytes::len).sum();
             variants + std::mem::size_of::<Extra>()
         });
-        (self.body.len() + extra) as u64
+        let body = if self.mapped {
+            MAP_CHARGE
+        } else {
+            self.body.len() as u64
+        };
+        body + extra as u64
     }
 
     /// Charge a newly computed variant to the cache holding this entry (if it still does). A
@@ -409,8 +419,10 @@ impl HotCache {
                 self.inner.remove(key);
                 return Ok(Some(Found::Large(meta)));
             }
-            Some(Fetched::Whole(obj)) => obj,
+            Some(Fetched::Whole(obj)) => (obj, false),
+            Some(Fetched::Mapped(obj)) => (obj, true),
         };
+        let (obj, mapped) = obj;
         let known = if watcher.is_some() {
             known
         } else {
@@ -425,7 +437,9 @@ impl HotCache {
         }
         let misses = remembered.misses.fetch_add(1, Ordering::Relaxed) + 1;
         let etag = remembered.tag.clone();
-        let cached = Arc::new(Cached::with_etag(obj.body, obj.meta.version, etag));
+        let mut cached = Cached::with_etag(obj.body, obj.meta.version, etag);
+        cached.mapped = mapped;
+        let cached = Arc::new(cached);
         cached.confirmed.store(confirmed, Ordering::Release);
         if let Some(now) = now {
             cached.checked_at.store(now.max(1), Ordering::Release);
@@ -449,7 +463,8 @@ impl HotCache {
     /// still get in after a few misses. (TinyLFU in the spirit, with the remembered tags as
     /// the frequency record; `quick_cache` has no admission hook.)
     fn admit(&self, replacing: bool, misses: u32, cached: &Cached) -> bool {
-        if replacing || misses >= ADMIT_AFTER_MISSES {
+        // A map costs less to keep than to make again (and unmap): it always enters.
+        if replacing || misses >= ADMIT_AFTER_MISSES || cached.mapped {
             return true;
         }
         let weight = cached.body.len() as u64 + ENTRY_OVERHEAD;

@@ -54,6 +54,9 @@ pub struct LocalStorage {
     /// Small reads on the calling thread: the root is on a local filesystem (see
     /// [`INLINE_READ_MAX`]; set with the watcher, which checks exactly that).
     inline_reads: bool,
+    /// Small files served as leased memory maps ([`super::mapped`]; only the server sets it,
+    /// once it listens for lease breaks).
+    maps: Option<Arc<super::mapped::Maps>>,
 }
 
 fn io_err(key: &str) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
@@ -265,6 +268,7 @@ impl LocalStorage {
             writes: Arc::default(),
             watcher: None,
             inline_reads: false,
+            maps: None,
             require_marker: false,
         })
     }
@@ -304,6 +308,22 @@ impl LocalStorage {
         self.watcher = super::watch::Watcher::new(&self.root).map(Arc::new);
         self.inline_reads = self.watcher.is_some();
         self
+    }
+
+    /// Serve small files as leased memory maps (see [`super::mapped`]), where reads are
+    /// inline (a local filesystem with the watcher). The caller must be listening for `SIGIO`
+    /// and dropping the cache entries of [`super::mapped::Maps::breaking`] keys: a lease break
+    /// otherwise ends the process (`SIGIO`'s default action).
+    pub fn with_leased_maps(mut self, maps: Arc<super::mapped::Maps>) -> LocalStorage {
+        if self.inline_reads {
+            self.maps = Some(maps);
+        }
+        self
+    }
+
+    /// Whether reads may be served as leased maps.
+    pub fn maps_files(&self) -> bool {
+        self.maps.is_some()
     }
 
     pub fn root(&self) -> &Path {
@@ -720,6 +740,18 @@ impl Storage for LocalStorage {
             let Some((file, meta)) = opened? else {
                 return Ok(None);
             };
+            if let Some(maps) = &self.maps {
+                if meta.size <= limit && meta.size <= INLINE_READ_MAX {
+                    if let Some((body, md)) = maps.map(&file, key, meta.size) {
+                        // The version of what is mapped: taken under the lease.
+                        let meta = meta_of(key, &md);
+                        if meta.size <= limit {
+                            return Ok(Some(Fetched::Mapped(Object { meta, body })));
+                        }
+                        return Ok(Some(Fetched::TooLarge(meta)));
+                    }
+                }
+            }
             return match read_opened(file, meta, limit, false)? {
                 Ok(done) => Ok(Some(done)),
                 Err((file, meta)) => {

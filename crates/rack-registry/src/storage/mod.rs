@@ -12,6 +12,7 @@ pub mod check;
 pub mod contract;
 pub mod index;
 pub mod local;
+pub mod mapped;
 pub mod publish;
 pub mod s3;
 pub mod watch;
@@ -55,6 +56,9 @@ pub struct ObjectStream {
 pub enum Fetched {
     /// The object, whole.
     Whole(Object),
+    /// The object, whole, its body a leased memory map of the file ([`mapped`]): it costs the
+    /// process a few hundred bytes, not its length.
+    Mapped(Object),
     /// The object is larger than asked for: its metadata only.
     TooLarge(ObjectMeta),
 }
