@@ -741,15 +741,11 @@ impl Storage for LocalStorage {
                 return Ok(None);
             };
             if let Some(maps) = &self.maps {
-                if meta.size <= limit && meta.size <= INLINE_READ_MAX {
-                    if let Some((body, md)) = maps.map(&file, key, meta.size) {
-                        // The version of what is mapped: taken under the lease.
-                        let meta = meta_of(key, &md);
-                        if meta.size <= limit {
-                            return Ok(Some(Fetched::Mapped(Object { meta, body })));
-                        }
-                        return Ok(Some(Fetched::TooLarge(meta)));
-                    }
+                let max = limit.min(INLINE_READ_MAX);
+                if let Some((body, md)) = maps.map(&file, key, meta.size, max) {
+                    // The version of what is mapped: taken under the lease.
+                    let meta = meta_of(key, &md);
+                    return Ok(Some(Fetched::Mapped(Object { meta, body })));
                 }
             }
             return match read_opened(file, meta, limit, false)? {

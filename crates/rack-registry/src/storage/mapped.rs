@@ -102,14 +102,18 @@ impl Maps {
             .ok()
             .and_then(|s| s.trim().parse::<usize>().ok())
             .unwrap_or(65_530);
-        Some(Arc::new(Maps {
-            max_maps: (max_map_count / 4).min(MAX_MAPS),
+        Some(Maps::with_limits((max_map_count / 4).min(MAX_MAPS), max_bytes))
+    }
+
+    fn with_limits(max_maps: usize, max_bytes: u64) -> Arc<Maps> {
+        Arc::new(Maps {
+            max_maps,
             max_bytes,
             live: AtomicUsize::new(0),
             bytes: AtomicU64::new(0),
             keys: Mutex::new(HashMap::new()),
             pid: std::process::id(),
-        }))
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Inode, HashMap<String, usize>>> {
@@ -121,19 +125,24 @@ impl Maps {
         self.live.load(Ordering::Relaxed)
     }
 
-    /// Map `file` (opened read-only, `size` bytes by its `fstat`) under a read lease: its body
-    /// and the metadata taken once the lease was held (a write finished before the lease shows
-    /// in it; none can start after). `None`: read it into the heap instead.
+    /// Whether a file of `size` bytes may be mapped now (at most `max` bytes).
+    fn fits(&self, size: u64, max: u64) -> bool {
+        (MAP_MIN..=max).contains(&size)
+            && self.live.load(Ordering::Relaxed) < self.max_maps
+            && self.bytes.load(Ordering::Relaxed) + size <= self.max_bytes
+    }
+
+    /// Map `file` (opened read-only, `size` bytes by its `fstat`, at most `max`) under a read
+    /// lease: its body and the metadata taken once the lease was held (a write finished before
+    /// the lease shows in it; none can start after). `None`: read it into the heap instead.
     pub fn map(
         self: &Arc<Self>,
         file: &std::fs::File,
         key: &str,
         size: u64,
+        max: u64,
     ) -> Option<(Bytes, std::fs::Metadata)> {
-        if size < MAP_MIN
-            || self.live.load(Ordering::Relaxed) >= self.max_maps
-            || self.bytes.load(Ordering::Relaxed) + size > self.max_bytes
-        {
+        if !self.fits(size, max) {
             return None;
         }
         let fd = file.as_raw_fd();
@@ -146,7 +155,7 @@ impl Maps {
             unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
         };
         let md = match file.metadata() {
-            Ok(md) if md.is_file() && md.len() >= MAP_MIN => md,
+            Ok(md) if md.is_file() && self.fits(md.len(), max) => md,
             _ => {
                 unlease();
                 return None;
@@ -227,6 +236,31 @@ fn breaking_inodes(locks: &str, pid: u32) -> Vec<Inode> {
 mod tests {
     use super::*;
 
+    /// Past `max_maps` maps alive, files are read instead; a map dropped makes room.
+    #[test]
+    fn maps_are_bounded_in_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let maps = Maps::with_limits(2, 1 << 20);
+        let open = |i: usize| {
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(&path, vec![b'a' + i as u8; 5000]).unwrap();
+            std::fs::File::open(path).unwrap()
+        };
+        let a = maps.map(&open(0), "a", 5000, 65536).expect("first");
+        let b = maps.map(&open(1), "b", 5000, 65536).expect("second");
+        assert!(
+            maps.map(&open(2), "c", 5000, 65536).is_none(),
+            "a third is refused"
+        );
+        assert_eq!(maps.live(), 2);
+        drop(a);
+        let c = maps.map(&open(2), "c", 5000, 65536).expect("room again");
+        assert_eq!(&c.0[..3], b"ccc");
+        drop((b, c));
+        assert_eq!(maps.live(), 0);
+        assert!(maps.lock().is_empty(), "the index forgets dropped maps");
+    }
+
     #[test]
     fn breaking_leases_are_read_from_proc_locks() {
         let text = "\
@@ -253,7 +287,7 @@ mod tests {
         std::fs::write(&path, vec![b'x'; 6000]).unwrap();
         let maps = Maps::new(1 << 20).unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        let (body, md) = maps.map(&file, "k", 6000).expect("mapped");
+        let (body, md) = maps.map(&file, "k", 6000, 65536).expect("mapped");
         drop(file);
         assert_eq!(md.len(), 6000);
         assert_eq!(&body[..], &vec![b'x'; 6000][..]);
@@ -267,10 +301,14 @@ mod tests {
         // Too small, or over the byte bound: read instead.
         std::fs::write(dir.path().join("small"), b"tiny").unwrap();
         let small = std::fs::File::open(dir.path().join("small")).unwrap();
-        assert!(maps.map(&small, "s", 4).is_none());
+        assert!(maps.map(&small, "s", 4, 65536).is_none());
         let big = std::fs::File::open(&path).unwrap();
         let tight = Maps::new(5000).unwrap();
-        assert!(tight.map(&big, "k", 6000).is_none());
+        assert!(tight.map(&big, "k", 6000, 65536).is_none());
+        assert!(
+            maps.map(&big, "k", 6000, 5999).is_none(),
+            "over the size asked for"
+        );
         drop(body);
         assert_eq!(maps.live(), 0);
         let locks = std::fs::read_to_string("/proc/locks").unwrap();
