@@ -410,7 +410,7 @@ impl HotCache {
         } else {
             u64::MAX
         };
-        let obj = match storage.get_up_to(key, limit).await? {
+        let (obj, mapped) = match storage.get_up_to(key, limit).await? {
             None => {
                 self.inner.remove(key);
                 return Ok(None);
@@ -422,7 +422,6 @@ impl HotCache {
             Some(Fetched::Whole(obj)) => (obj, false),
             Some(Fetched::Mapped(obj)) => (obj, true),
         };
-        let (obj, mapped) = obj;
         let known = if watcher.is_some() {
             known
         } else {
