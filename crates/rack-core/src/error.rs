@@ -320,6 +320,14 @@ impl ApiError {
     pub fn internal() -> ApiError {
         ApiError::new(ErrorKind::Internal, "Internal server error")
     }
+    /// A bucket publish stopped because it may have lost its lease (SPEC §11.2 step 4):
+    /// nothing of it is visible; sent with `Retry-After`.
+    pub fn publish_fenced() -> ApiError {
+        ApiError::new(
+            ErrorKind::ServiceUnavailable,
+            "Publishing was interrupted (the publish lease could not be kept). Nothing was published; try again",
+        )
+    }
     /// Publishing is refused while the storage root or its `.healthcheck` marker is missing.
     pub fn storage_unavailable() -> ApiError {
         ApiError::new(

@@ -11,6 +11,20 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+        + offset_ms()
+}
+
+/// `RACK_TEST_CLOCK_OFFSET_MS`: a test-only skew of this process's wall clock, to show that
+/// nothing which must agree across replicas (publish leases, SPEC §11.2) reads it. Not a
+/// setting: never set it in production.
+fn offset_ms() -> i64 {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::env::var("RACK_TEST_CLOCK_OFFSET_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 /// `2026-11-26T05:42:24.682Z`: ISO 8601 / RFC 3339, UTC, milliseconds.

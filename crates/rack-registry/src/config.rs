@@ -424,7 +424,7 @@ fn bucket_settings(a: &ServeArgs) -> Result<BucketConfig, ConfigError> {
             ))
         }
     };
-    Ok(BucketConfig {
+    BucketConfig {
         endpoint: None,
         region: String::new(),
         bucket: String::new(),
@@ -449,7 +449,38 @@ fn bucket_settings(a: &ServeArgs) -> Result<BucketConfig, ConfigError> {
             30,
             1,
         )?),
-    })
+    }
+    .workable()
+}
+
+impl BucketConfig {
+    /// The publish protocol's timings (SPEC §11.2).
+    pub fn timing(&self) -> crate::storage::publish::Timing {
+        crate::storage::publish::Timing {
+            ttl: self.lease,
+            call: self.timeout,
+            ..Default::default()
+        }
+    }
+
+    /// A lease must leave room for a write after each renewal (a third of its lifetime), one
+    /// storage call and the timestamp margin: otherwise every publish would be fenced off.
+    fn workable(self) -> Result<BucketConfig, ConfigError> {
+        let t = self.timing();
+        if t.workable() {
+            return Ok(self);
+        }
+        let least = (3 * (t.call + t.margin())).as_secs_f64() / 2.0;
+        Err(err(
+            "PUBLISH_LEASE_SECONDS",
+            format!(
+                "{} s leaves no room to write with STORAGE_TIMEOUT_SECONDS={}: use more than {least:.0} s \
+                 (a third of the lease passes between renewals, then one storage call and a margin must fit)",
+                self.lease.as_secs(),
+                self.timeout.as_secs()
+            ),
+        ))
+    }
 }
 
 impl Config {

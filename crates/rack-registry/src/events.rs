@@ -18,3 +18,28 @@ pub struct PublishEvent {
 pub trait PublishSink: Send + Sync + 'static {
     async fn accept(&self, event: &PublishEvent);
 }
+
+/// The sinks as the storage's publish protocol sees them ([`crate::storage::publish::Announce`]):
+/// a bucket publish, or a sweep finishing a dead publisher's version, announces through them.
+pub struct Announcer<'a>(pub &'a [std::sync::Arc<dyn PublishSink>]);
+
+#[async_trait]
+impl crate::storage::publish::Announce for Announcer<'_> {
+    async fn listed(&self, registry: &str, version: &str, manifest: &[u8]) {
+        let namespace = registry.split('/').next().unwrap_or(registry);
+        // The manifest's name, as the upload's event has it (the last segment otherwise).
+        let name = serde_json::from_slice::<serde_json::Value>(manifest)
+            .ok()
+            .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| registry.rsplit('/').next().unwrap_or(registry).to_owned());
+        let event = PublishEvent {
+            namespace: namespace.to_owned(),
+            name,
+            version: version.to_owned(),
+            path: format!("{registry}/{version}"),
+        };
+        for sink in self.0 {
+            sink.accept(&event).await;
+        }
+    }
+}

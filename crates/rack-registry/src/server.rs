@@ -310,7 +310,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         spawn_lease_breaks(signal, maps, state.clone());
     }
     if let Backend::R2(bucket) | Backend::S3(bucket) = &config.backend {
-        spawn_lease_sweep(state.storage.clone(), bucket.lease, shutdown_rx.clone());
+        spawn_lease_sweep(state.clone(), bucket.timing(), shutdown_rx.clone());
     }
     let addr = SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -415,21 +415,23 @@ fn spawn_lease_breaks(
     });
 }
 
-/// Every replica finishes the publishes of dead replicas (SPEC §11.2): once at startup, then
-/// once per lease lifetime (one list call of `.rack/leases/` when there is nothing to do).
+/// Every replica finishes the publishes of dead replicas (SPEC §11.2), announcing their versions
+/// to the webhook outbox: once at startup, then once per lease lifetime (one list call of
+/// `.rack/leases/` when there is nothing to do).
 fn spawn_lease_sweep(
-    storage: Arc<dyn Storage>,
-    every: Duration,
+    state: Arc<AppState>,
+    timing: crate::storage::publish::Timing,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
+        let mut tick = tokio::time::interval(timing.ttl);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            match crate::storage::publish::sweep_all(storage.as_ref()).await {
+            let announcer = crate::events::Announcer(&state.sinks);
+            match crate::storage::publish::sweep_all(state.storage.as_ref(), timing, &announcer).await {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(leases = n, "finished publishes left by a dead publisher"),
                 Err(e) => tracing::error!(error = %e, "publish lease sweep failed"),

@@ -48,6 +48,7 @@ impl MemStorage {
             key: key.to_owned(),
             size: body.len() as u64,
             version: version.to_string(),
+            modified_ms: None,
         }
     }
 }
@@ -114,6 +115,17 @@ impl Storage for MemStorage {
         *writes += 1;
         objects.insert(key.to_owned(), (body.clone(), *writes));
         Ok(Self::meta(key, &body, *writes))
+    }
+
+    async fn publish_dir(
+        &self,
+        _: &Path,
+        dest: &str,
+        _: &dyn rack_registry::storage::publish::Announce,
+    ) -> Result<()> {
+        Err(StorageError::Backend(format!(
+            "{dest}: these properties never publish a directory"
+        )))
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rack_registry::storage::publish::{self, LeaseRecord, LEASES};
+use rack_registry::storage::publish::{self, LEASES};
 use rack_registry::storage::s3::{S3Options, S3Storage};
 use rack_registry::storage::{PutMode, Storage, StorageError};
 
@@ -71,7 +71,14 @@ async fn twenty_racing_publishers_of_one_version_leave_exactly_the_winners_bytes
         let s = if i % 2 == 0 { a.clone() } else { b.clone() };
         let dir = stage(staging.path(), &format!("p{i}"));
         tasks.push(tokio::spawn(async move {
-            publish::publish_dir(s.as_ref(), &dir, dest, publish::DEFAULT_LEASE).await
+            publish::publish_dir(
+                s.as_ref(),
+                &dir,
+                dest,
+                &publish::Timing::default(),
+                &publish::Silent,
+            )
+            .await
         }));
     }
     let mut won = 0;
@@ -113,7 +120,14 @@ async fn fifty_racing_versions_on_two_replicas_are_all_listed() {
         let dir = stage(staging.path(), &format!("v{i}"));
         tasks.push(tokio::spawn(async move {
             let dest = format!("@race/many/1.{i}.0");
-            publish::publish_dir(s.as_ref(), &dir, &dest, publish::DEFAULT_LEASE).await
+            publish::publish_dir(
+                s.as_ref(),
+                &dir,
+                &dest,
+                &publish::Timing::default(),
+                &publish::Silent,
+            )
+            .await
         }));
     }
     for t in tasks {
@@ -130,18 +144,12 @@ async fn fifty_racing_versions_on_two_replicas_are_all_listed() {
 
 /// What a publisher SIGKILLed mid-publish leaves: an expired lease and some of its files.
 async fn dead_publisher(s: &dyn Storage, dest: &str, files: &[(&str, &str)]) {
-    let rec = LeaseRecord {
-        owner: "dead".into(),
-        upload_id: "x".into(),
-        expires_at: 1,
-    };
-    s.put(
-        &format!("{LEASES}{dest}"),
-        Bytes::from(serde_json::to_vec(&rec).unwrap()),
-        PutMode::Create,
-    )
-    .await
-    .unwrap();
+    // Expired at once: its lifetime from its Last-Modified is zero.
+    let version = dest.rsplit('/').next().unwrap();
+    let rec = format!(r#"{{"owner":"dead","uploadId":"x","ttlMs":0,"version":"{version}"}}"#);
+    s.put(&format!("{LEASES}{dest}"), Bytes::from(rec), PutMode::Create)
+        .await
+        .unwrap();
     for (rel, body) in files {
         s.put(
             &format!("{dest}/{rel}"),
@@ -171,7 +179,8 @@ async fn the_next_publish_repairs_what_a_dead_publisher_left() {
         s.as_ref(),
         &stage(staging.path(), "new"),
         "@dead/a/1.0.0",
-        publish::DEFAULT_LEASE,
+        &publish::Timing::default(),
+        &publish::Silent,
     )
     .await
     .unwrap();
@@ -192,7 +201,8 @@ async fn the_next_publish_repairs_what_a_dead_publisher_left() {
         s.as_ref(),
         &stage(staging.path(), "three"),
         "@dead/a/3.0.0",
-        publish::DEFAULT_LEASE,
+        &publish::Timing::default(),
+        &publish::Silent,
     )
     .await
     .unwrap();
@@ -200,14 +210,10 @@ async fn the_next_publish_repairs_what_a_dead_publisher_left() {
     assert!(keys(s.as_ref(), LEASES).await.is_empty());
 
     // A live lease of another publisher: 409 (VERSION_EXISTS), nothing written.
-    let rec = LeaseRecord {
-        owner: "alive".into(),
-        upload_id: "y".into(),
-        expires_at: i64::MAX,
-    };
+    let rec = r#"{"owner":"alive","uploadId":"y","ttlMs":3600000,"version":"4.0.0"}"#;
     s.put(
         &format!("{LEASES}@dead/a/4.0.0"),
-        Bytes::from(serde_json::to_vec(&rec).unwrap()),
+        Bytes::from(rec),
         PutMode::Create,
     )
     .await
@@ -216,7 +222,8 @@ async fn the_next_publish_repairs_what_a_dead_publisher_left() {
         s.as_ref(),
         &stage(staging.path(), "four"),
         "@dead/a/4.0.0",
-        publish::DEFAULT_LEASE,
+        &publish::Timing::default(),
+        &publish::Silent,
     )
     .await;
     assert!(matches!(busy, Err(StorageError::AlreadyExists(_))), "{busy:?}");
@@ -229,14 +236,24 @@ async fn the_background_sweep_finishes_every_expired_lease() {
     let s = replica(&bucket);
     dead_publisher(s.as_ref(), "@sweep/a/1.0.0", &[("registry.json", "{}")]).await;
     dead_publisher(s.as_ref(), "@sweep/b/c/2.0.0", &[("templates/x", "partial")]).await;
-    assert_eq!(publish::sweep_all(s.as_ref()).await.unwrap(), 2);
+    assert_eq!(
+        publish::sweep_all(s.as_ref(), publish::Timing::default(), &publish::Silent)
+            .await
+            .unwrap(),
+        2
+    );
     assert_eq!(versions(s.as_ref(), "@sweep/a").await, ["1.0.0"]);
     assert!(
         keys(s.as_ref(), "@sweep/b/").await.is_empty(),
         "partial version removed"
     );
     assert!(keys(s.as_ref(), LEASES).await.is_empty());
-    assert_eq!(publish::sweep_all(s.as_ref()).await.unwrap(), 0);
+    assert_eq!(
+        publish::sweep_all(s.as_ref(), publish::Timing::default(), &publish::Silent)
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -250,7 +267,14 @@ async fn new_registries_join_the_namespace_index_even_when_racing() {
         let dir = stage(staging.path(), &format!("r{i}"));
         tasks.push(tokio::spawn(async move {
             let dest = format!("@idx/group/reg-{i}/1.0.0");
-            publish::publish_dir(s.as_ref(), &dir, &dest, publish::DEFAULT_LEASE).await
+            publish::publish_dir(
+                s.as_ref(),
+                &dir,
+                &dest,
+                &publish::Timing::default(),
+                &publish::Silent,
+            )
+            .await
         }));
     }
     for t in tasks {

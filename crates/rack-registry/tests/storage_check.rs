@@ -68,8 +68,36 @@ fn check_reports_every_violation_and_repair_fixes_them_on_every_backend() {
             }
         };
 
-        let (code, out) = cli(work.path(), &env_for(&clean), &[]);
-        assert_eq!(code, Some(0), "[{}] fixtures are clean:\n{out}", target.name());
+        // The fixtures hold no integrity records (SPEC §11.2): each version is reported as
+        // such, and --repair records its bytes.
+        let clean_env = env_for(&clean);
+        let (code, out) = cli(work.path(), &clean_env, &[]);
+        assert_eq!(code, Some(1), "[{}]\n{out}", target.name());
+        let missing = out
+            .lines()
+            .filter(|l| l.ends_with("has no integrity record"))
+            .count();
+        assert!(
+            missing >= 10,
+            "[{}] every fixture version lacks a record:\n{out}",
+            target.name()
+        );
+        assert_eq!(
+            out.lines()
+                .filter(|l| l.starts_with('@') || l.starts_with(".rack"))
+                .count(),
+            missing,
+            "{out}"
+        );
+        let (code, out) = cli(work.path(), &clean_env, &["--repair"]);
+        assert_eq!(code, Some(0), "[{}]\n{out}", target.name());
+        let (code, out) = cli(work.path(), &clean_env, &["--deep"]);
+        assert_eq!(
+            code,
+            Some(0),
+            "[{}] fixtures are clean once recorded:\n{out}",
+            target.name()
+        );
         assert!(out.contains(": clean"), "{out}");
 
         let env = env_for(&root);
@@ -80,14 +108,14 @@ fn check_reports_every_violation_and_repair_fixes_them_on_every_backend() {
             "@chk/unlisted/versions.json: versions.json lists [\"1.0.0\"], stored versions are [\"1.1.0\", \"1.0.0\"]",
             "@chk/partial/9.0.0/: version directory without registry.json",
             "@chk/bare/versions.json: missing versions.json",
-            "4 problem(s) found",
+            ".rack/integrity/@chk/unlisted/1.1.0.json: @chk/unlisted@1.1.0 has no integrity record",
         ] {
             assert!(out.contains(needle), "[{}] {needle}:\n{out}", target.name());
         }
 
         let (code, out) = cli(work.path(), &env, &["--repair"]);
         assert_eq!(code, Some(0), "[{}]\n{out}", target.name());
-        assert!(out.contains("4 problem(s) found, 0 left after repair"), "{out}");
+        assert!(out.contains("0 left after repair"), "{out}");
         let (code, out) = cli(work.path(), &env, &[]);
         assert_eq!(code, Some(0), "[{}] clean after repair:\n{out}", target.name());
 
@@ -108,6 +136,69 @@ fn check_reports_every_violation_and_repair_fixes_them_on_every_backend() {
         assert_eq!(versions("@chk/unlisted"), serde_json::json!(["1.1.0", "1.0.0"]));
         assert_eq!(versions("@chk/bare"), serde_json::json!(["3.0.0"]));
         assert!(!stored.join("@chk/partial/9.0.0").exists());
+        let record = stored.join(".rack/integrity/@chk/unlisted/1.1.0.json");
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(record).unwrap()).unwrap();
+        assert_eq!(record["files"]["registry.json"]["size"], 2, "{record}");
+    }
+}
+
+/// A file changed after publishing, in place: same size is found by `--deep`, another size by
+/// the plain check; `--repair` never "fixes" it (the bytes clients pinned are unknown).
+#[test]
+fn files_that_differ_from_their_integrity_record_are_reported() {
+    for target in Target::all() {
+        let work = tempfile::tempdir().unwrap();
+        let root = work.path().join("root");
+        write(&root, ".healthcheck", "");
+        write(&root, "@tamper/a/versions.json", "{\"versions\":[\"1.0.0\"]}\n");
+        write(&root, "@tamper/a/1.0.0/registry.json", "{}");
+        write(&root, "@tamper/a/1.0.0/t/x.txt", "original");
+        let bucket = (target == Target::S3).then(|| Bucket::new().unwrap());
+        let sync = |root: &Path| -> Vec<(String, String)> {
+            match &bucket {
+                None => vec![("STORAGE_ROOT".into(), root.display().to_string())],
+                Some(b) => {
+                    b.storage_cli(work.path(), &["push", &root.display().to_string()]);
+                    b.env()
+                }
+            }
+        };
+        let env = sync(&root);
+        let (code, out) = cli(work.path(), &env, &["--repair"]);
+        assert_eq!(code, Some(0), "[{}] records written:\n{out}", target.name());
+        if let Some(b) = &bucket {
+            // The record now lives in the bucket: bring it home so the next push keeps it.
+            b.storage_cli(work.path(), &["pull", &root.display().to_string()]);
+        }
+        assert!(root.join(".rack/integrity/@tamper/a/1.0.0.json").is_file());
+
+        write(&root, "@tamper/a/1.0.0/t/x.txt", "ORIGINAL");
+        let env = sync(&root);
+        let (code, out) = cli(work.path(), &env, &[]);
+        assert_eq!(code, Some(0), "[{}] sizes agree:\n{out}", target.name());
+        let (code, out) = cli(work.path(), &env, &["--deep"]);
+        assert_eq!(code, Some(1), "[{}]\n{out}", target.name());
+        assert!(
+            out.contains("@tamper/a/1.0.0/t/x.txt: does not match its integrity record: bytes differ"),
+            "{out}"
+        );
+        let (code, out) = cli(work.path(), &env, &["--deep", "--repair"]);
+        assert_eq!(code, Some(1), "[{}] not repairable:\n{out}", target.name());
+
+        write(&root, "@tamper/a/1.0.0/t/x.txt", "longer than before");
+        write(&root, "@tamper/a/1.0.0/t/added.txt", "late");
+        let env = sync(&root);
+        let (code, out) = cli(work.path(), &env, &[]);
+        assert_eq!(code, Some(1), "[{}]\n{out}", target.name());
+        assert!(
+            out.contains("t/x.txt: does not match its integrity record: 18 bytes, recorded 8"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t/added.txt: does not match its integrity record: not in the record"),
+            "{out}"
+        );
     }
 }
 
@@ -133,7 +224,7 @@ fn on_a_bucket_check_finishes_dead_publishes_and_stale_indexes() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use rack_registry::storage::{PutMode, Storage};
-        let lease = serde_json::json!({"owner": "dead", "uploadId": "u", "expiresAt": 1});
+        let lease = serde_json::json!({"owner": "dead", "uploadId": "u", "ttlMs": 0, "version": "2.0.0"});
         s3.put(
             ".rack/leases/@dead/a/2.0.0",
             bytes::Bytes::from(lease.to_string()),
@@ -160,8 +251,25 @@ fn on_a_bucket_check_finishes_dead_publishes_and_stale_indexes() {
         out.contains("namespace index lists [\"gone\"], registries are [\"a\"]"),
         "{out}"
     );
+    // The CLI has no webhook outbox: a dead publisher's *visible* version is left to a
+    // server's sweep, which announces it; everything else is repaired.
     let (code, out) = cli(work.path(), &env, &["--repair"]);
-    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("1 left after repair"), "{out}");
+    let heard = rt.block_on(async {
+        let heard = Heard::default();
+        let t = rack_registry::storage::publish::Timing::default();
+        let n = rack_registry::storage::publish::sweep_all(&s3, t, &heard)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        heard
+    });
+    assert_eq!(
+        *heard.0.lock().unwrap(),
+        ["@dead/a@2.0.0"],
+        "the sweep announced the version"
+    );
     let (code, out) = cli(work.path(), &env, &[]);
     assert_eq!(code, Some(0), "{out}");
     rt.block_on(async {
@@ -172,10 +280,21 @@ fn on_a_bucket_check_finishes_dead_publishes_and_stale_indexes() {
         let idx = s3.get("@dead/.registries.json").await.unwrap().unwrap();
         assert_eq!(&idx.body[..], b"{\"registries\":[\"a\"]}\n");
         assert!(s3
-            .list(".rack/", false, None, 10)
+            .list(".rack/leases/", false, None, 10)
             .await
             .unwrap()
             .objects
             .is_empty());
     });
+}
+
+/// Records what a sweep announces.
+#[derive(Default)]
+struct Heard(std::sync::Mutex<Vec<String>>);
+
+#[async_trait::async_trait]
+impl rack_registry::storage::publish::Announce for Heard {
+    async fn listed(&self, registry: &str, version: &str, _manifest: &[u8]) {
+        self.0.lock().unwrap().push(format!("{registry}@{version}"));
+    }
 }

@@ -4,7 +4,7 @@
 //! Identical means same size and same MD5: a bucket's ETag of a single-part upload is the
 //! quoted MD5 of its bytes (S3, R2, MinIO, moto), so a second push reads nothing but one
 //! listing. Where the version is not an MD5 (the local backend, multipart uploads) the object is
-//! read and compared. The server's own working state (`.tmp/`, `.webhooks/`, `.rack/`) is
+//! read and compared. The server's own working state (`.tmp/`, `.webhooks/`, leases, the bucket outbox) is
 //! never copied.
 
 use std::collections::HashMap;
@@ -87,9 +87,13 @@ pub fn run_auth_push(a: AuthPush) -> ExitCode {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Fix what is found
+    /// Fix what is found (safe while servers publish: compare-and-swap merges, deletions only
+    /// under a publish lease this command holds)
     #[arg(long)]
     pub repair: bool,
+    /// Hash every listed version's files against its integrity record (default: sizes only)
+    #[arg(long)]
+    pub deep: bool,
     #[command(flatten)]
     pub storage: ServeArgs,
 }
@@ -105,8 +109,15 @@ pub struct Transfer {
     pub storage: ServeArgs,
 }
 
-/// Top-level directories that are the server's working state, never data.
-const WORKING_STATE: [&str; 3] = [".tmp/", ".webhooks/", ".rack/"];
+/// The server's working state, never data. Integrity records (`.rack/integrity/`) are data:
+/// they travel with their versions.
+const WORKING_STATE: [&str; 5] = [
+    ".tmp/",
+    ".webhooks/",
+    ".rack/leases/",
+    ".rack/outbox/",
+    ".rack/probe/",
+];
 
 fn is_working_state(key: &str) -> bool {
     WORKING_STATE.iter().any(|p| key.starts_with(p))
@@ -309,13 +320,29 @@ fn run_check(a: CheckArgs) -> ExitCode {
             open(&config).await
         }
         .map_err(ServeError::Config)?;
-        let found = check::check(storage.as_ref(), bucket)
+        let found = check::check(storage.as_ref(), bucket, a.deep)
             .await
             .map_err(|e| e.to_string())?;
+        let timing = match &config.backend {
+            Backend::Local => crate::storage::publish::Timing::default(),
+            Backend::R2(b) | Backend::S3(b) => crate::storage::publish::Timing {
+                ttl: b.lease,
+                call: b.timeout,
+                ..Default::default()
+            },
+        };
         let left = if a.repair && !found.is_empty() {
-            check::repair(storage.as_ref(), bucket)
-                .await
-                .map_err(|e| e.to_string())?
+            // No webhook outbox here: a dead publisher's visible version is left to a
+            // server's sweep, which announces it.
+            check::repair(
+                storage.as_ref(),
+                bucket,
+                a.deep,
+                timing,
+                &crate::storage::publish::Unable,
+            )
+            .await
+            .map_err(|e| e.to_string())?
         } else {
             found.clone()
         };

@@ -1,17 +1,28 @@
-//! `rack-registry storage check [--repair]` (SPEC §11.2): every violated invariant of SPEC §3,
-//! on disk and in a bucket, and how to fix it.
+//! `rack-registry storage check [--deep] [--repair]` (SPEC §11.2): every violated invariant of
+//! SPEC §3 and every version whose files do not match its integrity record, on disk and in a
+//! bucket, and a repair that is safe while servers keep publishing.
 //!
 //! Invariants: each registry (a directory holding `versions.json` or a version directory) has a
 //! `versions.json` listing exactly its versions that have a `registry.json`, SemVer descending
-//! (its formatting is not judged: the reference server's is accepted); no version directory lacks its
-//! `registry.json`; no publish lease has expired unfinished; on a bucket each namespace index
-//! lists exactly the namespace's registries.
+//! (its formatting is not judged: the reference server's is accepted); no version directory lacks
+//! its `registry.json` (unless its publish is in flight); no publish lease has expired
+//! unfinished; every listed version matches its integrity record; on a bucket each namespace
+//! index lists exactly the namespace's registries.
+//!
+//! The repair never overwrites what a publisher may be changing: `versions.json` and the indexes
+//! change only by compare-and-swap merges on what was just read (a version published meanwhile
+//! makes the swap fail and the merge start again), and nothing is deleted or unlisted except
+//! under the version's publish lease, taken by the repair itself after confirming the version
+//! is not visible. Integrity mismatches are reported, never "fixed": the bytes a client pinned
+//! cannot be known from here.
 
 use bytes::Bytes;
 use rack_core::layout::{self, VersionsFile};
 use rack_core::names::{is_namespace, is_segment, is_version};
 
-use super::{index, publish, PutMode, Result, Storage};
+use super::integrity::{self, Finding};
+use super::publish::{self, lease, Announce, Timing};
+use super::{index, PutMode, Result, Storage, StorageError};
 
 /// One violated invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,17 +36,22 @@ pub struct Problem {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Fix {
-    /// Write this `versions.json`.
-    Versions(String, VersionsFile),
-    /// Remove a version directory without `registry.json`.
-    Delete(String),
-    /// Finish expired leases ([`publish::sweep_all`]).
+    /// Reconcile the registry's `versions.json` with its stored versions.
+    Versions(String),
+    /// Remove an abandoned version directory (no `registry.json`): registry, version.
+    Abandoned(String, String),
+    /// Finish expired leases (the sweep).
     Leases,
-    /// Rebuild a namespace index.
+    /// Reconcile a namespace index.
     Index(String),
+    /// Record the current bytes of a version without an integrity record.
+    Record(String, String),
+    /// Nothing can be fixed from here.
+    None,
 }
 
-/// Every registry directory under `dir` (a namespace or deeper), depth first.
+/// Every registry directory under namespace `ns`, with its version directories and whether it
+/// has a `versions.json`.
 async fn registries(s: &dyn Storage, ns: &str, out: &mut Vec<(String, Vec<String>, bool)>) -> Result<()> {
     let mut stack = vec![format!("{ns}/")];
     while let Some(dir) = stack.pop() {
@@ -67,8 +83,9 @@ async fn registries(s: &dyn Storage, ns: &str, out: &mut Vec<(String, Vec<String
     Ok(())
 }
 
-/// Every violated invariant (`bucket`: also the namespace indexes).
-pub async fn check(s: &dyn Storage, bucket: bool) -> Result<Vec<Problem>> {
+/// Every violated invariant (`bucket`: also the namespace indexes; `deep`: hash every listed
+/// version's files against its record instead of comparing sizes).
+pub async fn check(s: &dyn Storage, bucket: bool, deep: bool) -> Result<Vec<Problem>> {
     let mut problems = Vec::new();
     let mut namespaces = Vec::new();
     let mut start: Option<String> = None;
@@ -93,44 +110,63 @@ pub async fn check(s: &dyn Storage, bucket: bool) -> Result<Vec<Problem>> {
             for v in &dirs {
                 if s.head(&layout::manifest_key(&registry, v)).await?.is_some() {
                     published.push(v.clone());
-                } else {
+                } else if lease::read(s, &lease::lease_key(&registry, v))
+                    .await?
+                    .is_none_or(|l| l.expired)
+                {
+                    // Not while its publish is in flight (a live lease).
                     let prefix = format!("{registry}/{v}/");
-                    // Not while its publish is in flight (a live lease): the sweep decides.
-                    if s.head(&format!("{}{registry}/{v}", publish::LEASES))
-                        .await?
-                        .is_none()
-                    {
-                        problems.push(Problem {
-                            what: "version directory without registry.json".into(),
-                            fix: Fix::Delete(prefix.clone()),
-                            key: prefix,
-                        });
-                    }
+                    problems.push(Problem {
+                        what: "version directory without registry.json".into(),
+                        fix: Fix::Abandoned(registry.clone(), v.clone()),
+                        key: prefix,
+                    });
                 }
             }
             let want = VersionsFile::from_versions(&published);
             let key = layout::versions_key(&registry);
-            let what = if !has_file {
-                Some("missing versions.json".to_owned())
+            let listed = if has_file {
+                s.get(&key).await?.map(|o| VersionsFile::parse(&o.body))
             } else {
-                match s.get(&key).await? {
-                    None => Some("missing versions.json".to_owned()),
-                    Some(obj) => match VersionsFile::parse(&obj.body) {
-                        None => Some("versions.json is not {\"versions\": [...]}".to_owned()),
-                        Some(f) if f.versions != want.versions => Some(format!(
-                            "versions.json lists {:?}, stored versions are {:?}",
-                            f.versions, want.versions
-                        )),
-                        Some(_) => None,
-                    },
-                }
+                None
+            };
+            let what = match &listed {
+                None => Some("missing versions.json".to_owned()),
+                Some(None) => Some("versions.json is not {\"versions\": [...]}".to_owned()),
+                Some(Some(f)) if f.versions != want.versions => Some(format!(
+                    "versions.json lists {:?}, stored versions are {:?}",
+                    f.versions, want.versions
+                )),
+                Some(Some(_)) => None,
             };
             if let Some(what) = what {
                 problems.push(Problem {
                     key: key.clone(),
                     what,
-                    fix: Fix::Versions(key, want),
+                    fix: Fix::Versions(registry.clone()),
                 });
+            }
+            for v in &published {
+                for finding in integrity::verify(s, &registry, v, deep).await? {
+                    let record = integrity::record_key(&registry, v);
+                    problems.push(match finding {
+                        Finding::NoRecord => Problem {
+                            key: record,
+                            what: format!("{registry}@{v} has no integrity record"),
+                            fix: Fix::Record(registry.clone(), v.clone()),
+                        },
+                        Finding::Unreadable => Problem {
+                            key: record,
+                            what: "integrity record is unreadable".into(),
+                            fix: Fix::None,
+                        },
+                        Finding::File(path, what) => Problem {
+                            key: format!("{registry}/{v}/{path}"),
+                            what: format!("does not match its integrity record: {what}"),
+                            fix: Fix::None,
+                        },
+                    });
+                }
             }
         }
         if bucket {
@@ -149,19 +185,13 @@ pub async fn check(s: &dyn Storage, bucket: bool) -> Result<Vec<Problem>> {
             }
         }
     }
-    let now = crate::clock::now_ms();
     let mut start: Option<String> = None;
     loop {
         let page = s.list(publish::LEASES, false, start.as_deref(), 1000).await?;
-        for lease in &page.objects {
-            let expired = match s.get(&lease.key).await? {
-                Some(o) => serde_json::from_slice::<publish::LeaseRecord>(&o.body)
-                    .map_or(true, |r| r.expires_at <= now),
-                None => false,
-            };
-            if expired {
+        for l in &page.objects {
+            if lease::read(s, &l.key).await?.is_some_and(|f| f.expired) {
                 problems.push(Problem {
-                    key: lease.key.clone(),
+                    key: l.key.clone(),
                     what: "expired publish lease (a publisher died mid-publish)".into(),
                     fix: Fix::Leases,
                 });
@@ -175,33 +205,158 @@ pub async fn check(s: &dyn Storage, bucket: bool) -> Result<Vec<Problem>> {
     Ok(problems)
 }
 
-/// Fix every problem [`check`] finds: first finish expired leases (which can settle other
-/// problems), then check again and fix the rest. Returns what is still wrong (nothing, unless
-/// the storage changed meanwhile).
-pub async fn repair(s: &dyn Storage, bucket: bool) -> Result<Vec<Problem>> {
-    publish::sweep_all(s).await?;
+/// Fix what [`check`] finds, safely while servers publish (see the module docs). Expired leases
+/// of versions that became visible are left to a server's sweep when `announce` cannot
+/// announce (their webhooks are due). Returns what is still wrong.
+pub async fn repair(
+    s: &dyn Storage,
+    bucket: bool,
+    deep: bool,
+    t: Timing,
+    announce: &dyn Announce,
+) -> Result<Vec<Problem>> {
+    publish::sweep_all(s, t, announce).await?;
     // A fix can reveal another (a registry given its versions.json now belongs in the
     // namespace index): a few passes.
     for _ in 0..3 {
-        let problems = check(s, bucket).await?;
-        if problems.is_empty() {
+        let problems = check(s, bucket, deep).await?;
+        if problems.iter().all(|p| matches!(p.fix, Fix::None | Fix::Leases)) {
             break;
         }
         for p in &problems {
-            if let Fix::Delete(prefix) = &p.fix {
-                s.delete_prefix(prefix).await?;
-            }
-        }
-        for p in &problems {
-            if let Fix::Versions(key, file) = &p.fix {
-                s.put(key, Bytes::from(file.render()), PutMode::Overwrite).await?;
-            }
-        }
-        for p in &problems {
-            if let Fix::Index(ns) = &p.fix {
-                index::rebuild(s, ns).await?;
+            match &p.fix {
+                Fix::Abandoned(registry, version) => abandon(s, registry, version, t).await?,
+                Fix::Versions(registry) => reconcile_versions(s, registry, t).await?,
+                Fix::Record(registry, version) => integrity::record_stored(s, registry, version).await?,
+                Fix::Index(ns) => reconcile_index(s, ns).await?,
+                Fix::Leases | Fix::None => {}
             }
         }
     }
-    check(s, bucket).await
+    check(s, bucket, deep).await
+}
+
+/// Run `f` under the publish lease of `version` of `registry`, if it can be had now (`None`: a
+/// publish of that precedence class is in flight).
+async fn under_lease<T>(
+    s: &dyn Storage,
+    registry: &str,
+    version: &str,
+    t: Timing,
+    f: impl AsyncFnOnce(&lease::Lease) -> Result<T>,
+) -> Result<Option<T>> {
+    let key = lease::lease_key(registry, version);
+    let held = match lease::acquire(s, &key, version, t).await? {
+        lease::Acquired::Busy => return Ok(None),
+        // A dead holder's publish is the sweep's to settle (it may need announcing).
+        lease::Acquired::Held {
+            previous: Some(_),
+            lease,
+        } => {
+            lease.release(s).await?;
+            return Ok(None);
+        }
+        lease::Acquired::Held { lease, .. } => lease,
+    };
+    let out = f(&held).await;
+    held.release(s).await?;
+    out.map(Some)
+}
+
+/// Remove a version directory without `registry.json`, under its lease, after confirming
+/// under the lease that it is still not visible.
+async fn abandon(s: &dyn Storage, registry: &str, version: &str, t: Timing) -> Result<()> {
+    under_lease(s, registry, version, t, async |held: &lease::Lease| {
+        if s.head(&layout::manifest_key(registry, version)).await?.is_none() {
+            held.ensure(s, false).await?;
+            s.delete_prefix(&format!("{registry}/{version}/")).await?;
+            s.delete_prefix(&integrity::record_key(registry, version)).await?;
+        }
+        Ok(())
+    })
+    .await
+    .map(drop)
+}
+
+/// Bring `versions.json` to the stored versions by compare-and-swap merges: stored versions are
+/// added (and a corrupt or misordered file rewritten) against the ETag just read; a listed version
+/// with no `registry.json` is unlisted only under its lease, once confirmed absent.
+async fn reconcile_versions(s: &dyn Storage, registry: &str, t: Timing) -> Result<()> {
+    let key = layout::versions_key(registry);
+    loop {
+        let current = s.get(&key).await?;
+        let listed = current
+            .as_ref()
+            .and_then(|o| VersionsFile::parse(&o.body))
+            .map(|f| f.versions)
+            .unwrap_or_default();
+        let stored = publish::listing::stored_versions(s, registry).await?;
+        let mut keep: Vec<String> = stored.clone();
+        for v in listed.iter().filter(|v| !stored.contains(v)) {
+            // Listed, not stored: unlisted only when confirmed under the lease; kept otherwise.
+            let gone = under_lease(s, registry, v, t, async |_: &lease::Lease| {
+                Ok(s.head(&layout::manifest_key(registry, v)).await?.is_none())
+            })
+            .await?;
+            if gone != Some(true) {
+                keep.push(v.clone());
+            }
+        }
+        let want = VersionsFile::from_versions(&keep);
+        let unchanged = current
+            .as_ref()
+            .and_then(|o| VersionsFile::parse(&o.body))
+            .is_some_and(|f| f.versions == want.versions);
+        if unchanged {
+            return index::add_registry(s, registry).await;
+        }
+        let mode = match &current {
+            Some(o) => PutMode::IfVersion(o.meta.version.clone()),
+            None => PutMode::Create,
+        };
+        match s.put(&key, Bytes::from(want.render()), mode).await {
+            Ok(_) => return index::add_registry(s, registry).await,
+            Err(StorageError::PreconditionFailed(_) | StorageError::AlreadyExists(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Bring a namespace index to the stored registries by compare-and-swap: missing registries
+/// merged in, entries without a `versions.json` (confirmed right before the swap) taken out.
+async fn reconcile_index(s: &dyn Storage, ns: &str) -> Result<()> {
+    let key = index::index_key(ns);
+    loop {
+        let Some(current) = s.get(&key).await? else {
+            return Ok(()); // readers walk and write it
+        };
+        let walked = index::walk(s, ns).await?.map(|l| l.to_vec()).unwrap_or_default();
+        let listed = index::parse(&current.body).unwrap_or_default();
+        let mut want = walked.clone();
+        for r in listed.iter().filter(|r| !walked.contains(r)) {
+            if s.head(&layout::versions_key(&format!("{ns}/{r}")))
+                .await?
+                .is_some()
+            {
+                want.push(r.clone());
+            }
+        }
+        want.sort();
+        want.dedup();
+        if index::parse(&current.body).is_some_and(|l| l == want) {
+            return Ok(());
+        }
+        match s
+            .put(
+                &key,
+                index::render(&want),
+                PutMode::IfVersion(current.meta.version),
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(StorageError::PreconditionFailed(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -237,6 +237,7 @@ fn meta_of(key: &str, md: &std::fs::Metadata) -> ObjectMeta {
         key: key.to_owned(),
         size: md.len(),
         version: std::str::from_utf8(&buf[..len]).expect("hex is ASCII").to_owned(),
+        modified_ms: Some(md.mtime() * 1000 + md.mtime_nsec() / 1_000_000),
     }
 }
 
@@ -991,30 +992,54 @@ impl Storage for LocalStorage {
 
     /// One `rename(2)` with `RENAME_NOREPLACE`: the version appears whole or not at all, and of
     /// two racing uploads exactly one wins. Files were fsynced during extraction; directories
-    /// are fsynced here, the parent after the rename.
-    async fn publish_dir(&self, staged: &Path, dest: &str) -> Result<()> {
+    /// are fsynced here, the parent after the rename. The winner then writes the version's
+    /// integrity record (SPEC §11.2; hashed from the staged files before the rename, so the
+    /// record describes exactly what was published). A crash between the two leaves a version
+    /// without a record, which `storage check` reports and `--repair` records.
+    async fn publish_dir(
+        &self,
+        staged: &Path,
+        dest: &str,
+        _announce: &dyn super::publish::Announce,
+    ) -> Result<()> {
         let _ended = WriteEnds(&self.writes);
         let target = self.path(dest)?;
         let staged = staged.to_owned();
         let key = dest.to_owned();
         let require_marker = self.require_marker;
-        self.blocking(move |root| {
-            LocalStorage::check_marker(root, require_marker)?;
-            fsync_dirs(&staged).map_err(io_err(&key))?;
-            let parent = target.parent().expect("version has a parent");
-            create_dirs_beneath(root, parent_key(&key)).map_err(io_err(&key))?;
-            let cwd = rustix::fs::CWD;
-            match rustix::fs::renameat_with(cwd, &staged, cwd, &target, rustix::fs::RenameFlags::NOREPLACE) {
-                Ok(()) => {}
-                Err(rustix::io::Errno::EXIST) | Err(rustix::io::Errno::NOTEMPTY) => {
-                    return Err(StorageError::AlreadyExists(key.clone()))
+        let record = self
+            .blocking(move |root| {
+                LocalStorage::check_marker(root, require_marker)?;
+                let record = super::integrity::Record::of_dir(&staged)?;
+                fsync_dirs(&staged).map_err(io_err(&key))?;
+                let parent = target.parent().expect("version has a parent");
+                create_dirs_beneath(root, parent_key(&key)).map_err(io_err(&key))?;
+                let cwd = rustix::fs::CWD;
+                match rustix::fs::renameat_with(
+                    cwd,
+                    &staged,
+                    cwd,
+                    &target,
+                    rustix::fs::RenameFlags::NOREPLACE,
+                ) {
+                    Ok(()) => {}
+                    Err(rustix::io::Errno::EXIST) | Err(rustix::io::Errno::NOTEMPTY) => {
+                        return Err(StorageError::AlreadyExists(key.clone()))
+                    }
+                    Err(e) => return Err(io_err(&key)(e.into())),
                 }
-                Err(e) => return Err(io_err(&key)(e.into())),
-            }
-            sync_dir(parent);
-            Ok(())
-        })
+                sync_dir(parent);
+                Ok(record)
+            })
+            .await?;
+        let (registry, version) = dest.rsplit_once('/').expect("a version path");
+        self.put(
+            &super::integrity::record_key(registry, version),
+            record.render(),
+            PutMode::Overwrite,
+        )
         .await
+        .map(drop)
     }
 
     /// A few `stat`s, inline (see [`LocalStorage::require_marker`]).
@@ -1527,7 +1552,12 @@ mod tests {
             Err(StorageError::Unavailable(_))
         ));
         assert!(matches!(
-            s.publish_dir(&staged.path().join("v"), "@a/r/1.0.0").await,
+            s.publish_dir(
+                &staged.path().join("v"),
+                "@a/r/1.0.0",
+                &crate::storage::publish::Silent
+            )
+            .await,
             Err(StorageError::Unavailable(_))
         ));
         assert!(matches!(
@@ -1543,9 +1573,13 @@ mod tests {
         assert!(put(lenient, "@a/y/z").await.is_err());
         assert!(!root.exists(), "the root was re-created");
         std::fs::rename(&away, &root).unwrap();
-        s.publish_dir(&staged.path().join("v"), "@a/r/1.0.0")
-            .await
-            .unwrap();
+        s.publish_dir(
+            &staged.path().join("v"),
+            "@a/r/1.0.0",
+            &crate::storage::publish::Silent,
+        )
+        .await
+        .unwrap();
         assert!(s.head("@a/r/1.0.0/registry.json").await.unwrap().is_some());
     }
 }

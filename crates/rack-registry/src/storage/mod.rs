@@ -11,8 +11,10 @@ pub mod check;
 #[doc(hidden)]
 pub mod contract;
 pub mod index;
+pub mod integrity;
 pub mod local;
 pub mod mapped;
+pub mod memory;
 pub mod publish;
 pub mod s3;
 pub mod watch;
@@ -34,6 +36,10 @@ pub struct ObjectMeta {
     /// modification time on disk, the ETag in a bucket). Used for compare-and-swap and cache
     /// validation; not a content hash.
     pub version: String,
+    /// When the object was last written, in Unix milliseconds on the *store's* clock (the
+    /// bucket's `Last-Modified`, the file's mtime), where the backend knows it. Publish leases
+    /// expire by it (SPEC §11.2), never by a replica's own clock.
+    pub modified_ms: Option<i64>,
 }
 
 /// An object with its bytes.
@@ -123,6 +129,11 @@ pub enum StorageError {
     Unavailable(String),
     #[error("storage error: {}", bounded(.0, 4 * MAX_LOGGED_KEY))]
     Backend(String),
+    /// A publish stopped because it may have lost its lease, or found another publisher's
+    /// object where only its own may be (SPEC §11.2 step 4): nothing of it is visible, and a
+    /// retry may succeed (503 with `Retry-After`).
+    #[error("publish fenced off: {}", bounded(.0, 4 * MAX_LOGGED_KEY))]
+    Fenced(String),
 }
 
 /// Every regular file under a local directory, as `/`-separated relative paths, sorted.
@@ -288,50 +299,20 @@ pub trait Storage: Send + Sync + 'static {
     }
 
     /// Make a staged version directory visible at `dest` (a key prefix without trailing `/`)
-    /// all at once; [`StorageError::AlreadyExists`] if a version is already there.
+    /// all at once; [`StorageError::AlreadyExists`] if a version of equal precedence is
+    /// already there or being published.
     ///
-    /// The default, for object stores, uploads the template files first and `registry.json` last
-    /// with a create-only write (SPEC §11): the manifest is what makes a version exist, so readers
-    /// never see one whose files are missing. On failure the version's objects are removed (but
-    /// never those of a concurrent winner).
-    async fn publish_dir(&self, staged: &Path, dest: &str) -> Result<()> {
-        let files = staged_files(staged)?;
-        let manifest = format!("{dest}/registry.json");
-        if self.head(&manifest).await?.is_some() {
-            return Err(StorageError::AlreadyExists(manifest));
-        }
-        let upload = async {
-            for rel in files.iter().filter(|f| f.as_str() != "registry.json") {
-                let body = tokio::fs::read(staged.join(rel))
-                    .await
-                    .map_err(|source| StorageError::Io {
-                        key: rel.clone(),
-                        source,
-                    })?;
-                self.put(&format!("{dest}/{rel}"), Bytes::from(body), PutMode::Overwrite)
-                    .await?;
-            }
-            let body = tokio::fs::read(staged.join("registry.json"))
-                .await
-                .map_err(|source| StorageError::Io {
-                    key: manifest.clone(),
-                    source,
-                })?;
-            self.put(&manifest, Bytes::from(body), PutMode::Create)
-                .await
-                .map(|_| ())
-        };
-        match upload.await {
-            Ok(()) => Ok(()),
-            // Someone else's version: their files are theirs (same paths may have been
-            // overwritten with our bytes only if we raced before their manifest; the winner's
-            // manifest is what readers follow).
-            Err(e @ StorageError::AlreadyExists(_)) => Err(e),
-            Err(e) => {
-                let _ = self.delete_prefix(&format!("{dest}/")).await;
-                Err(e)
-            }
-        }
+    /// Object stores run the lease protocol of SPEC §11.2 ([`publish::publish_dir`]), which
+    /// lists the version itself and tells `announce` once it is listed
+    /// ([`publish_lists_version`](Storage::publish_lists_version) is then `true`). The local
+    /// disk makes it one `rename(2)` and leaves listing and announcing to the caller.
+    async fn publish_dir(&self, staged: &Path, dest: &str, announce: &dyn publish::Announce) -> Result<()>;
+
+    /// The store's clock, in Unix milliseconds: what publish leases expire by (SPEC §11.2).
+    /// A bucket answers from the `Date` of its own responses; the default (a local disk, where
+    /// the store is this machine) is the system clock.
+    async fn store_now_ms(&self) -> Result<i64> {
+        Ok(crate::clock::now_ms())
     }
 
     /// Whether [`publish_dir`](Storage::publish_dir) also adds the version to `versions.json`
@@ -423,6 +404,14 @@ pub(crate) mod testing {
         }
         async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
             self.inner.delete_prefix(prefix).await
+        }
+        async fn publish_dir(
+            &self,
+            staged: &Path,
+            dest: &str,
+            announce: &dyn publish::Announce,
+        ) -> Result<()> {
+            self.inner.publish_dir(staged, dest, announce).await
         }
         fn describe(&self) -> String {
             self.inner.describe()

@@ -25,6 +25,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
+};
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path;
 use object_store::{
@@ -97,6 +100,8 @@ pub struct S3Storage {
     lease: Duration,
     /// Bound of one storage call, retries included (`STORAGE_TIMEOUT_SECONDS`).
     timeout: Duration,
+    /// The bucket's clock, from the `Date` of its responses ([`BucketClock`]).
+    clock: Arc<BucketClock>,
     /// Namespace indexes read recently ([`super::index`]), by namespace: the same shared list
     /// while the index is unchanged (so its rendering is reused), trusted for `revalidate`.
     indexes: std::sync::Mutex<HashMap<String, IndexEntry>>,
@@ -139,6 +144,80 @@ pub fn scrub(text: &str) -> String {
     }
 }
 
+/// The bucket's clock as this process sees it (SPEC §11.2: leases expire on the bucket's
+/// clock): the latest `Date` header heard, advanced by the monotonic clock since. `Date` is cut
+/// to the second and sent before the answer travels, so this runs up to a second (and a
+/// network trip) behind the bucket: a lease is judged expired late, never early.
+#[derive(Debug, Default)]
+pub struct BucketClock {
+    heard: std::sync::Mutex<Option<(i64, std::time::Instant)>>,
+}
+
+/// An observation older than this is not trusted (the bucket's clock may have been stepped).
+const CLOCK_FRESH: Duration = Duration::from_secs(30);
+
+impl BucketClock {
+    fn estimate(heard: &Option<(i64, std::time::Instant)>) -> Option<i64> {
+        heard.map(|(date, at)| date + at.elapsed().as_millis() as i64)
+    }
+
+    /// A response's `Date`, in Unix milliseconds.
+    pub fn heard(&self, date_ms: i64) {
+        let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        let stale = heard.is_none_or(|(_, at)| at.elapsed() > CLOCK_FRESH);
+        if stale || BucketClock::estimate(&heard).is_some_and(|now| date_ms >= now) {
+            *heard = Some((date_ms, std::time::Instant::now()));
+        }
+    }
+
+    /// Now on the bucket's clock, if something fresh was heard.
+    pub fn now_ms(&self) -> Option<i64> {
+        let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        heard
+            .filter(|(_, at)| at.elapsed() <= CLOCK_FRESH)
+            .and_then(|_| BucketClock::estimate(&heard))
+    }
+}
+
+/// `object_store`'s own HTTP client, listening to the `Date` of every response (the crate
+/// exposes no response header; this is its documented extension point).
+#[derive(Debug)]
+struct DateWatch(Arc<BucketClock>);
+
+#[derive(Debug)]
+struct DateWatching {
+    inner: HttpClient,
+    clock: Arc<BucketClock>,
+}
+
+impl HttpConnector for DateWatch {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let inner = ReqwestConnector::default().connect(options)?;
+        Ok(HttpClient::new(DateWatching {
+            inner,
+            clock: self.0.clone(),
+        }))
+    }
+}
+
+#[async_trait]
+impl HttpService for DateWatching {
+    async fn call(&self, req: HttpRequest) -> std::result::Result<HttpResponse, HttpError> {
+        let response = self.inner.execute(req).await?;
+        if let Some(date) = response
+            .headers()
+            .get(http::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+        {
+            if let Ok(d) = date.duration_since(std::time::UNIX_EPOCH) {
+                self.clock.heard(d.as_millis() as i64);
+            }
+        }
+        Ok(response)
+    }
+}
+
 impl S3Storage {
     /// A client for the bucket (nothing is asked of the bucket yet), with the default timeout.
     pub fn new(opts: &S3Options) -> std::result::Result<S3Storage, String> {
@@ -166,6 +245,8 @@ impl S3Storage {
                     .with_connect_timeout(timeout.min(Duration::from_secs(5)))
                     .with_timeout(timeout.max(STREAM_TIMEOUT)),
             );
+        let clock = Arc::new(BucketClock::default());
+        b = b.with_http_connector(DateWatch(clock.clone()));
         b = match &opts.endpoint {
             Some(e) => b.with_endpoint(e).with_virtual_hosted_style_request(false),
             None => b.with_virtual_hosted_style_request(true),
@@ -187,6 +268,7 @@ impl S3Storage {
             revalidate: Duration::from_secs(1),
             lease: super::publish::DEFAULT_LEASE,
             timeout,
+            clock,
             indexes: Default::default(),
         })
     }
@@ -212,6 +294,15 @@ impl S3Storage {
 
     pub fn lease(&self) -> Duration {
         self.lease
+    }
+
+    /// The publish protocol's timings: the lease, and the bound of one storage call.
+    pub fn timing(&self) -> super::publish::Timing {
+        super::publish::Timing {
+            ttl: self.lease,
+            call: self.timeout,
+            ..Default::default()
+        }
     }
 
     pub fn bucket(&self) -> &str {
@@ -253,6 +344,7 @@ impl S3Storage {
             key: key.to_owned(),
             size: m.size,
             version: m.e_tag.clone().unwrap_or_default(),
+            modified_ms: Some(m.last_modified.timestamp_millis()),
         }
     }
 
@@ -404,6 +496,7 @@ impl S3Storage {
                 key: key.to_owned(),
                 size,
                 version: tag,
+                modified_ms: None,
             }),
             // A store that answers without an ETag: ask for it.
             None => self
@@ -636,10 +729,29 @@ impl Storage for S3Storage {
         Ok(found)
     }
 
-    /// The lease protocol of SPEC §11.2 ([`super::publish`]): only the lease holder writes
-    /// under a version's prefix, and `versions.json` is merged by compare-and-swap.
-    async fn publish_dir(&self, staged: &std::path::Path, dest: &str) -> Result<()> {
-        super::publish::publish_dir(self, staged, dest, self.lease).await
+    /// The lease protocol of SPEC §11.2 ([`super::publish`]).
+    async fn publish_dir(
+        &self,
+        staged: &std::path::Path,
+        dest: &str,
+        announce: &dyn super::publish::Announce,
+    ) -> Result<()> {
+        super::publish::publish_dir(self, staged, dest, &self.timing(), announce).await
+    }
+
+    /// The bucket's `Date`, as last seen and advanced by this machine's monotonic clock; asked
+    /// of the bucket (a HEAD of the health marker) when nothing was heard for a while.
+    async fn store_now_ms(&self) -> Result<i64> {
+        if let Some(now) = self.clock.now_ms() {
+            return Ok(now);
+        }
+        self.head(rack_core::layout::HEALTHCHECK_KEY).await?;
+        self.clock.now_ms().ok_or_else(|| {
+            StorageError::Backend(format!(
+                "bucket {} at {} sends no Date header: publish leases cannot expire",
+                self.bucket, self.endpoint
+            ))
+        })
     }
 
     fn publish_lists_version(&self) -> bool {

@@ -124,7 +124,13 @@ fn refuse(state: &AppState, client: IpAddr, identity: Option<&Identity>, failure
         Failure::Api(e) => {
             failed(state, client, e.code(), identity);
             let close = matches!(e.kind, ErrorKind::PayloadTooLarge | ErrorKind::RequestTimeout);
+            let unavailable = e.kind == ErrorKind::ServiceUnavailable;
             let mut res = ErrorReply(e).into_response();
+            if unavailable {
+                // Waiting helps (a lost publish lease, storage coming back).
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(BUSY_RETRY_AFTER_SECS));
+            }
             if close {
                 // The rest of the body is not read: the connection cannot be reused.
                 res.headers_mut()
@@ -441,7 +447,8 @@ async fn pipeline(
     versions::journal_begin(staging.path(), &journal_entry)
         .await
         .map_err(|e| Failure::Internal(format!("writing the publish journal: {e}")))?;
-    let published = match state.storage.publish_dir(&tree, &dest).await {
+    let announcer = crate::events::Announcer(&state.sinks);
+    let published = match state.storage.publish_dir(&tree, &dest, &announcer).await {
         // A bucket's publish protocol has merged the version into versions.json already.
         Ok(()) if state.storage.publish_lists_version() => Ok(()),
         Ok(()) => versions::rebuild_locked(state.storage.as_ref(), &registry, Some(&identity.version))
@@ -452,6 +459,11 @@ async fn pipeline(
         Err(e @ StorageError::Unavailable(_)) => {
             tracing::error!(error = %e, "publish refused: storage unavailable");
             Err(ApiError::storage_unavailable().into())
+        }
+        // SPEC §11.2 step 4: the publish may have lost its lease; nothing of it is visible.
+        Err(e @ StorageError::Fenced(_)) => {
+            tracing::warn!(error = %e, "publish stopped: it may have lost its lease");
+            Err(ApiError::publish_fenced().into())
         }
         Err(e) => Err(Failure::Internal(format!(
             "publishing {}: {e}",
@@ -464,14 +476,17 @@ async fn pipeline(
     drop(publishing);
     published?;
 
-    let event = PublishEvent {
-        namespace: identity.namespace.clone(),
-        name: identity.name.clone(),
-        version: identity.version.clone(),
-        path: dest,
-    };
-    for sink in &state.sinks {
-        sink.accept(&event).await;
+    // A bucket's publish protocol announced the version itself, before releasing its lease.
+    if !state.storage.publish_lists_version() {
+        let event = PublishEvent {
+            namespace: identity.namespace.clone(),
+            name: identity.name.clone(),
+            version: identity.version.clone(),
+            path: dest,
+        };
+        for sink in &state.sinks {
+            sink.accept(&event).await;
+        }
     }
     Ok((identity, principal))
 }

@@ -1,0 +1,62 @@
+//! Listing a published version (SPEC §11.2 step 6): `versions.json` and the namespace index
+//! grow by compare-and-swap merges, re-read on every conflict, so no version or registry is ever
+//! lost and no publish lists every version. Anyone may merge (a publisher, a sweep, a repair):
+//! a merge adds what is stored and visible, so it needs no lease.
+
+use bytes::Bytes;
+use rack_core::layout::{self, VersionsFile};
+use rack_core::names::is_version;
+
+use crate::storage::{index, PutMode, Result, Storage, StorageError};
+
+/// Merge `version` into the registry's `versions.json` by compare-and-swap, then make sure the
+/// registry is in its namespace's index (one GET when it is: a publisher killed between the
+/// two left it out, and whoever lists next puts it in). A corrupt `versions.json` is rebuilt
+/// from the stored versions.
+pub async fn add_version(s: &dyn Storage, registry: &str, version: &str) -> Result<()> {
+    let key = layout::versions_key(registry);
+    loop {
+        let (mut versions, mode) = match s.get(&key).await? {
+            Some(obj) => {
+                let listed = match VersionsFile::parse(&obj.body) {
+                    Some(f) => f.versions,
+                    None => stored_versions(s, registry).await?,
+                };
+                (listed, PutMode::IfVersion(obj.meta.version))
+            }
+            None => (Vec::new(), PutMode::Create),
+        };
+        if versions.iter().any(|v| v == version) {
+            break;
+        }
+        versions.push(version.to_owned());
+        let body = Bytes::from(VersionsFile::from_versions(versions).render());
+        match s.put(&key, body, mode).await {
+            Ok(_) => break,
+            Err(StorageError::PreconditionFailed(_) | StorageError::AlreadyExists(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    index::add_registry(s, registry).await
+}
+
+/// Version directories of `registry` holding a `registry.json` (only for a corrupt
+/// `versions.json`: a listing and one HEAD per version).
+pub async fn stored_versions(s: &dyn Storage, registry: &str) -> Result<Vec<String>> {
+    let prefix = format!("{registry}/");
+    let mut names = Vec::new();
+    let mut start: Option<String> = None;
+    loop {
+        let page = s.list(&prefix, true, start.as_deref(), 1000).await?;
+        for p in &page.prefixes {
+            let name = p[prefix.len()..].trim_end_matches('/');
+            if is_version(name) && s.head(&layout::manifest_key(registry, name)).await?.is_some() {
+                names.push(name.to_owned());
+            }
+        }
+        match page.next {
+            Some(n) => start = Some(n),
+            None => return Ok(names),
+        }
+    }
+}
