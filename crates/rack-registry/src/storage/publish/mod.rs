@@ -123,11 +123,19 @@ pub async fn publish_dir(
         created: Mutex::new(Vec::new()),
         visible: false,
     };
-    let result = run
+    let mut result = run
         .under_lease(previous.as_ref().map(Option::as_ref), announce)
         .await;
-    if result.is_err() && !run.visible {
-        run.clean_up().await;
+    if let Err(e) = &result {
+        // Whatever failed (a call cut by its timeout after a stall, say), a publisher whose
+        // lease is no longer safely its own says so: 503, retry; nothing of it is visible.
+        let plain = !matches!(e, StorageError::AlreadyExists(_) | StorageError::Fenced(_));
+        if plain && !run.visible && !lease.usable().await {
+            result = Err(StorageError::Fenced(format!("{key}: lease lost after: {e}")));
+        }
+        if !run.visible {
+            run.clean_up().await;
+        }
     }
     result
 }
