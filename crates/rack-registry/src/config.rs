@@ -132,6 +132,10 @@ pub struct ServeArgs {
     /// past it the request fails (a hung store never hangs a client) [default: 30]
     #[arg(long, env = "STORAGE_TIMEOUT_SECONDS")]
     pub storage_timeout_seconds: Option<String>,
+    /// Bucket backends: template files a publish writes at once, under its lease (1 to 64)
+    /// [default: 8]
+    #[arg(long, env = "PUBLISH_PARALLEL_WRITES")]
+    pub publish_parallel_writes: Option<String>,
     /// Requests per client per window; 0 disables [default: 1200]
     #[arg(long, env = "RATE_LIMIT_MAX")]
     pub rate_limit_max: Option<String>,
@@ -236,6 +240,8 @@ pub struct BucketConfig {
     pub lease: Duration,
     /// `STORAGE_TIMEOUT_SECONDS`: bound of one storage call, retries included.
     pub timeout: Duration,
+    /// `PUBLISH_PARALLEL_WRITES`: template files written at once by a publish.
+    pub parallel: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -449,6 +455,10 @@ fn bucket_settings(a: &ServeArgs) -> Result<BucketConfig, ConfigError> {
             30,
             1,
         )?),
+        parallel: match parse_u64("PUBLISH_PARALLEL_WRITES", &a.publish_parallel_writes, 8, 1)? {
+            n @ 1..=64 => n as usize,
+            n => return Err(err("PUBLISH_PARALLEL_WRITES", format!("{n} is over 64"))),
+        },
     }
     .workable()
 }
@@ -459,7 +469,7 @@ impl BucketConfig {
         crate::storage::publish::Timing {
             ttl: self.lease,
             call: self.timeout,
-            ..Default::default()
+            parallel: self.parallel,
         }
     }
 
@@ -952,6 +962,25 @@ mod tests {
         assert_eq!(b.timeout, Duration::from_secs(2));
         for bad in ["0", "soon", "-1"] {
             assert_eq!(on_s3(bad).unwrap_err().var, "STORAGE_TIMEOUT_SECONDS", "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_lease_must_leave_room_for_renewals_and_one_storage_call() {
+        let on_s3 = |lease: &str, timeout: &str| {
+            with(|a| {
+                a.storage_backend = Some("s3".into());
+                a.s3_bucket = Some("b".into());
+                a.publish_lease_seconds = Some(lease.into());
+                a.storage_timeout_seconds = Some(timeout.into());
+            })
+        };
+        assert!(on_s3("6", "2").is_ok());
+        assert!(on_s3("120", "30").is_ok());
+        for (lease, timeout) in [("2", "30"), ("4", "2"), ("60", "40")] {
+            let e = on_s3(lease, timeout).unwrap_err();
+            assert_eq!(e.var, "PUBLISH_LEASE_SECONDS", "{lease}/{timeout}");
+            assert!(e.to_string().contains("STORAGE_TIMEOUT_SECONDS"), "{e}");
         }
     }
 

@@ -41,7 +41,8 @@ fn package(version: &str, bytes: &str) -> Vec<u8> {
 fn kill_publisher_at(bucket: &Bucket, world: &common::World, suffix: &str, version: &str) {
     let proxy = FaultProxy::start(&bucket.endpoint);
     let mut env = world.env_on_bucket(&proxy.bucket(bucket));
-    env.push(("PUBLISH_LEASE_SECONDS".into(), "1".into()));
+    env.push(("PUBLISH_LEASE_SECONDS".into(), "6".into()));
+    env.push(("STORAGE_TIMEOUT_SECONDS".into(), "2".into()));
     let server = common::Server::start(world.path(), &env);
     proxy.inject(Rule::new("PUT", suffix, Fault::Hang));
     let base = server.base.clone();
@@ -70,10 +71,12 @@ fn killed_after_some_template_files_the_next_publish_repairs_the_version() {
     let Some(bucket) = Bucket::new() else { return };
     let world = common::World::new();
     kill_publisher_at(&bucket, &world, "/1.0.0/registry.json", "1.0.0");
-    // The lease (1 s) expires; a new server publishes the same version with other bytes.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The lease (6 s, on the bucket's clock) expires; a new server publishes the same version
+    // with other bytes.
+    std::thread::sleep(Duration::from_millis(7500));
     let mut env = world.env_on_bucket(&bucket);
-    env.push(("PUBLISH_LEASE_SECONDS".into(), "1".into()));
+    env.push(("PUBLISH_LEASE_SECONDS".into(), "6".into()));
+    env.push(("STORAGE_TIMEOUT_SECONDS".into(), "2".into()));
     let server = common::Server::start(world.path(), &env);
     let reply = pkg::Upload::new(package("1.0.0", "live bytes\n"))
         .bearer(PUBLISH)
@@ -113,7 +116,8 @@ fn killed_before_versions_json_the_sweep_lists_the_version() {
     );
     // A restarted replica sweeps expired leases in the background: the version gets listed.
     let mut env = world.env_on_bucket(&bucket);
-    env.push(("PUBLISH_LEASE_SECONDS".into(), "1".into()));
+    env.push(("PUBLISH_LEASE_SECONDS".into(), "6".into()));
+    env.push(("STORAGE_TIMEOUT_SECONDS".into(), "2".into()));
     let server = common::Server::start(world.path(), &env);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

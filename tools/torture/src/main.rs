@@ -657,6 +657,8 @@ async fn run(args: &Args, seed: u64, duration: Option<u64>, bin: &Path, work: &P
                 ("S3_ACCESS_KEY_ID", "torture"),
                 ("S3_SECRET_ACCESS_KEY", "torture"),
                 ("PUBLISH_LEASE_SECONDS", &args.lease_seconds.to_string()),
+                // A lease must leave room for renewals and one call (SPEC §11.2).
+                ("STORAGE_TIMEOUT_SECONDS", "2"),
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );

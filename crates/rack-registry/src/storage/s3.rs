@@ -98,6 +98,8 @@ pub struct S3Storage {
     revalidate: Duration,
     /// Lifetime of a publish lease (`PUBLISH_LEASE_SECONDS`, [`super::publish`]).
     lease: Duration,
+    /// Template files a publish writes at once (`PUBLISH_PARALLEL_WRITES`).
+    parallel: usize,
     /// Bound of one storage call, retries included (`STORAGE_TIMEOUT_SECONDS`).
     timeout: Duration,
     /// The bucket's clock, from the `Date` of its responses ([`BucketClock`]).
@@ -267,6 +269,7 @@ impl S3Storage {
             emulate: None,
             revalidate: Duration::from_secs(1),
             lease: super::publish::DEFAULT_LEASE,
+            parallel: super::publish::Timing::default().parallel,
             timeout,
             clock,
             indexes: Default::default(),
@@ -296,12 +299,18 @@ impl S3Storage {
         self.lease
     }
 
+    /// Template files a publish writes at once (`PUBLISH_PARALLEL_WRITES`).
+    pub fn with_parallel_writes(mut self, n: usize) -> S3Storage {
+        self.parallel = n.max(1);
+        self
+    }
+
     /// The publish protocol's timings: the lease, and the bound of one storage call.
     pub fn timing(&self) -> super::publish::Timing {
         super::publish::Timing {
             ttl: self.lease,
             call: self.timeout,
-            ..Default::default()
+            parallel: self.parallel,
         }
     }
 

@@ -164,7 +164,7 @@ pub async fn read(s: &dyn Storage, key: &str) -> Result<Option<Found>> {
 pub enum Acquired {
     /// The lease is ours; `previous` is the record of the dead holder it was taken from.
     Held {
-        lease: Lease,
+        lease: Box<Lease>,
         previous: Option<Option<LeaseRecord>>,
     },
     /// Someone else holds it and it is live.
@@ -180,7 +180,7 @@ pub async fn acquire(s: &dyn Storage, key: &str, version: &str, t: Timing) -> Re
         match s.put(key, record.body(), PutMode::Create).await {
             Ok(meta) => {
                 return Ok(Acquired::Held {
-                    lease: Lease::new(key, record, meta.version, sent, t),
+                    lease: Box::new(Lease::new(key, record, meta.version, sent, t)),
                     previous: None,
                 })
             }
@@ -197,7 +197,7 @@ pub async fn acquire(s: &dyn Storage, key: &str, version: &str, t: Timing) -> Re
         {
             // Our own create landed and its answer was lost (the client retried).
             return Ok(Acquired::Held {
-                lease: Lease::new(key, record, found.etag, sent, t),
+                lease: Box::new(Lease::new(key, record, found.etag, sent, t)),
                 previous: None,
             });
         }
@@ -206,7 +206,7 @@ pub async fn acquire(s: &dyn Storage, key: &str, version: &str, t: Timing) -> Re
         }
         return Ok(match take_over(s, key, &found, version, t).await? {
             Some(lease) => Acquired::Held {
-                lease,
+                lease: Box::new(lease),
                 previous: Some(found.record),
             },
             None => Acquired::Busy,

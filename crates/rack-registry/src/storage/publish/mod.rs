@@ -236,7 +236,7 @@ impl Publish<'_> {
                 .map(|f| f.versions)
                 .unwrap_or_default();
             if let Some(v) = rack_core::version::equal_in_precedence(self.version, &listed) {
-                return Err(exists(self.registry, &v));
+                return Err(exists(self.registry, v));
             }
         }
         Ok(())
