@@ -328,6 +328,14 @@ impl ApiError {
             "Publishing was interrupted (the publish lease could not be kept). Nothing was published; try again",
         )
     }
+    /// A bucket publish failed after its `registry.json`: the version is (or may be) stored and
+    /// is listed by the lease sweep; a retry answers 409.
+    pub fn publish_pending(what: &str) -> ApiError {
+        ApiError::new(
+            ErrorKind::ServiceUnavailable,
+            format!("{what} may be stored but could not be listed yet; it will be listed within the publish lease lifetime"),
+        )
+    }
     /// Publishing is refused while the storage root or its `.healthcheck` marker is missing.
     pub fn storage_unavailable() -> ApiError {
         ApiError::new(

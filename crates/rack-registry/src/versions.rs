@@ -193,6 +193,12 @@ pub async fn repair_journal(
                 .is_some()
         {
             rebuild(storage, locks, &e.registry, None).await?;
+            // Killed between the rename and the integrity record: the published bytes are
+            // the version's (a rename is whole), so they are recorded now.
+            let record = crate::storage::integrity::record_key(&e.registry, &e.version);
+            if storage.head(&record).await?.is_none() {
+                crate::storage::integrity::record_stored(storage, &e.registry, &e.version).await?;
+            }
             repaired.push(e.registry);
         }
     }

@@ -87,6 +87,9 @@ fn rig() -> Option<Rig> {
     env.extend(
         [
             ("STORAGE_TIMEOUT_SECONDS", TIMEOUT_SECONDS),
+            // Short leases: a publish that fails after its registry.json is listed by the
+            // sweep within seconds.
+            ("PUBLISH_LEASE_SECONDS", "6"),
             // Every read goes to the bucket: nothing is served from memory.
             ("CACHE_MAX_BYTES", "0"),
             ("STORAGE_REVALIDATE_MS", "0"),
@@ -229,8 +232,10 @@ fn list_under_every_fault() {
 
 /// A publish under every fault on `contains` (a PUT, conditional or not): a 201 with the
 /// version readable, or a 5xx with nothing visible; the same version publishes once the fault
-/// is gone.
-fn publish_matrix(op: &str, contains: &str, conditional: bool) {
+/// is gone. `after_commit`: the PUT comes after `registry.json` (SPEC §11.2 step 6), so a
+/// failure leaves the version visible (a published version is never taken back): 503, and the
+/// lease sweep lists it.
+fn publish_matrix(op: &str, contains: &str, conditional: bool, after_commit: bool) {
     let Some(rig) = rig() else { return };
     let mut listed = vec!["1.0.0".to_owned()];
     for (i, (name, mut rule, succeeds)) in faults().into_iter().enumerate() {
@@ -249,6 +254,26 @@ fn publish_matrix(op: &str, contains: &str, conditional: bool) {
             assert_eq!(manifest.status, 200, "{}", manifest.text);
             listed.insert(0, version.clone());
             "published"
+        } else if after_commit {
+            assert_eq!(reply.status, 503, "{op} / {name}: {}", reply.text);
+            assert_eq!(manifest.status, 200, "{op} / {name}: visible: {}", manifest.text);
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while !rig.versions()["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v == version.as_str())
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "{op} / {name}: the sweep never listed it"
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            assert_eq!(rig.check(), Vec::<String>::new(), "{op} / {name}");
+            assert_eq!(rig.publish(&version).status, 409, "{op} / {name}");
+            listed.insert(0, version.clone());
+            "visible at once, listed by the sweep"
         } else {
             assert_clear_5xx(&reply, &format!("{op} / {name}"));
             // Nothing of the failed publish is visible.
@@ -277,14 +302,19 @@ fn publish_matrix(op: &str, contains: &str, conditional: bool) {
 
 #[test]
 fn put_under_every_fault() {
-    // The template files: plain overwriting PUTs.
-    publish_matrix("PUT (template files)", "/templates/", false);
+    // The template files: create-only PUTs under the lease.
+    publish_matrix("PUT (template files)", "/templates/", false, false);
 }
 
 #[test]
 fn conditional_put_under_every_fault() {
     // `versions.json` by compare-and-swap (`If-Match`): the last write, after the manifest.
-    publish_matrix("conditional PUT (`versions.json`)", "/faulty/versions.json", true);
+    publish_matrix(
+        "conditional PUT (`versions.json`)",
+        "/faulty/versions.json",
+        true,
+        true,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

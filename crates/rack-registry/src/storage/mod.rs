@@ -134,6 +134,11 @@ pub enum StorageError {
     /// retry may succeed (503 with `Retry-After`).
     #[error("publish fenced off: {}", bounded(.0, 4 * MAX_LOGGED_KEY))]
     Fenced(String),
+    /// A publish failed after its `registry.json` was (or may have been) written: the version
+    /// is visible, so nothing is removed; its lease is kept, and the sweep lists and announces
+    /// it once the lease expires (SPEC §11.2). 503: a retry answers 409.
+    #[error("published, listing pending: {}", bounded(.0, 4 * MAX_LOGGED_KEY))]
+    Pending(String),
 }
 
 /// Every regular file under a local directory, as `/`-separated relative paths, sorted.

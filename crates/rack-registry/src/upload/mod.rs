@@ -465,6 +465,10 @@ async fn pipeline(
             tracing::warn!(error = %e, "publish stopped: it may have lost its lease");
             Err(ApiError::publish_fenced().into())
         }
+        Err(e @ StorageError::Pending(_)) => {
+            tracing::error!(error = %e, "publish stored but not listed: the lease sweep lists it");
+            Err(ApiError::publish_pending(&format!("{registry}@{}", identity.version)).into())
+        }
         Err(e) => Err(Failure::Internal(format!(
             "publishing {}: {e}",
             clip(&dest, CLIP)

@@ -130,7 +130,9 @@ pub async fn publish_dir(
         // Whatever failed (a call cut by its timeout after a stall, say), a publisher whose
         // lease is no longer safely its own says so: 503, retry; nothing of it is visible.
         let plain = !matches!(e, StorageError::AlreadyExists(_) | StorageError::Fenced(_));
-        if plain && !run.visible && !lease.usable().await {
+        if plain && run.visible {
+            result = Err(StorageError::Pending(format!("{dest}: {e}")));
+        } else if plain && !lease.usable().await {
             result = Err(StorageError::Fenced(format!("{key}: lease lost after: {e}")));
         }
         if !run.visible {
