@@ -72,6 +72,12 @@ struct Args {
     /// Keep the working directory (storage, server logs) even when the run is clean
     #[arg(long)]
     keep: bool,
+    /// On a bucket: a second replica that is never killed takes half the uploads, and one chaos
+    /// event in four is a stall past the lease (SIGSTOP for PUBLISH_LEASE_SECONDS and 1-3 s,
+    /// then SIGCONT) instead of a kill: the stalled publisher must never write again once the
+    /// other replica may have taken its lease over (SPEC §11.2)
+    #[arg(long)]
+    stalls: bool,
 }
 
 /// One planned upload.
@@ -250,6 +256,7 @@ impl Violations {
 }
 
 /// The server process under test: same environment, same port at every (re)start.
+#[derive(Clone)]
 struct Server {
     bin: PathBuf,
     cwd: PathBuf,
@@ -314,7 +321,7 @@ impl Server {
     /// `rack-registry storage check`: exit status and output.
     fn storage_check(&self) -> (bool, String) {
         let out = self
-            .command(&["storage", "check"])
+            .command(&["storage", "check", "--deep"])
             .output()
             .expect("run storage check");
         let text = format!(
@@ -326,10 +333,17 @@ impl Server {
     }
 }
 
-/// SIGKILL and restart the server at random moments until `stop`; returns the number of kills.
-fn chaos(server: &Server, seed: u64, max_uptime_ms: u64, stop: &AtomicBool) -> u64 {
+/// SIGKILL and restart the server at random moments until `stop`, or (with `stall`: the lease)
+/// sometimes pause it past that lease; returns the number of kills and of stalls.
+fn chaos(
+    server: &Server,
+    seed: u64,
+    max_uptime_ms: u64,
+    stall: Option<Duration>,
+    stop: &AtomicBool,
+) -> (u64, u64) {
     let mut rng = StdRng::seed_from_u64(seed.rotate_left(17) ^ 0x5eed);
-    let mut kills = 0;
+    let (mut kills, mut stalls) = (0, 0);
     // The first start completes, so the run exercises publishes rather than first-run setup.
     let mut child = Some(server.start_ready());
     while !stop.load(Ordering::Relaxed) {
@@ -367,6 +381,16 @@ fn chaos(server: &Server, seed: u64, max_uptime_ms: u64, stop: &AtomicBool) -> u
                 server.log.display()
             );
         }
+        if let Some(lease) = stall.filter(|_| rng.random_bool(0.25)) {
+            // A paused VM: the lease expires on the bucket's clock while the process is stopped.
+            let pid = rustix::process::Pid::from_raw(c.id() as i32).expect("pid");
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::STOP);
+            std::thread::sleep(lease + Duration::from_millis(rng.random_range(1000..3000)));
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+            stalls += 1;
+            child = Some(c);
+            continue;
+        }
         let _ = c.kill(); // SIGKILL
         let _ = c.wait();
         kills += 1;
@@ -375,7 +399,7 @@ fn chaos(server: &Server, seed: u64, max_uptime_ms: u64, stop: &AtomicBool) -> u
         let _ = c.kill();
         let _ = c.wait();
     }
-    kills
+    (kills, stalls)
 }
 
 fn sleep_unless(d: Duration, stop: &AtomicBool) {
@@ -387,7 +411,9 @@ fn sleep_unless(d: Duration, stop: &AtomicBool) {
 
 /// One upload over HTTP multipart, the way `rack-registry publish` sends it; retried while the
 /// server is down (a refused connection never reached it).
-async fn upload(client: &reqwest::Client, base: &str, a: &Attempt, v: &Violations) -> Outcome {
+/// `stalls`: a 500 is an outcome, not a violation (a storage call in flight when the process was
+/// stopped times out when it resumes: a storage failure, answered 500 like any other).
+async fn upload(client: &reqwest::Client, base: &str, a: &Attempt, v: &Violations, stalls: bool) -> Outcome {
     let pkg = package(a);
     let checksum = hex::encode(Sha256::digest(&pkg));
     let mut refused = 0;
@@ -437,6 +463,14 @@ async fn upload(client: &reqwest::Client, base: &str, a: &Attempt, v: &Violation
                 Outcome::Created
             }
             409 => Outcome::Conflict,
+            // A publish fenced off (its lease may have been lost in a stall), or stored but not
+            // yet listed: published or not, the checks judge what is visible.
+            503 if body.windows(24).any(|w| w == b"Publishing was interrupt")
+                || body.windows(15).any(|w| w == b"may be stored b") =>
+            {
+                Outcome::Unknown
+            }
+            500 if stalls => Outcome::Unknown,
             // MAX_CONCURRENT_UPLOADS reached: the documented answer is to retry.
             503 if body.windows(28).any(|w| w == b"Too many uploads in progress") => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -672,15 +706,40 @@ async fn run(args: &Args, seed: u64, duration: Option<u64>, bin: &Path, work: &P
     });
     let base = format!("http://127.0.0.1:{}", server.port);
     let violations = Arc::new(Violations::default());
+    let stalls = args.stalls && args.backend == Backend::S3;
 
-    // Chaos: kills and restarts on its own thread, until the uploads are done.
+    // With stalls, a steady second replica on the same bucket: it takes leases over from the
+    // stalled one. It lives on a thread of its own until the uploads are done.
+    let steady = Arc::new(Server {
+        port: free_port(),
+        log: work.join("steady.log"),
+        ..Server::clone(&server)
+    });
+    let (steady_stop, steady_stopped) = std::sync::mpsc::channel::<()>();
+    let steady_thread = stalls.then(|| {
+        let s = steady.clone();
+        std::thread::spawn(move || {
+            let mut child = s.start_ready();
+            let _ = steady_stopped.recv();
+            let _ = child.kill();
+            let _ = child.wait();
+        })
+    });
+    let bases: Vec<String> = if stalls {
+        vec![base.clone(), format!("http://127.0.0.1:{}", steady.port)]
+    } else {
+        vec![base.clone()]
+    };
+
+    // Chaos: kills (and stalls) and restarts on its own thread, until the uploads are done.
     let stop = Arc::new(AtomicBool::new(false));
     let chaos_thread = {
         let (server, stop) = (server.clone(), stop.clone());
         let max_uptime = args.max_uptime_ms;
-        std::thread::spawn(move || chaos(&server, seed, max_uptime, &stop))
+        let stall = stalls.then(|| Duration::from_secs(args.lease_seconds));
+        std::thread::spawn(move || chaos(&server, seed, max_uptime, stall, &stop))
     };
-    while !server.listening() {
+    while !server.listening() || (stalls && !steady.listening()) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -698,11 +757,11 @@ async fn run(args: &Args, seed: u64, duration: Option<u64>, bin: &Path, work: &P
     let started = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for _ in 0..args.concurrency.max(1) {
-        let (planner, results, client, base, v, started) = (
+        let (planner, results, client, bases, v, started) = (
             planner.clone(),
             results.clone(),
             client.clone(),
-            base.clone(),
+            bases.clone(),
             violations.clone(),
             started.clone(),
         );
@@ -714,7 +773,8 @@ async fn run(args: &Args, seed: u64, duration: Option<u64>, bin: &Path, work: &P
                     return;
                 }
                 let attempt = planner.lock().unwrap().next();
-                let outcome = upload(&client, &base, &attempt, &v).await;
+                let base = &bases[attempt.idx as usize % bases.len()];
+                let outcome = upload(&client, base, &attempt, &v, stalls).await;
                 results.lock().unwrap().push((attempt, outcome));
             }
         }));
@@ -723,7 +783,11 @@ async fn run(args: &Args, seed: u64, duration: Option<u64>, bin: &Path, work: &P
         w.await.expect("uploader");
     }
     stop.store(true, Ordering::Relaxed);
-    let kills = chaos_thread.join().expect("chaos thread");
+    let (kills, stall_count) = chaos_thread.join().expect("chaos thread");
+    let _ = steady_stop.send(());
+    if let Some(t) = steady_thread {
+        t.join().expect("steady replica");
+    }
 
     // A bucket: the leases the last kills left must expire before the sweep may finish them.
     if args.backend == Backend::S3 {
@@ -752,7 +816,7 @@ async fn run(args: &Args, seed: u64, duration: Option<u64>, bin: &Path, work: &P
 
     let count = |o: Outcome| results.iter().filter(|(_, x)| *x == o).count();
     println!(
-        "torture: backend={:?} seed={seed} kills={kills} uploads={} created={} conflicts={} unknown={} unexpected={} visible_without_201={} webhooks={} violations={}",
+        "torture: backend={:?} seed={seed} kills={kills} stalls={stall_count} uploads={} created={} conflicts={} unknown={} unexpected={} visible_without_201={} webhooks={} violations={}",
         args.backend,
         results.len(),
         count(Outcome::Created),
