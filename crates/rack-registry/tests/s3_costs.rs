@@ -114,7 +114,7 @@ fn bench_requests_per_publish_up_to_1000_versions() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let Some((_world, server, front)) = counted_server(&[]) else {
-        panic!("the benchmark needs an S3 server (RACK_S3_ENDPOINT or tools/moto/start)");
+        panic!("the benchmark needs an S3 server (RACK_S3_ENDPOINT or tools/ministack/start)");
     };
     let started = std::time::Instant::now();
     let mut times = Vec::new();

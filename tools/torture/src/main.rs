@@ -63,7 +63,8 @@ struct Args {
     /// The server binary [default: rack-registry next to this executable]
     #[arg(long)]
     server: Option<PathBuf>,
-    /// S3 endpoint for --backend s3 (moto: tools/moto/start)
+    /// S3 endpoint for --backend s3: a server with atomic conditional writes (ministack:
+    /// tools/ministack/start; CI sets RACK_S3_ENDPOINT to it)
     #[arg(long, env = "RACK_S3_ENDPOINT")]
     s3_endpoint: Option<String>,
     /// PUBLISH_LEASE_SECONDS of the server on a bucket (the final check waits that long)
@@ -665,11 +666,14 @@ async fn run(args: &Args, seed: u64, duration: Option<u64>, bin: &Path, work: &P
     ];
     if args.backend == Backend::S3 {
         let Some(endpoint) = args.s3_endpoint.clone() else {
-            eprintln!("torture: --backend s3 needs --s3-endpoint or RACK_S3_ENDPOINT (tools/moto/start)");
+            eprintln!(
+                "torture: --backend s3 needs --s3-endpoint or RACK_S3_ENDPOINT (tools/ministack/start)"
+            );
             return ExitCode::from(2);
         };
         let bucket = format!("torture-{}-{:08x}", std::process::id(), rand::random::<u32>());
-        // moto takes unsigned requests: a path-style PUT creates the bucket.
+        // The test servers (ministack, moto) take unsigned requests: a path-style PUT creates
+        // the bucket.
         match reqwest::Client::new()
             .put(format!("{endpoint}/{bucket}"))
             .send()

@@ -1,12 +1,23 @@
-//! A real S3 server for the bucket tests: moto in server mode on 127.0.0.1.
+//! Real S3 servers for the bucket tests, on 127.0.0.1.
 //!
-//! `RACK_S3_ENDPOINT` (set by `.ci/run` after `tools/moto/start`) names a running one;
-//! otherwise, when `target/moto-venv` exists (made by `tools/moto/start`), each test binary
-//! starts its own server once, which dies with the test process. Every test gets its own bucket.
-//! Without either, the s3 variants are skipped with a loud message, unless `RACK_REQUIRE_S3=1`
-//! (CI), which makes them fail instead.
+//! Two servers ([`S3Server`]):
+//! - **ministack** (the default, [`Bucket::new`], [`endpoint`]): PyPI's `ministack`, whose S3
+//!   handlers run on one asyncio event loop with no await between the check of
+//!   `If-None-Match`/`If-Match` and the store, so conditional writes are atomic: racing writers
+//!   get exactly one winner. Every race and compare-and-swap test runs on it.
+//! - **moto** ([`Bucket::on`]`(S3Server::Moto)`): checks the conditions and stores without a lock
+//!   on a threaded server, so a race can have two winners; kept so that the storage contract also
+//!   runs on a second implementation, with the outcome of races left unasserted there.
+//!
+//! For each, an environment variable names a running server (`RACK_S3_ENDPOINT` for ministack,
+//! `RACK_S3_MOTO_ENDPOINT` for moto; `.ci/run` sets both from `tools/ministack/start` and
+//! `tools/moto/start`); otherwise, when its venv exists (`target/ministack-venv`,
+//! `target/moto-venv`, made by those scripts), each test binary starts its own server once, which
+//! dies with the test process. Every test gets its own bucket. Without either, the test is skipped
+//! with a loud message, unless `RACK_REQUIRE_S3=1` (CI), which makes it fail instead.
+//! `RACK_S3_ENDPOINT` must name a server with atomic conditional writes (not moto).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
@@ -14,12 +25,126 @@ use std::time::{Duration, Instant};
 
 use super::{repo_root, run_cli, World};
 
-/// Credentials moto accepts (it checks none).
+/// Credentials the test servers accept (they check none).
 pub const ACCESS_KEY: &str = "rack-test-key";
 pub const SECRET_KEY: &str = "rack-test-secret";
 
-fn moto_bin() -> PathBuf {
-    repo_root().join("target/moto-venv/bin/moto_server")
+/// A test S3 server (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Server {
+    /// Atomic conditional writes: the default.
+    Ministack,
+    /// Conditional writes checked without a lock: races may have two winners.
+    Moto,
+}
+
+impl S3Server {
+    pub fn name(self) -> &'static str {
+        match self {
+            S3Server::Ministack => "ministack",
+            S3Server::Moto => "moto",
+        }
+    }
+
+    /// Whether racing conditional writes on this server always have exactly one winner, so that
+    /// a test may assert the outcome of a race.
+    pub fn atomic(self) -> bool {
+        self == S3Server::Ministack
+    }
+
+    /// The variable naming a running server of this kind.
+    pub fn env_var(self) -> &'static str {
+        match self {
+            S3Server::Ministack => "RACK_S3_ENDPOINT",
+            S3Server::Moto => "RACK_S3_MOTO_ENDPOINT",
+        }
+    }
+
+    fn start_script(self) -> &'static str {
+        match self {
+            S3Server::Ministack => "tools/ministack/start",
+            S3Server::Moto => "tools/moto/start",
+        }
+    }
+
+    /// This server's endpoint for this test process, or `None` (after a loud message) when there
+    /// is none; with `RACK_REQUIRE_S3=1` a missing server panics instead.
+    pub fn endpoint(self) -> Option<String> {
+        static MINISTACK: OnceLock<Option<String>> = OnceLock::new();
+        static MOTO: OnceLock<Option<String>> = OnceLock::new();
+        let cell = match self {
+            S3Server::Ministack => &MINISTACK,
+            S3Server::Moto => &MOTO,
+        };
+        let found = cell
+            .get_or_init(|| {
+                std::env::var(self.env_var())
+                    .ok()
+                    .filter(|e| !e.is_empty())
+                    .or_else(|| self.start())
+            })
+            .clone();
+        if found.is_none() {
+            if std::env::var("RACK_REQUIRE_S3").is_ok_and(|v| v == "1") {
+                panic!(
+                    "RACK_REQUIRE_S3=1 but no {} S3 server: set {} or run {}",
+                    self.name(),
+                    self.env_var(),
+                    self.start_script()
+                );
+            }
+            eprintln!(
+                "\n*** SKIPPING the s3 variant on {}: no server (run {} once, or set {}) ***\n",
+                self.name(),
+                self.start_script(),
+                self.env_var()
+            );
+        }
+        found
+    }
+
+    /// The servers present (each missing one after its message; see [`S3Server::endpoint`]).
+    pub fn all() -> Vec<S3Server> {
+        [S3Server::Ministack, S3Server::Moto]
+            .into_iter()
+            .filter(|s| s.endpoint().is_some())
+            .collect()
+    }
+
+    /// Start this server from its venv on a free port; `None` without the venv.
+    fn start(self) -> Option<String> {
+        let root = repo_root();
+        let port = free_port();
+        let (venv, program, args, env): (PathBuf, &str, Vec<String>, Vec<(&str, String)>) = match self {
+            // ministack reads its port and address from the environment; TMPDIR keeps its pid
+            // file (removed below) out of /tmp; LOG_LEVEL=WARNING: no line per request.
+            S3Server::Ministack => {
+                let venv = root.join("target/ministack-venv");
+                let env = vec![
+                    ("GATEWAY_PORT", port.to_string()),
+                    ("BIND_HOST", "127.0.0.1".into()),
+                    ("TMPDIR", venv.display().to_string()),
+                    ("LOG_LEVEL", "WARNING".into()),
+                ];
+                (venv, "ministack", vec![], env)
+            }
+            S3Server::Moto => (
+                root.join("target/moto-venv"),
+                "moto_server",
+                vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()],
+                vec![],
+            ),
+        };
+        let bin = venv.join("bin").join(program);
+        if !bin.is_file() {
+            return None;
+        }
+        let endpoint = spawn_for_life(self.name(), &bin, &args, &env, port)?;
+        if self == S3Server::Ministack {
+            let _ = std::fs::remove_file(venv.join(format!("ministack-{port}.pid")));
+        }
+        Some(endpoint)
+    }
 }
 
 fn free_port() -> u16 {
@@ -38,20 +163,22 @@ fn ready(endpoint: &str) -> bool {
         .is_ok()
 }
 
-/// Start moto from the venv; it gets SIGKILL when the thread that spawned it ends, and that
-/// thread lives as long as the test process.
-fn start_moto() -> Option<String> {
-    let bin = moto_bin();
-    if !bin.is_file() {
-        return None;
-    }
-    let port = free_port();
+/// Start `bin` listening on `port`; it gets SIGKILL when the thread that spawned it ends, and
+/// that thread lives as long as the test process. The endpoint once it answers.
+fn spawn_for_life(
+    name: &str,
+    bin: &Path,
+    args: &[String],
+    env: &[(&str, String)],
+    port: u16,
+) -> Option<String> {
     let (tx, rx) = std::sync::mpsc::channel();
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     std::thread::spawn(move || {
-        let mut cmd = Command::new(bin);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
         // SAFETY: only an async-signal-safe prctl between fork and exec.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
@@ -78,50 +205,38 @@ fn start_moto() -> Option<String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("moto did not answer on {endpoint} within 60 s");
+    panic!("{name} did not answer on {endpoint} within 60 s");
 }
 
-/// The S3 endpoint for this test process, or `None` (after a loud message) when there is none.
+/// The endpoint of the default test S3 server (ministack, atomic conditional writes) for this
+/// test process, or `None` (after a loud message) when there is none.
 pub fn endpoint() -> Option<String> {
-    static ENDPOINT: OnceLock<Option<String>> = OnceLock::new();
-    let found = ENDPOINT
-        .get_or_init(|| {
-            std::env::var("RACK_S3_ENDPOINT")
-                .ok()
-                .filter(|e| !e.is_empty())
-                .or_else(start_moto)
-        })
-        .clone();
-    if found.is_none() {
-        if std::env::var("RACK_REQUIRE_S3").is_ok_and(|v| v == "1") {
-            panic!("RACK_REQUIRE_S3=1 but no S3 server: set RACK_S3_ENDPOINT or run tools/moto/start");
-        }
-        eprintln!(
-            "\n*** SKIPPING the s3 variant: no S3 server (run tools/moto/start once, or set \
-             RACK_S3_ENDPOINT) ***\n"
-        );
-    }
-    found
+    S3Server::Ministack.endpoint()
 }
 
-/// A fresh, empty bucket on the test S3 server.
+/// A fresh, empty bucket on a test S3 server.
 pub struct Bucket {
     pub endpoint: String,
     pub name: String,
 }
 
 impl Bucket {
-    /// `None` when there is no S3 server (see [`endpoint`]).
+    /// A bucket on the default server (ministack); `None` when there is none (see [`endpoint`]).
     pub fn new() -> Option<Bucket> {
+        Bucket::on(S3Server::Ministack)
+    }
+
+    /// A bucket on `server`; `None` when that server is missing (see [`S3Server::endpoint`]).
+    pub fn on(server: S3Server) -> Option<Bucket> {
         static N: AtomicU32 = AtomicU32::new(0);
-        let endpoint = endpoint()?;
+        let endpoint = server.endpoint()?;
         let name = format!(
             "rack-{}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed),
             rand_suffix()
         );
-        // moto takes unsigned requests: a path-style PUT creates the bucket.
+        // Both servers take unsigned requests: a path-style PUT creates the bucket.
         let r = reqwest::blocking::Client::new()
             .put(format!("{endpoint}/{name}"))
             .send()
