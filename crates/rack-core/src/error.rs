@@ -35,10 +35,12 @@ pub enum ErrorKind {
     MethodNotAllowed,
     VersionExists,
     PayloadTooLarge,
-    /// The upload body did not arrive within `UPLOAD_TIMEOUT_SECONDS`.
+    /// A request body did not arrive in time: an upload's within `UPLOAD_TIMEOUT_SECONDS`, or
+    /// it stopped moving for `UPLOAD_STALL_SECONDS`; a form's within `HEADER_TIMEOUT_SECONDS`.
     RequestTimeout,
     RateLimitExceeded,
-    /// `MAX_CONCURRENT_UPLOADS` uploads are already in flight.
+    /// The upload queue is full or waited too long (`MAX_CONCURRENT_UPLOADS`,
+    /// `UPLOAD_QUEUE_MAX`, `UPLOAD_QUEUE_WAIT_SECONDS`), or storage is unavailable.
     ServiceUnavailable,
     Internal,
 }
@@ -303,7 +305,8 @@ impl ApiError {
             format!("registry.json has a duplicate key \"{key}\" {place}"),
         )
     }
-    /// `MAX_CONCURRENT_UPLOADS` uploads are in flight; sent with `Retry-After`.
+    /// No upload slot now: every `MAX_CONCURRENT_UPLOADS` slot is taken and the queue is full
+    /// or was waited in too long; sent with `Retry-After`.
     pub fn uploads_busy(retry_after_secs: u64) -> ApiError {
         ApiError::new(
             ErrorKind::ServiceUnavailable,
@@ -315,6 +318,20 @@ impl ApiError {
         ApiError::new(
             ErrorKind::RequestTimeout,
             format!("Upload body was not received within {secs}s"),
+        )
+    }
+    /// The upload body stopped moving: no byte for `UPLOAD_STALL_SECONDS`.
+    pub fn upload_stalled(secs: u64) -> ApiError {
+        ApiError::new(
+            ErrorKind::RequestTimeout,
+            format!("Upload body stalled: no data received for {secs}s"),
+        )
+    }
+    /// A small request body (a web form) did not arrive in time.
+    pub fn body_timeout(secs: u64) -> ApiError {
+        ApiError::new(
+            ErrorKind::RequestTimeout,
+            format!("Request body was not received within {secs}s"),
         )
     }
     pub fn internal() -> ApiError {
@@ -427,6 +444,12 @@ mod tests {
         assert_eq!(ApiError::uploads_busy(5).code(), "SERVICE_UNAVAILABLE");
         assert_eq!(ApiError::upload_timeout(300).status(), 408);
         assert_eq!(ApiError::upload_timeout(300).code(), "REQUEST_TIMEOUT");
+        assert_eq!(ApiError::upload_stalled(15).status(), 408);
+        assert_eq!(
+            ApiError::upload_stalled(15).message,
+            "Upload body stalled: no data received for 15s"
+        );
+        assert_eq!(ApiError::body_timeout(30).code(), "REQUEST_TIMEOUT");
         let dup = ApiError::duplicate_manifest_key("namespace", "");
         assert_eq!((dup.status(), dup.code()), (400, "INVALID_MANIFEST"));
         assert_eq!(

@@ -182,13 +182,24 @@ pub struct ServeArgs {
     /// (`off`) [default: auto]
     #[arg(long, env = "MAP_FILES")]
     pub map_files: Option<String>,
-    /// Most uploads in progress at once; more are answered 503 with Retry-After [default: 4]
+    /// Most uploads in progress at once; more wait in the upload queue [default: 4]
     #[arg(long, env = "MAX_CONCURRENT_UPLOADS")]
     pub max_concurrent_uploads: Option<String>,
+    /// Most uploads waiting for a slot, their bodies unread; more are answered 503 with
+    /// Retry-After; 0: none wait [default: 100]
+    #[arg(long, env = "UPLOAD_QUEUE_MAX")]
+    pub upload_queue_max: Option<String>,
+    /// Longest wait in seconds for an upload slot; past it 503 with Retry-After [default: 60]
+    #[arg(long, env = "UPLOAD_QUEUE_WAIT_SECONDS")]
+    pub upload_queue_wait_seconds: Option<String>,
     /// Seconds within which an upload's whole body must arrive; a slower one is cut off with
     /// 408 [default: 300]
     #[arg(long, env = "UPLOAD_TIMEOUT_SECONDS")]
     pub upload_timeout_seconds: Option<String>,
+    /// Seconds an upload's body may go without a byte; a stalled one is cut off with 408 and
+    /// its slot freed [default: 15]
+    #[arg(long, env = "UPLOAD_STALL_SECONDS")]
+    pub upload_stall_seconds: Option<String>,
     /// Serve the web pages under /ui (true|false) [default: true]
     #[arg(long, env = "UI")]
     pub ui: Option<String>,
@@ -266,6 +277,12 @@ pub struct Limits {
     pub max_concurrent_uploads: usize,
     /// Time for an upload's whole body to arrive (`UPLOAD_TIMEOUT_SECONDS`).
     pub upload_timeout: Duration,
+    /// Uploads waiting for a slot (`UPLOAD_QUEUE_MAX`, 0: none).
+    pub upload_queue_max: usize,
+    /// Longest wait for an upload slot (`UPLOAD_QUEUE_WAIT_SECONDS`).
+    pub upload_queue_wait: Duration,
+    /// Longest time an upload body may go without a byte (`UPLOAD_STALL_SECONDS`).
+    pub upload_stall: Duration,
 }
 
 /// Webhook delivery policy (SPEC §7: 4 attempts, 2 s, 4 s, 8 s, 30 s per attempt).
@@ -641,6 +658,20 @@ impl Config {
                 "UPLOAD_TIMEOUT_SECONDS",
                 &a.upload_timeout_seconds,
                 300,
+                1,
+            )?),
+            upload_queue_max: parse_u64("UPLOAD_QUEUE_MAX", &a.upload_queue_max, 100, 0)?.min(1 << 20)
+                as usize,
+            upload_queue_wait: Duration::from_secs(parse_u64(
+                "UPLOAD_QUEUE_WAIT_SECONDS",
+                &a.upload_queue_wait_seconds,
+                60,
+                1,
+            )?),
+            upload_stall: Duration::from_secs(parse_u64(
+                "UPLOAD_STALL_SECONDS",
+                &a.upload_stall_seconds,
+                15,
                 1,
             )?),
         };
@@ -1044,5 +1075,47 @@ mod tests {
         assert_eq!(e.var, "MAX_CONCURRENT_UPLOADS");
         let e = with(|a| a.upload_timeout_seconds = Some("soon".into())).unwrap_err();
         assert_eq!(e.var, "UPLOAD_TIMEOUT_SECONDS");
+    }
+
+    #[test]
+    fn upload_queue_and_stall() {
+        let c = with(|_| {}).unwrap();
+        assert_eq!(c.limits.upload_queue_max, 100);
+        assert_eq!(c.limits.upload_queue_wait, Duration::from_secs(60));
+        assert_eq!(c.limits.upload_stall, Duration::from_secs(15));
+        let c = with(|a| {
+            a.upload_queue_max = Some("0".into());
+            a.upload_queue_wait_seconds = Some("2".into());
+            a.upload_stall_seconds = Some("3".into());
+        })
+        .unwrap();
+        assert_eq!(c.limits.upload_queue_max, 0);
+        assert_eq!(c.limits.upload_queue_wait, Duration::from_secs(2));
+        assert_eq!(c.limits.upload_stall, Duration::from_secs(3));
+        type Setter = fn(&mut ServeArgs, String);
+        let cases: [(&str, Setter, &[&str]); 3] = [
+            (
+                "UPLOAD_QUEUE_MAX",
+                |a, v| a.upload_queue_max = Some(v),
+                &["-1", "many"],
+            ),
+            (
+                "UPLOAD_QUEUE_WAIT_SECONDS",
+                |a, v| a.upload_queue_wait_seconds = Some(v),
+                &["0", "1m"],
+            ),
+            (
+                "UPLOAD_STALL_SECONDS",
+                |a, v| a.upload_stall_seconds = Some(v),
+                &["0", "-5", "soon"],
+            ),
+        ];
+        for (var, set, bad) in cases {
+            for v in bad {
+                let e = with(|a| set(a, v.to_string())).unwrap_err();
+                assert_eq!(e.var, var, "{v}");
+                assert!(e.to_string().contains(var) && e.to_string().contains(v), "{e}");
+            }
+        }
     }
 }

@@ -11,7 +11,6 @@
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -305,7 +304,7 @@ pub fn multipart(data: &[u8]) {
     let limit = 256 * 1024;
     runtime().block_on(async {
         let target = Target::Judge(LIMITS);
-        match receive::receive(body, boundary.to_owned(), limit, Duration::from_secs(60), target).await {
+        match receive::receive(body, boundary.to_owned(), limit, target).await {
             Ok(received) => {
                 let _ = received.verify();
                 if let Some(sha) = &received.sha256 {

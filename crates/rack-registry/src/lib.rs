@@ -8,7 +8,11 @@
 //!   handlers, responses, request log, and the web pages under `/ui` (`http::pages`);
 //! - [`logsink`]: log lines batched in memory and written by one thread;
 //! - [`server`]: startup (storage root preparation, policy loading) and graceful shutdown;
-//! - [`schemas`]: the JSON Schemas bundled in the binary.
+//! - [`schemas`]: the JSON Schemas bundled in the binary;
+//! - [`upload`]: the upload pipeline, and its admission (publishing slots, the queue, and the
+//!   separate slots of uploads that cannot publish);
+//! - [`timed_body`]: request bodies under a stall and a total deadline (which routes read a
+//!   body, and under which deadline: `http::body`).
 //!
 //! The rules themselves (URL grammar, auth decisions, layout, SemVer order) live in `rack-core`,
 //! which has no I/O and also compiles to WebAssembly for the edge Worker.
@@ -32,6 +36,7 @@ pub mod schemas;
 pub mod server;
 pub mod state;
 pub mod storage;
+pub mod timed_body;
 pub mod upload;
 pub mod validate;
 pub mod versions;

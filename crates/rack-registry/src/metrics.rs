@@ -6,7 +6,8 @@
 
 use http::{Method, StatusCode};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use rack_core::ErrorKind;
 
@@ -52,6 +53,11 @@ pub struct Metrics {
     pub rate_limited: IntCounter,
     pub auth_failures: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    /// Uploads reading their body, by slot: `publish` (`MAX_CONCURRENT_UPLOADS`) or `judge`
+    /// (uploads whose token can publish nowhere, judged without writing).
+    pub uploads_in_progress: IntGaugeVec,
+    /// Publishing uploads waiting for a slot (`UPLOAD_QUEUE_MAX`).
+    pub uploads_queued: IntGauge,
 }
 
 impl Metrics {
@@ -97,8 +103,20 @@ impl Metrics {
             &["file", "outcome"],
         )
         .expect("valid counter");
+        let uploads_in_progress = IntGaugeVec::new(
+            Opts::new(
+                "registry_uploads_in_progress",
+                "Uploads reading their body, by slot (publish, or judge for tokens that cannot publish)",
+            ),
+            &["slot"],
+        )
+        .expect("valid gauge");
+        let uploads_queued = IntGauge::new("registry_uploads_queued", "Uploads waiting for a publish slot")
+            .expect("valid gauge");
         for c in [
             Box::new(http_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(uploads_in_progress.clone()),
+            Box::new(uploads_queued.clone()),
             Box::new(uploads.clone()),
             Box::new(webhook_deliveries.clone()),
             Box::new(rate_limited.clone()),
@@ -126,6 +144,9 @@ impl Metrics {
         for kind in AUTH_FAILURES {
             auth_failures.with_label_values(&[kind.code()]);
         }
+        for slot in ["publish", "judge"] {
+            uploads_in_progress.with_label_values(&[slot]);
+        }
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Metrics {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -136,6 +157,8 @@ impl Metrics {
             rate_limited,
             auth_failures,
             config_reloads,
+            uploads_in_progress,
+            uploads_queued,
         }
     }
 

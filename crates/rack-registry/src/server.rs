@@ -12,12 +12,15 @@ use crate::auth::file as auth_file;
 use crate::cache::large::LargeObjects;
 use crate::cache::{HotCache, ListingCache};
 use crate::config::{Backend, BucketConfig, Config};
+use crate::http::body::Deadlines;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::reload::{self, Live};
 use crate::state::AppState;
 use crate::storage::s3::{Probe, S3Options, S3Storage};
 use crate::storage::{local::TMP_DIR, LocalStorage, PutMode, Storage, StorageError};
+use crate::timed_body::Deadline;
+use crate::upload::admission::{self, Admission};
 use crate::versions::{self, RegistryLocks};
 use crate::webhooks::WebhookConfig;
 use crate::{http, schemas, webhooks};
@@ -250,6 +253,11 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     if !config.admin.is_configured() {
         tracing::info!("no ADMIN_TOKEN set: only namespace tokens can publish");
     }
+    let upload_gauges = admission::Gauges {
+        publishing: metrics.uploads_in_progress.with_label_values(&["publish"]),
+        judging: metrics.uploads_in_progress.with_label_values(&["judge"]),
+        queued: metrics.uploads_queued.clone(),
+    };
     let state = Arc::new(AppState {
         storage: storage.clone(),
         policy,
@@ -273,12 +281,24 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         audit,
         staging_root: config.storage_root.join(TMP_DIR),
         registry_locks: RegistryLocks::default(),
-        upload_slots: Arc::new(tokio::sync::Semaphore::new(
-            config
-                .limits
-                .max_concurrent_uploads
-                .min(tokio::sync::Semaphore::MAX_PERMITS),
-        )),
+        uploads: Admission::new(
+            admission::Settings {
+                slots: config.limits.max_concurrent_uploads,
+                queue_max: config.limits.upload_queue_max,
+                queue_wait: config.limits.upload_queue_wait,
+            },
+            upload_gauges,
+        ),
+        bodies: Deadlines {
+            upload: Deadline {
+                stall: config.limits.upload_stall,
+                total: config.limits.upload_timeout,
+            },
+            form: Deadline {
+                stall: config.header_timeout,
+                total: config.header_timeout,
+            },
+        },
         sinks: vec![webhook_sink as Arc<dyn crate::events::PublishSink>],
         ui: config.ui.then(Default::default),
     });

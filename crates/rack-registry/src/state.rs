@@ -36,8 +36,10 @@ pub struct AppState {
     /// `<STORAGE_ROOT>/.tmp`: upload staging (same filesystem as the root, for atomic renames).
     pub staging_root: PathBuf,
     pub registry_locks: RegistryLocks,
-    /// One permit per upload in progress (`MAX_CONCURRENT_UPLOADS`).
-    pub upload_slots: Arc<tokio::sync::Semaphore>,
+    /// Upload slots, the upload queue and the slots of uploads that cannot publish.
+    pub uploads: crate::upload::admission::Admission,
+    /// The deadline of each kind of request body (`http::body`).
+    pub bodies: crate::http::body::Deadlines,
     /// Who hears about each publish (the webhook outbox).
     pub sinks: Vec<Arc<dyn PublishSink>>,
     /// The web pages (SPEC §15); `None` when `UI=false`.

@@ -264,6 +264,142 @@ fn network_errors_are_clear_and_non_zero() {
     assert!(out.contains("invalid --url"), "{out}");
 }
 
+// ---- "not now" answers: 503 and 429 are retried ---------------------------------------------
+
+/// A tiny HTTP/1.1 server that answers the requests it gets with `script` in turn (the last one
+/// again once the script is spent), reading each request whole first. Returns its base URL and
+/// a counter of the requests it answered.
+fn scripted_server(
+    script: Vec<(u16, Option<&'static str>, &'static str)>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let mut reader = BufReader::new(conn);
+            let mut length = 0usize;
+            let mut chunked = false;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+                chunked |= lower.starts_with("transfer-encoding:") && lower.contains("chunked");
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            if chunked {
+                // Up to the last chunk and its empty trailer.
+                let mut tail = Vec::new();
+                let mut byte = [0u8; 1];
+                while !tail.ends_with(b"\r\n0\r\n\r\n") && reader.read(&mut byte).unwrap_or(0) == 1 {
+                    tail.push(byte[0]);
+                }
+            } else {
+                let mut body = vec![0u8; length];
+                reader.read_exact(&mut body).unwrap();
+            }
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let (status, retry_after, body) = script[n.min(script.len() - 1)];
+            let mut head = format!(
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
+            if let Some(r) = retry_after {
+                head.push_str(&format!("Retry-After: {r}\r\n"));
+            }
+            head.push_str("\r\n");
+            let mut conn = reader.into_inner();
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(body.as_bytes());
+        }
+    });
+    (base, count)
+}
+
+const BUSY: &str =
+    r#"{"code":"SERVICE_UNAVAILABLE","message":"Too many uploads in progress. Try again in 1s"}"#;
+const LIMITED: &str = r#"{"code":"RATE_LIMIT_EXCEEDED","message":"Rate limit exceeded. Try again in 1s"}"#;
+const CREATED: &str = r#"{"name":"hello","version":"1.0.0","namespace":"@demo","message":"Registry uploaded successfully","path":"@demo/features/hello/1.0.0"}"#;
+
+/// A 503 or a 429 means "not now": the upload is sent again after `Retry-After`, and succeeds.
+/// Today's command gave up at the first 503 with exit status 1.
+#[test]
+fn publish_retries_503_and_429_after_retry_after() {
+    let (url, count) = scripted_server(vec![
+        (503, Some("1"), BUSY),
+        (429, Some("1"), LIMITED),
+        (201, None, CREATED),
+    ]);
+    let cwd = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let (code, out) = publish(
+        cwd.path(),
+        &[],
+        &["--url", &url, "--token", "t", example_dir().to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3, "{out}");
+    assert!(out.contains("published @demo/features/hello/1.0.0"), "{out}");
+    assert!(
+        out.contains("SERVICE_UNAVAILABLE") && out.contains("RATE_LIMIT_EXCEEDED"),
+        "{out}"
+    );
+    assert!(out.contains("retrying in 1 s"), "{out}");
+    // It waited as told: two Retry-After of one second.
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2), "{out}");
+}
+
+/// Still 503 after the last retry: exit status 3 ("retrying later may help"), not 1, after
+/// exactly `--retries` more attempts; other refusals are never retried.
+#[test]
+fn publish_gives_up_after_its_retries_with_exit_3() {
+    let (url, count) = scripted_server(vec![(503, Some("1"), BUSY)]);
+    let cwd = tempfile::tempdir().unwrap();
+    let dir = example_dir();
+    let (code, out) = publish(
+        cwd.path(),
+        &[],
+        &[
+            "--url",
+            &url,
+            "--token",
+            "t",
+            "--retries",
+            "2",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(3), "{out}");
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3, "{out}");
+    assert!(
+        out.contains("gave up after 3 attempts: 503 SERVICE_UNAVAILABLE"),
+        "{out}"
+    );
+
+    // A 409 is an answer, not "not now": one attempt, exit 1.
+    let exists =
+        r#"{"code":"VERSION_EXISTS","message":"Registry @demo/features/hello@1.0.0 already exists"}"#;
+    let (url, count) = scripted_server(vec![(409, Some("1"), exists)]);
+    let (code, out) = publish(
+        cwd.path(),
+        &[],
+        &["--url", &url, "--token", "t", dir.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1, "{out}");
+}
+
 // ---- round trips through a real server -------------------------------------------------------
 
 /// A server on an empty storage root whose `auth.json` is `policy`.

@@ -2,8 +2,10 @@
 //!
 //! - an upload whose token can publish nowhere is judged without writing a byte (nothing ever
 //!   appears under `<root>/.tmp`), with exactly the answer the staged path gives;
-//! - `MAX_CONCURRENT_UPLOADS` (503 + `Retry-After`) and `UPLOAD_TIMEOUT_SECONDS` (408, nothing
-//!   left behind);
+//! - `MAX_CONCURRENT_UPLOADS` and the upload queue (`UPLOAD_QUEUE_MAX`,
+//!   `UPLOAD_QUEUE_WAIT_SECONDS`: first come, first served; 503 + `Retry-After` when full or too
+//!   long), `UPLOAD_STALL_SECONDS` and `UPLOAD_TIMEOUT_SECONDS` (408, slot freed, nothing left
+//!   behind);
 //! - names too long for a filesystem are a 400, and log lines carry a bounded prefix of them;
 //! - versions equal in SemVer precedence (`1.0.0`, `1.0.0+b`) do not coexist, racing or not;
 //! - duplicate keys in `registry.json` are `INVALID_MANIFEST`.
@@ -434,55 +436,191 @@ fn a_slow_hopeless_upload_never_touches_tmp() {
 
 // --- concurrency cap and body timeout ------------------------------------------------------
 
-#[test]
-fn uploads_over_the_cap_get_503_with_retry_after_before_their_body() {
-    let (world, server) = start_with(&[("MAX_CONCURRENT_UPLOADS", "2")]);
-    let storage = world.storage();
-    let mut slow: Vec<SlowUpload> = ["1.0.0", "1.1.0"]
-        .iter()
-        .map(|v| SlowUpload::open(&server.base, PUBLISH, &big_company("capped", v, 1 << 20)))
-        .collect();
-    for up in &mut slow {
-        up.send_until(0.3);
-    }
-    wait_until("two uploads in flight", || staging_dirs(&storage).len() == 2);
+/// A gauge or counter of `/metrics` (`series` with its labels, e.g. `registry_uploads_queued`).
+fn metric(base: &str, series: &str) -> Option<f64> {
+    let (_, body) = pkg::get(base, "/metrics", None);
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
 
-    // A third, publishing or hopeless: refused from its headers alone.
-    for token in [PUBLISH, READ] {
-        let package = pkg::simple("@company", "capped", "9.0.0");
-        let body = body_of(&package);
-        let mut s = pkg::raw_request_head(
-            &server.base,
-            &[
-                ("Authorization", format!("Bearer {token}")),
-                (
-                    "Content-Type",
-                    format!("multipart/form-data; boundary={BOUNDARY}"),
-                ),
-                ("Content-Length", body.len().to_string()),
-            ],
+/// An upload's head sent with no body: the server must answer from its headers alone.
+fn head_only(base: &str, token: &str) -> TcpStream {
+    let s = pkg::raw_request_head(
+        base,
+        &[
+            ("Authorization", format!("Bearer {token}")),
+            (
+                "Content-Type",
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            ),
+            ("Content-Length", "4096".into()),
+        ],
+    );
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s
+}
+
+/// The 503 of an upload refused for lack of a slot.
+#[track_caller]
+fn assert_busy((status, headers, reply): (u16, Vec<(String, String)>, Vec<u8>)) {
+    let reply: Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(status, 503, "{reply}");
+    assert_eq!(
+        reply,
+        json!({"code": "SERVICE_UNAVAILABLE", "message": "Too many uploads in progress. Try again in 5s"})
+    );
+    assert_eq!(header(&headers, "retry-after"), Some("5"));
+    assert_eq!(header(&headers, "connection"), Some("close"));
+    assert_eq!(header(&headers, "cache-control"), Some("no-store"));
+}
+
+/// Over `MAX_CONCURRENT_UPLOADS`, uploads wait (bodies unread) in a queue of `UPLOAD_QUEUE_MAX`
+/// and are served first come, first served; only a full queue is refused, from its headers
+/// alone; an upload whose token can publish nowhere takes no slot at all. Today's code refused
+/// every upload over the cap with a 503.
+#[test]
+fn uploads_over_the_cap_wait_in_order_in_a_bounded_queue() {
+    let (world, server) = start_with(&[("MAX_CONCURRENT_UPLOADS", "1"), ("UPLOAD_QUEUE_MAX", "3")]);
+    let storage = world.storage();
+    let mut holder = SlowUpload::open(&server.base, PUBLISH, &big_company("capped", "1.0.0", 1 << 20));
+    holder.send_until(0.3);
+    wait_until("the slot taken", || staging_dirs(&storage).len() == 1);
+
+    // Three uploads of one version, queued in a known order, their bodies sent whole (they are
+    // small enough to wait in socket buffers).
+    let contenders: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            let tag = format!("contender {i}");
+            let mut m = company("queued", "2.0.0");
+            m["description"] = json!(tag);
+            (
+                tag.clone(),
+                pkg::package(&m, &[("templates/a.txt", tag.as_bytes())]),
+            )
+        })
+        .collect();
+    let mut queued = Vec::new();
+    for (i, (_, package)) in contenders.iter().enumerate() {
+        let mut up = SlowUpload::open(&server.base, PUBLISH, package);
+        up.send_until(1.0);
+        queued.push(up);
+        wait_until("the upload queued", || {
+            metric(&server.base, "registry_uploads_queued") == Some(i as f64 + 1.0)
+        });
+    }
+    assert_eq!(staging_dirs(&storage).len(), 1, "queued bodies are not read");
+
+    // The queue is full: the next is refused from its headers alone.
+    assert_busy(pkg::read_response(&mut head_only(&server.base, PUBLISH)).expect("a response"));
+    // A token that can publish nowhere takes no publishing slot: judged at once.
+    let (status, _, reply) =
+        SlowUpload::open(&server.base, READ, &pkg::simple("@company", "queued", "3.0.0")).finish();
+    assert_eq!(status, 403, "{reply}");
+    assert_eq!(reply["code"], "INSUFFICIENT_PERMISSIONS");
+
+    let (status, _, reply) = holder.finish();
+    assert_eq!(status, 201, "{reply}");
+    // First come, first served: the first queued wins the version, the others find it taken.
+    let answers: Vec<u16> = queued.iter_mut().map(|up| up.answer().0).collect();
+    assert_eq!(answers, [201, 409, 409]);
+    let stored = storage.join("@company/build/queued/2.0.0/templates/a.txt");
+    assert_eq!(std::fs::read_to_string(stored).unwrap(), contenders[0].0);
+    assert_eq!(metric(&server.base, "registry_uploads_queued"), Some(0.0));
+    pkg::assert_tmp_clean(&storage);
+}
+
+/// A wait in the queue longer than `UPLOAD_QUEUE_WAIT_SECONDS` is refused (503 with
+/// `Retry-After`), after having waited; `UPLOAD_QUEUE_MAX=0` refuses at once, as before the
+/// queue existed. Today's code refused at once whatever the settings.
+#[test]
+fn a_long_wait_for_a_slot_is_503_and_no_queue_refuses_at_once() {
+    let (world, server) = start_with(&[
+        ("MAX_CONCURRENT_UPLOADS", "1"),
+        ("UPLOAD_QUEUE_WAIT_SECONDS", "2"),
+    ]);
+    let storage = world.storage();
+    let mut holder = SlowUpload::open(&server.base, PUBLISH, &big_company("waited", "1.0.0", 1 << 20));
+    holder.send_until(0.3);
+    wait_until("the slot taken", || staging_dirs(&storage).len() == 1);
+    let sent = Instant::now();
+    let mut waiting = head_only(&server.base, PUBLISH);
+    wait_until("the upload queued", || {
+        metric(&server.base, "registry_uploads_queued") == Some(1.0)
+    });
+    assert_busy(pkg::read_response(&mut waiting).expect("a response"));
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1500),
+        "refused after {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(metric(&server.base, "registry_uploads_queued"), Some(0.0));
+    holder.send_until(0.6);
+    let (status, _, reply) = holder.finish();
+    assert_eq!(status, 201, "{reply}");
+    drop(server);
+
+    let (world, server) = start_with(&[("MAX_CONCURRENT_UPLOADS", "1"), ("UPLOAD_QUEUE_MAX", "0")]);
+    let mut holder = SlowUpload::open(&server.base, PUBLISH, &big_company("waited", "1.0.0", 1 << 20));
+    holder.send_until(0.3);
+    wait_until("the slot taken", || staging_dirs(&world.storage()).len() == 1);
+    assert_busy(pkg::read_response(&mut head_only(&server.base, PUBLISH)).expect("a response"));
+    let (status, _, reply) = holder.finish();
+    assert_eq!(status, 201, "{reply}");
+}
+
+/// A body that stops moving is cut off after `UPLOAD_STALL_SECONDS` (408), whatever its token,
+/// and its slot is free at once; a slow body that keeps moving keeps its slot past many stall
+/// intervals. Today's code waited for the whole `UPLOAD_TIMEOUT_SECONDS` (300 s).
+#[test]
+fn a_stalled_body_is_408_after_the_stall_interval_and_frees_its_slot() {
+    let (world, server) = start_with(&[
+        ("UPLOAD_STALL_SECONDS", "2"),
+        ("MAX_CONCURRENT_UPLOADS", "1"),
+        ("UPLOAD_QUEUE_MAX", "0"),
+    ]);
+    let storage = world.storage();
+    // Slow but moving: a tenth of the body every 600 ms (6 s in all, three stall intervals).
+    let mut slow = SlowUpload::open(&server.base, PUBLISH, &big_company("moving", "1.0.0", 256 << 10));
+    for step in 1..=10 {
+        slow.send_until(step as f64 / 10.0);
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    let (status, _, reply) = slow.answer();
+    assert_eq!(status, 201, "{reply}");
+
+    for (token, version) in [(PUBLISH, "2.0.0"), (READ, "3.0.0")] {
+        let mut up = SlowUpload::open(&server.base, token, &big_company("stalled", version, 1 << 20));
+        up.send_until(0.5);
+        let stalled_at = Instant::now();
+        let (status, headers, body) = up.answer();
+        assert_eq!(status, 408, "{token}: {body}");
+        assert_eq!(
+            body,
+            json!({"code": "REQUEST_TIMEOUT", "message": "Upload body stalled: no data received for 2s"})
         );
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        // Not a byte of the body is sent: the answer must come anyway.
-        let (status, headers, reply) = pkg::read_response(&mut s).expect("a response");
-        let reply: Value = serde_json::from_slice(&reply).unwrap();
-        assert_eq!(status, 503, "{reply}");
-        assert_eq!(reply["code"], "SERVICE_UNAVAILABLE");
-        assert_eq!(reply["message"], "Too many uploads in progress. Try again in 5s");
-        assert_eq!(reply.as_object().unwrap().len(), 2);
-        assert_eq!(header(&headers, "retry-after"), Some("5"));
         assert_eq!(header(&headers, "connection"), Some("close"));
-        assert_eq!(header(&headers, "cache-control"), Some("no-store"));
+        assert!(
+            stalled_at.elapsed() >= Duration::from_millis(1500),
+            "{:?}",
+            stalled_at.elapsed()
+        );
+        let mut buf = [0u8; 64];
+        match up.stream.read(&mut buf) {
+            Ok(n) => assert_eq!(n, 0, "nothing follows the answer"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+        // Its slot is free at once (no queue: a held publishing slot would make the next
+        // upload a 503).
+        for slot in ["publish", "judge"] {
+            let series = format!("registry_uploads_in_progress{{slot=\"{slot}\"}}");
+            assert_eq!(metric(&server.base, &series), Some(0.0), "{token}: {series}");
+        }
+        let reply = Upload::new(pkg::simple("@company", "after", version))
+            .bearer(PUBLISH)
+            .send(&server.base);
+        assert_eq!(reply.status, 201, "{token}: {}", reply.text);
     }
-    for up in slow {
-        let (status, _, body) = up.finish();
-        assert_eq!(status, 201, "{body}");
-    }
-    // The slots are given back.
-    let reply = Upload::new(pkg::simple("@company", "capped", "3.0.0"))
-        .bearer(PUBLISH)
-        .send(&server.base);
-    assert_eq!(reply.status, 201, "{}", reply.text);
     pkg::assert_tmp_clean(&storage);
 }
 

@@ -41,10 +41,15 @@
 //! the judge there. A missing or non-regular declared file is refused before uploading
 //! (it could not be packed anyway), with the server's `FILE_NOT_FOUND` code and message.
 //!
+//! A `503` (the server's upload queue is full, or storage is briefly unavailable) or `429`
+//! (rate limit) means "not now": the upload is sent again after the answer's `Retry-After`
+//! (at most [`MAX_RETRY_WAIT`]; without one, a doubling delay), at most `--retries` times
+//! ([`upload_with_retries`]).
+//!
 //! Exit status: 0 success, 1 the package was rejected (locally or by the server) or could not
 //! be read, 2 usage error (no token), 3 the upload could not be completed (network error,
-//! timeout, or an answer that is not the registry's JSON, such as a proxy's 502): retrying
-//! may help.
+//! timeout, an answer that is not the registry's JSON, such as a proxy's 502, or still 503 or
+//! 429 after the last retry): retrying later may help.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -72,6 +77,10 @@ pub struct PublishArgs {
     /// Run the server's checks locally and upload nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Times to send the upload again after a 503 or 429 answer (each after the answer's
+    /// Retry-After, at most 60 s)
+    #[arg(long, env = "RACK_REGISTRY_RETRIES", default_value_t = 5)]
+    pub retries: u32,
 }
 
 /// The server's default upload limits (SPEC §5.1 check 2, §5.3, §10).
@@ -391,8 +400,72 @@ fn check_url(url: &str) -> Result<(), Failure> {
     }
 }
 
-/// Step 6: upload `package`; the published path (`@ns/<segs>/<version>`) on success.
-pub async fn upload(url: &str, token: &str, package: &Package) -> Result<String, Failure> {
+/// The longest wait before a retry, whatever `Retry-After` says.
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether an answer means "not now, try again" (503: the upload queue is full or storage is
+/// briefly unavailable; 429: the rate limit).
+pub fn retryable(status: u16) -> bool {
+    matches!(status, 429 | 503)
+}
+
+/// How long to wait before retry number `retry` (1-based): the answer's `Retry-After` in
+/// seconds (an HTTP date is not used), else 1, 2, 4... seconds; at least 1 s, at most
+/// [`MAX_RETRY_WAIT`].
+pub fn retry_wait(retry_after: Option<&str>, retry: u32) -> Duration {
+    let secs = retry_after
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| 1u64 << retry.saturating_sub(1).min(6));
+    Duration::from_secs(secs).clamp(Duration::from_secs(1), MAX_RETRY_WAIT)
+}
+
+/// Step 6 with retries: [`upload`], sent again after a retryable answer ([`retryable`]) at most
+/// `retries` times, waiting [`retry_wait`] before each. `on_retry` hears about each wait. Still
+/// refused after the last: [`Failure::Transport`] (exit 3: later may work).
+pub async fn upload_with_retries(
+    url: &str,
+    token: &str,
+    package: &Package,
+    retries: u32,
+    mut on_retry: impl FnMut(&Rejection, Duration, u32),
+) -> Result<String, Failure> {
+    let mut retry = 0;
+    loop {
+        let (status, retry_after, body) = upload(url, token, package).await?;
+        let answer = interpret(status, &body);
+        if !retryable(status) {
+            return answer;
+        }
+        let rejection = match answer {
+            Err(Failure::Rejected(r)) => r,
+            // Not the registry's JSON (a proxy's 503 page): shown as such.
+            Err(other) => Rejection {
+                status,
+                code: "SERVICE_UNAVAILABLE".into(),
+                message: other.to_string(),
+            },
+            Ok(path) => return Ok(path),
+        };
+        if retry == retries {
+            return Err(Failure::Transport(format!(
+                "gave up after {} attempts: {rejection}",
+                retries + 1
+            )));
+        }
+        retry += 1;
+        let wait = retry_wait(retry_after.as_deref(), retry);
+        on_retry(&rejection, wait, retry);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Step 6: upload `package` once: the answer's status, `Retry-After` and body ([`interpret`]
+/// reads it).
+pub async fn upload(
+    url: &str,
+    token: &str,
+    package: &Package,
+) -> Result<(u16, Option<String>, bytes::Bytes), Failure> {
     use reqwest::multipart::{Form, Part};
     let part = Part::bytes(package.bytes.clone())
         .file_name(package.file_name())
@@ -417,8 +490,13 @@ pub async fn upload(url: &str, token: &str, package: &Package) -> Result<String,
         .await
         .map_err(transport)?;
     let status = res.status().as_u16();
+    let retry_after = res
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = res.bytes().await.map_err(transport)?;
-    interpret(status, &body)
+    Ok((status, retry_after, body))
 }
 
 /// An error and its sources, `: `-separated (reqwest's own message alone says too little).
@@ -492,7 +570,19 @@ fn publish(args: &PublishArgs) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::Local(format!("cannot start the runtime: {e}")))?;
-    let path = runtime.block_on(upload(&args.url, &token, &package))?;
+    let retries = args.retries;
+    let path = runtime.block_on(upload_with_retries(
+        &args.url,
+        &token,
+        &package,
+        retries,
+        |why, wait, retry| {
+            eprintln!(
+                "server busy ({why}): retrying in {} s (retry {retry} of {retries})",
+                wait.as_secs()
+            )
+        },
+    ))?;
     println!("published {path}");
     println!("{}/{path}", endpoint(&args.url));
     Ok(())
@@ -759,6 +849,20 @@ mod tests {
     }
 
     #[test]
+    fn retry_waits_follow_retry_after_within_bounds() {
+        let s = Duration::from_secs;
+        assert_eq!(retry_wait(Some("5"), 1), s(5));
+        assert_eq!(retry_wait(Some(" 7 "), 3), s(7));
+        assert_eq!(retry_wait(Some("0"), 1), s(1), "at least a second");
+        assert_eq!(retry_wait(Some("86400"), 1), MAX_RETRY_WAIT, "at most a minute");
+        // No usable Retry-After (absent, an HTTP date): 1, 2, 4... s, capped.
+        assert_eq!(retry_wait(None, 1), s(1));
+        assert_eq!(retry_wait(None, 3), s(4));
+        assert_eq!(retry_wait(Some("Wed, 21 Oct 2015 07:28:00 GMT"), 2), s(2));
+        assert_eq!(retry_wait(None, 30), MAX_RETRY_WAIT);
+    }
+
+    #[test]
     fn answers() {
         assert_eq!(
             interpret(201, br#"{"path":"@a/build/x/1.0.0","name":"x"}"#).unwrap(),
@@ -782,6 +886,8 @@ mod tests {
             assert_eq!(f.exit_code(), 3, "{f}");
             assert!(f.to_string().contains(&status.to_string()), "{f}");
         }
+        assert!(retryable(503) && retryable(429));
+        assert!(!retryable(500) && !retryable(502) && !retryable(409) && !retryable(408));
         assert_eq!(endpoint("http://h:1/"), "http://h:1/registries");
         assert_eq!(endpoint("http://h:1/base"), "http://h:1/base/registries");
         assert!(check_url("https://registry.example.com").is_ok());

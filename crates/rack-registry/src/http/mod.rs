@@ -2,8 +2,10 @@
 //! grammar lives in one pure function shared with the Worker, and every path (including the odd
 //! ones: `//`, percent-escapes, traversal attempts) is judged by it, not by a router's own
 //! normalization. The web pages (`/ui`, [`pages`]) are dispatched first, when enabled; they
-//! are built on the same read functions ([`reads`]).
+//! are built on the same read functions ([`reads`]). Only the routes listed in [`body::ROUTES`]
+//! are handed the request body, under a deadline.
 
+pub mod body;
 pub mod logging;
 pub mod openapi;
 pub mod pages;
@@ -15,7 +17,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, Method, Request};
 use hyper::body::Incoming;
@@ -67,16 +68,24 @@ async fn entry(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -
     } else {
         route.template()
     };
+    // The body goes to the routes listed in `body::ROUTES` only, under their deadline.
+    let body = body::admit(
+        &parts.method,
+        parts.uri.path(),
+        state.ui.is_some(),
+        body,
+        &state.bodies,
+    );
     let decision = state
         .rate_limiter
         .enabled()
         .then(|| state.rate_limiter.check(client, start));
     let mut res = match decision {
-        Some(d) if !d.allowed => logging::rate_limited(&state, d, Body::new(body)),
-        _ if ui.is_some() => pages::handle(&state, ui.expect("checked"), &parts, Body::new(body)).await,
+        Some(d) if !d.allowed => logging::rate_limited(&state, d, body),
+        _ if ui.is_some() => pages::handle(&state, ui.expect("checked"), &parts, body).await,
         _ if browser_root => pages::redirect("/ui"),
         _ if route == Route::Upload && parts.method == Method::POST => {
-            crate::upload::handle(&state, &parts.headers, client, Body::new(body)).await
+            crate::upload::handle(&state, &parts.headers, client, body).await
         }
         _ => handle(&state, &parts.method, route, &parts.headers, client).await,
     };

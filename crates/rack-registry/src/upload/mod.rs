@@ -20,14 +20,20 @@
 //! events are handed to the sinks, and the staging directory is removed before the 201 goes out.
 //!
 //! Guards around the checks (not SPEC checks; they never change a check's answer):
-//! - at most `MAX_CONCURRENT_UPLOADS` uploads at once: the next is refused with 503 and
-//!   `Retry-After` after the header checks 0 to 2, before its body is read;
-//! - the whole body must arrive within `UPLOAD_TIMEOUT_SECONDS` (else 408, connection closed);
+//! - after the header checks 0 to 2 and before a byte of the body is read, an upload is
+//!   admitted ([`admission`]): one that may publish takes one of `MAX_CONCURRENT_UPLOADS`
+//!   slots, waiting for one in a bounded queue if need be (a full queue or a long wait: 503 and
+//!   `Retry-After`); one whose token can publish nowhere takes a judge slot of its own, so
+//!   that such uploads, stalled or not, never hold a publishing slot;
+//! - the body comes under its deadlines (`http::body`): a body with no byte for
+//!   `UPLOAD_STALL_SECONDS`, or not whole within `UPLOAD_TIMEOUT_SECONDS`, is answered 408 with
+//!   the connection closed, and its slot is free at once;
 //! - a token that can publish nowhere ends in an error at checks 3 to 9 whatever the package
 //!   holds: such an upload is judged as it streams ([`dry`]), and nothing is written for it.
 //!
 //! Log lines and audit records carry at most [`CLIP`] bytes of any client-supplied string.
 
+pub mod admission;
 pub mod dry;
 pub mod extract;
 pub mod receive;
@@ -106,7 +112,8 @@ fn failed(state: &AppState, client: IpAddr, code: &str, identity: Option<&Identi
     );
 }
 
-/// How long a client refused for lack of an upload slot is asked to wait (`Retry-After`).
+/// How long a client refused for lack of an upload slot (a full queue, a long wait) is asked to
+/// wait (`Retry-After`).
 const BUSY_RETRY_AFTER_SECS: u64 = 5;
 
 /// The extraction limits of the configuration.
@@ -178,15 +185,33 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
         return refuse_early(e, body);
     }
 
-    // Not a SPEC check: bound the work in flight. Judged before the body is read, so a
-    // refused client has spent nothing but its headers.
-    let Ok(_slot) = state.upload_slots.clone().try_acquire_owned() else {
-        let e = ApiError::uploads_busy(BUSY_RETRY_AFTER_SECS);
-        failed(state, client, e.code(), None);
-        let mut res = refuse_early(e, body);
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(BUSY_RETRY_AFTER_SECS));
-        return res;
+    // Not SPEC checks: admission, before the body is read. A credential that can publish
+    // nowhere (judged by the policy in force now, which also decides checks 8 and 9 for it)
+    // takes a judge slot, never a publishing one; a publishing upload may wait for its slot.
+    let policy = state.policy();
+    let ctx = Ctx {
+        policy: &policy,
+        admin: &state.admin,
+        credential: Some(&cred),
+        now_ms: now_ms(),
+    };
+    let hopeless = !ctx.may_publish_somewhere();
+    let admitted = if hopeless {
+        state.uploads.judging()
+    } else {
+        state.uploads.publishing().await
+    };
+    let _slot = match admitted {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let e = ApiError::uploads_busy(BUSY_RETRY_AFTER_SECS);
+            tracing::info!(%client, reason = refusal.reason(), "upload refused: no slot");
+            failed(state, client, e.code(), None);
+            let mut res = refuse_early(e, body);
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(BUSY_RETRY_AFTER_SECS));
+            return res;
+        }
     };
 
     // Storage gone (root removed, marker missing): refuse before staging, which would write
@@ -198,16 +223,8 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
         return refuse_early(e, body);
     }
 
-    // A token that can publish nowhere: judged as the package streams, nothing written. The
-    // policy in force now decides checks 8 and 9 for this upload.
-    let policy = state.policy();
-    let ctx = Ctx {
-        policy: &policy,
-        admin: &state.admin,
-        credential: Some(&cred),
-        now_ms: now_ms(),
-    };
-    if !ctx.may_publish_somewhere() {
+    // A token that can publish nowhere: judged as the package streams, nothing written.
+    if hopeless {
         let mut identity = None;
         let failure = judge(state, &ctx, body, boundary, &mut identity).await;
         return refuse(state, client, identity.as_ref(), failure);
@@ -274,9 +291,8 @@ async fn judge(
     known: &mut Option<Identity>,
 ) -> Failure {
     let verdict = async {
-        let timeout = state.limits.upload_timeout;
         let target = Target::Judge(extract_limits(state));
-        let received = receive::receive(body, boundary, state.limits.max_upload_bytes, timeout, target)
+        let received = receive::receive(body, boundary, state.limits.max_upload_bytes, target)
             .await
             .map_err(receive_failure)?;
         // Checks 3 to 5.
@@ -351,7 +367,6 @@ async fn pipeline(
         body,
         boundary,
         state.limits.max_upload_bytes,
-        state.limits.upload_timeout,
         Target::Stage(&package),
     )
     .await

@@ -7,19 +7,21 @@
 //! and read the answer instead of seeing a reset connection (SPEC §14). The same drain is used
 //! when the request is refused before its body is read (401, 415, 503).
 //!
-//! The whole body must arrive within `UPLOAD_TIMEOUT_SECONDS`: a client that stalls is cut off
-//! (408, connection closed) instead of holding an upload slot and its staging files.
+//! The body comes with its deadlines (`http::body`): no byte for `UPLOAD_STALL_SECONDS`, or not
+//! whole within `UPLOAD_TIMEOUT_SECONDS`, and the read ends with an error that is answered 408
+//! (connection closed) instead of holding an upload slot and its staging files.
 //!
 //! The file part goes where [`Target`] says: to the staging file, or (an upload that can only
 //! fail, see [`super::dry`]) through a validator that writes nothing.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::dry::{Scanned, Validator};
 use super::extract::{ExtractError, ExtractLimits};
+use crate::timed_body::BodyTimeout;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -117,15 +119,15 @@ async fn drain_stream(mut stream: axum::body::BodyDataStream) {
 #[derive(Debug)]
 enum Cut {
     TooLarge,
-    TimedOut,
+    TimedOut(BodyTimeout),
 }
 
 impl std::fmt::Display for Cut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Cut::TooLarge => "upload body exceeds the limit",
-            Cut::TimedOut => "upload body not received in time",
-        })
+        match self {
+            Cut::TooLarge => f.write_str("upload body exceeds the limit"),
+            Cut::TimedOut(t) => t.fmt(f),
+        }
     }
 }
 
@@ -133,35 +135,35 @@ impl std::error::Error for Cut {}
 
 /// Stream the multipart body: the first file part goes to `target` (hashed on the way), the
 /// `checksum` field is kept, everything else is read and dropped. Errors are API errors in the
-/// pipeline's order (413 wins over whatever the parser thinks of a truncated body; then 408).
+/// pipeline's order (413 wins over whatever the parser thinks of a truncated body; then 408 when
+/// the body's deadline passed).
 pub async fn receive(
     body: Body,
     boundary: String,
     limit: u64,
-    timeout: Duration,
     target: Target<'_>,
 ) -> Result<Received, ReceiveError> {
     let too_large = Arc::new(AtomicBool::new(false));
-    let timed_out = Arc::new(AtomicBool::new(false));
+    let timed_out = Arc::new(Mutex::new(None));
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, Cut>>(4);
     let (flag, late) = (too_large.clone(), timed_out.clone());
-    let deadline = tokio::time::Instant::now() + timeout;
     tokio::spawn(async move {
         let mut stream = body.into_data_stream();
         let mut total = 0u64;
-        loop {
-            let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => return,
-                Err(_) => {
-                    // Not drained: a client this slow would hold the drain for nothing. The
-                    // answer goes out with `Connection: close`.
-                    late.store(true, Ordering::SeqCst);
-                    let _ = tx.send(Err(Cut::TimedOut)).await;
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    // Past the body's deadline: not drained (a client this slow would hold the
+                    // drain for nothing); the answer goes out with `Connection: close`. Any
+                    // other error is the connection's: the parser sees a truncated body.
+                    if let Some(t) = crate::timed_body::timeout_of(&e) {
+                        *late.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+                        let _ = tx.send(Err(Cut::TimedOut(t))).await;
+                    }
                     return;
                 }
             };
-            let Ok(chunk) = chunk else { return };
             total += chunk.len() as u64;
             if total > limit {
                 flag.store(true, Ordering::SeqCst);
@@ -183,8 +185,13 @@ pub async fn receive(
     if too_large.load(Ordering::SeqCst) {
         return Err(ReceiveError::Api(ApiError::payload_too_large(limit)));
     }
-    if timed_out.load(Ordering::SeqCst) {
-        return Err(ReceiveError::Api(ApiError::upload_timeout(timeout.as_secs())));
+    if let Some(t) = *timed_out.lock().unwrap_or_else(|e| e.into_inner()) {
+        let secs = t.after.as_secs();
+        return Err(ReceiveError::Api(if t.stalled {
+            ApiError::upload_stalled(secs)
+        } else {
+            ApiError::upload_timeout(secs)
+        }));
     }
     result
 }

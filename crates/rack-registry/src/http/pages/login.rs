@@ -55,10 +55,19 @@ pub fn form(req: &Req<'_>, headers: &HeaderMap, secure: bool, error: Option<ApiE
     Ok(Out::Raw(res))
 }
 
+/// A form body: at most [`MAX_FORM_BYTES`] (else 413), within its deadline (else 408; see
+/// `http::body`).
+async fn read_form(body: Body) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_FORM_BYTES)
+        .await
+        .map_err(|e| match crate::timed_body::timeout_of(&e) {
+            Some(t) => ApiError::body_timeout(t.after.as_secs()),
+            None => ApiError::payload_too_large(MAX_FORM_BYTES as u64),
+        })
+}
+
 pub async fn submit(req: &Req<'_>, headers: &HeaderMap, body: Body, secure: bool) -> PageResult {
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM_BYTES).await else {
-        return Err(ApiError::payload_too_large(MAX_FORM_BYTES as u64).into());
-    };
+    let bytes = read_form(body).await?;
     let mut token = None;
     let mut csrf = None;
     for (k, v) in form_urlencoded::parse(&bytes) {
@@ -124,9 +133,7 @@ pub fn logout_form(req: &Req<'_>) -> PageResult {
 /// returns to the catalogue. Without a session cookie there is nothing to clear (and clearing
 /// would let a cross-site POST, which carries no `SameSite=Strict` cookie, sign a viewer out).
 pub async fn logout(req: &Req<'_>, headers: &HeaderMap, body: Body, secure: bool) -> PageResult {
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM_BYTES).await else {
-        return Err(ApiError::payload_too_large(MAX_FORM_BYTES as u64).into());
-    };
+    let bytes = read_form(body).await?;
     let Some(session) = session::cookie(headers, SESSION_COOKIE) else {
         return Ok(Out::Raw(redirect("/ui")));
     };

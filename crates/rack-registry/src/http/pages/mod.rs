@@ -29,7 +29,7 @@ use http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode};
 use maud::Markup;
 use rack_core::auth::{Credential, Ctx};
 use rack_core::layout::{manifest_key, VersionsFile};
-use rack_core::ApiError;
+use rack_core::{ApiError, ErrorKind};
 use serde_json::Value;
 
 use super::reads;
@@ -270,6 +270,11 @@ fn error_response(shell: Shell, e: &ApiError) -> Response {
     );
     // For the error counters, as on the API.
     res.extensions_mut().insert(e.kind);
+    if matches!(e.kind, ErrorKind::PayloadTooLarge | ErrorKind::RequestTimeout) {
+        // The rest of the body is not read: the connection cannot be reused.
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     res
 }
 
