@@ -441,19 +441,23 @@ async fn pipeline(
     let lock = state.registry_locks.get(&registry);
     let publishing = lock.lock().await;
     let dest = identity.version_path();
-    let manifest_key = rack_core::layout::manifest_key(&registry, &identity.version);
-    match state.storage.head(&manifest_key).await {
-        Ok(Some(_)) => return Err(exists(&identity.version).into()),
-        Ok(None) => {}
-        Err(e) => return Err(Failure::Internal(e.to_string())),
-    }
-    // Equal precedence is the same version for every reader (`1.0.0+b` next to `1.0.0+a`:
-    // which is the latest?), so it exists already; the message names the stored spelling.
-    let known = versions::known_versions(state.storage.as_ref(), &registry)
-        .await
-        .map_err(|e| Failure::Internal(format!("listing versions of {}: {e}", clip(&registry, CLIP))))?;
-    if let Some(stored) = rack_core::version::equal_in_precedence(&identity.version, &known) {
-        return Err(exists(stored).into());
+    // On disk, check 13 here; a bucket's publish protocol makes the same checks under its lease
+    // (SPEC §11.2 step 3), so they are not asked of the bucket twice.
+    if !state.storage.publish_lists_version() {
+        let manifest_key = rack_core::layout::manifest_key(&registry, &identity.version);
+        match state.storage.head(&manifest_key).await {
+            Ok(Some(_)) => return Err(exists(&identity.version).into()),
+            Ok(None) => {}
+            Err(e) => return Err(Failure::Internal(e.to_string())),
+        }
+        // Equal precedence is the same version for every reader (`1.0.0+b` next to `1.0.0+a`:
+        // which is the latest?), so it exists already; the message names the stored spelling.
+        let known = versions::known_versions(state.storage.as_ref(), &registry)
+            .await
+            .map_err(|e| Failure::Internal(format!("listing versions of {}: {e}", clip(&registry, CLIP))))?;
+        if let Some(stored) = rack_core::version::equal_in_precedence(&identity.version, &known) {
+            return Err(exists(stored).into());
+        }
     }
     let journal_entry = JournalEntry {
         registry: registry.clone(),
@@ -470,7 +474,15 @@ async fn pipeline(
             .await
             .map(|_| ())
             .map_err(|e| Failure::Internal(format!("updating versions of {}: {e}", clip(&registry, CLIP)))),
-        Err(StorageError::AlreadyExists(_)) => Err(exists(&identity.version).into()),
+        // The key names the stored spelling (`1.0.0+a` when `1.0.0+b` was sent).
+        Err(StorageError::AlreadyExists(key)) => {
+            let stored = key
+                .strip_suffix("/registry.json")
+                .and_then(|k| k.rsplit('/').next())
+                .filter(|v| is_version(v))
+                .unwrap_or(&identity.version);
+            Err(exists(stored).into())
+        }
         Err(e @ StorageError::Unavailable(_)) => {
             tracing::error!(error = %e, "publish refused: storage unavailable");
             Err(ApiError::storage_unavailable().into())
