@@ -100,10 +100,9 @@ fn requests_per_publish_stay_flat_as_the_registry_grows() {
         costs[1..].iter().all(|c| *c == costs[1]),
         "requests per publish: {costs:?}"
     );
-    // SPEC §11.2, one-file publish: sweep list, lease create, manifest HEAD, versions GET,
-    // prefix list, file, renewal, prefix list, integrity record, registry.json, versions GET
-    // and PUT, index GET, lease release (HEAD and DELETE): 16.
-    assert!(costs[1] <= 16, "requests per publish: {costs:?}");
+    // SPEC §11.2, one-file publish: 15 measured (docs/object-storage.md, "Requests per
+    // publish"); 11 before fenced leases, renewals and integrity records.
+    assert!(costs[1] <= 15, "requests per publish: {costs:?}");
 }
 
 /// The benchmark behind docs/PERFORMANCE.md (run by `bench/s3_publish.sh`, not in CI: a
