@@ -69,6 +69,12 @@ async fn local_backend_keeps_the_contract() {
     contract::all(&s, "").await;
 }
 
+/// The in-memory store of the protocol simulation (`storage::memory`): it must be a bucket.
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_backend_keeps_the_contract() {
+    contract::all(&rack_registry::storage::memory::MemoryStorage::new(), "").await;
+}
+
 /// On ministack (atomic conditional writes): everything, races included.
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_backend_keeps_the_contract() {

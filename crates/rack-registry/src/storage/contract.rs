@@ -34,6 +34,56 @@ async fn run(s: &dyn Storage, prefix: &str, atomic: bool) {
     pagination(s, &format!("{prefix}pages/")).await;
     streamed_reads(s, &format!("{prefix}stream/")).await;
     delete_prefix(s, &format!("{prefix}delete/")).await;
+    if atomic {
+        racing_publishers(s).await;
+    }
+}
+
+/// Eight racing `publish_dir` of one version, each with its own bytes: exactly one succeeds, the
+/// others are refused as existing, the version holds the winner's bytes only, and its integrity
+/// record describes them (SPEC §5.2, §11.2). Uses `@contract/...` keys (a version path must
+/// start with a namespace), so it runs once per store, not per prefix.
+pub async fn racing_publishers(s: &dyn Storage) {
+    let staging = tempfile::tempdir().expect("tempdir");
+    let dest = "@contract/race/1.0.0";
+    let announce = super::publish::Silent;
+    let tasks = (0..8).map(|i| {
+        let dir = staging.path().join(format!("p{i}"));
+        std::fs::create_dir_all(dir.join("t")).expect("staging");
+        std::fs::write(dir.join("registry.json"), format!("{{\"by\":{i}}}")).expect("staging");
+        std::fs::write(dir.join("t/a.txt"), format!("{i}")).expect("staging");
+        std::fs::write(dir.join(format!("t/only-{i}.txt")), format!("{i}")).expect("staging");
+        let announce = &announce;
+        async move { (i, s.publish_dir(&dir, dest, announce).await) }
+    });
+    let results = futures::future::join_all(tasks).await;
+    let winners: Vec<usize> = results
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(winners.len(), 1, "one publish wins: {results:?}");
+    for (i, r) in &results {
+        assert!(
+            r.is_ok() || matches!(r, Err(StorageError::AlreadyExists(_))),
+            "publisher {i}: {r:?}"
+        );
+    }
+    let w = winners[0];
+    let page = s.list(&format!("{dest}/"), false, None, 100).await.unwrap();
+    let keys: Vec<&str> = page.objects.iter().map(|o| o.key.as_str()).collect();
+    let want = [
+        format!("{dest}/registry.json"),
+        format!("{dest}/t/a.txt"),
+        format!("{dest}/t/only-{w}.txt"),
+    ];
+    assert_eq!(keys, want, "only the winner's files");
+    let a = s.get(&format!("{dest}/t/a.txt")).await.unwrap().unwrap();
+    assert_eq!(a.body, Bytes::from(format!("{w}")), "the winner's bytes");
+    let findings = super::integrity::verify(s, "@contract/race", "1.0.0", true)
+        .await
+        .unwrap();
+    assert!(findings.is_empty(), "the integrity record matches: {findings:?}");
 }
 
 pub async fn put_get_head(s: &dyn Storage, p: &str) {
