@@ -348,6 +348,11 @@ fn orphans_under_a_version_never_enter_a_later_publish_of_it() {
     for (rel, body) in [
         ("@company/build/orphaned/1.0.0/templates/f000.txt", "orphan\n"),
         ("@company/build/orphaned/1.0.0/templates/stray.txt", "orphan\n"),
+        // and the integrity record of an attempt that never made the version visible
+        (
+            ".rack/integrity/@company/build/orphaned/1.0.0.json",
+            "{\"files\":{}}\n",
+        ),
         (".healthcheck", ""),
     ] {
         let p = orphans.join(rel);

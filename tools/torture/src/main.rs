@@ -714,9 +714,18 @@ async fn run(args: &Args, seed: u64, duration: Option<u64>, bin: &Path, work: &P
 
     // With stalls, a steady second replica on the same bucket: it takes leases over from the
     // stalled one. It lives on a thread of its own until the uploads are done.
+    // Its own STORAGE_ROOT (upload staging): every replica clears its staging at startup
+    // (docs/object-storage.md, replicas).
+    let mut steady_env = server.env.clone();
+    for (k, v) in steady_env.iter_mut() {
+        if k == "STORAGE_ROOT" {
+            *v = work.join("steady-storage").display().to_string();
+        }
+    }
     let steady = Arc::new(Server {
         port: free_port(),
         log: work.join("steady.log"),
+        env: steady_env,
         ..Server::clone(&server)
     });
     let (steady_stop, steady_stopped) = std::sync::mpsc::channel::<()>();

@@ -197,7 +197,14 @@ impl Publish<'_> {
         }
         record.files.insert("registry.json".into(), Entry::of(&manifest));
         let record_key = integrity::record_key(self.registry, self.version);
-        self.create(&record_key, record.render()).await?;
+        if let Err(StorageError::Fenced(_)) = self.create(&record_key, record.render()).await {
+            // A record left by an earlier attempt that never made its version visible (the
+            // version has no registry.json: checked in step 3, and only the lease holder
+            // writes one). Ours to replace, once, under the lease.
+            lease.ensure(s, false).await?;
+            s.delete_prefix(&record_key).await?;
+            self.create(&record_key, record.render()).await?;
+        }
         let manifest_key = layout::manifest_key(self.registry, self.version);
         lease.ensure(s, false).await?;
         match create_or_own(s, &manifest_key, manifest.clone()).await {
