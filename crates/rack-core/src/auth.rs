@@ -325,6 +325,13 @@ impl Policy {
         self.namespaces.get(ns)
     }
 
+    /// Whether reading `ns` needs a token: every namespace but one declared anonymous (`[]`).
+    /// An undeclared or rejected namespace counts as needing one (nobody reads it anyway), so
+    /// the answer fails closed. What a shared cache may keep depends on it (SPEC §4).
+    pub fn needs_token(&self, ns: &str) -> bool {
+        !self.namespace(ns).is_some_and(NamespacePolicy::is_anonymous)
+    }
+
     pub fn namespaces(&self) -> impl Iterator<Item = (&str, &NamespacePolicy)> {
         self.namespaces.iter().map(|(k, v)| (k.as_str(), v))
     }
@@ -656,6 +663,19 @@ mod tests {
         assert!(ctx(&p, &admin, Some(&w)).lists("@rack"));
         let a = Credential::new("admin");
         assert!(ctx(&p, &admin, Some(&a)).lists("@secret"));
+    }
+
+    #[test]
+    fn only_anonymous_namespaces_need_no_token() {
+        let p = policy();
+        assert!(!p.needs_token("@rack"));
+        assert!(p.needs_token("@company"));
+        assert!(p.needs_token("@other"));
+        // Undeclared and rejected namespaces fail closed.
+        for ns in ["@secret", "@bad-value", "@all-junk", "@bad-exp", "@bad-exp-type"] {
+            assert!(p.needs_token(ns), "{ns}");
+        }
+        assert!(Policy::empty().needs_token("@rack"));
     }
 
     #[test]

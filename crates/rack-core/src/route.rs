@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 
+use crate::auth::Policy;
 use crate::error::ApiError;
 use crate::names::{is_file_path, is_namespace, is_segment, is_version, normalize_file_path, slash_parts};
 
@@ -50,13 +51,20 @@ pub enum ResourceKind {
     },
 }
 
-/// `Cache-Control` tiers of SPEC §4.
+/// `Cache-Control` tiers of SPEC §4. The `Private*` tiers are the same lifetimes for the
+/// client's own cache only: every 200 (and 304) about a namespace that needs a token carries
+/// one (SPEC §4, BEYOND), so no shared cache (a corporate proxy, a CDN) keeps gated bytes for
+/// the next visitor. [`CacheTier::in_namespace`] makes that choice, for the server and the
+/// Worker alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheTier {
     Short,
     Immutable,
     Day,
     NoStore,
+    PrivateShort,
+    PrivateImmutable,
+    PrivateDay,
 }
 
 impl CacheTier {
@@ -66,9 +74,46 @@ impl CacheTier {
             CacheTier::Immutable => "public, max-age=31536000, immutable",
             CacheTier::Day => "public, max-age=86400",
             CacheTier::NoStore => "no-store",
+            CacheTier::PrivateShort => "private, max-age=60",
+            CacheTier::PrivateImmutable => "private, max-age=31536000, immutable",
+            CacheTier::PrivateDay => "private, max-age=86400",
+        }
+    }
+
+    /// The same lifetime, for the client's own cache only (`no-store` stays `no-store`).
+    pub const fn private(self) -> CacheTier {
+        match self {
+            CacheTier::Short | CacheTier::PrivateShort => CacheTier::PrivateShort,
+            CacheTier::Immutable | CacheTier::PrivateImmutable => CacheTier::PrivateImmutable,
+            CacheTier::Day | CacheTier::PrivateDay => CacheTier::PrivateDay,
+            CacheTier::NoStore => CacheTier::NoStore,
+        }
+    }
+
+    /// The tier of an answer whose bytes belong to namespace `ns`: private unless `policy`
+    /// declares `ns` anonymous ([`Policy::needs_token`]). Decided per request from the policy
+    /// in force, so a reload that gates a namespace (or opens it) changes the very next answer,
+    /// whatever the server keeps in memory.
+    pub fn in_namespace(self, policy: &Policy, ns: &str) -> CacheTier {
+        if policy.needs_token(ns) {
+            self.private()
+        } else {
+            self
         }
     }
 }
+
+/// `Vary` of `/namespaces`, whose body depends on the caller's token (SPEC §4, BEYOND).
+pub const VARY_CREDENTIALS: &str = "Authorization, X-Registry-Token";
+
+/// `Content-Security-Policy` of every template file response (SPEC §4, BEYOND): a browser that
+/// opens an HTML or SVG template shows it in a sandbox (an opaque origin, no script, no
+/// plugins, no form), never runs it with the server's origin, where the web pages' session
+/// cookie lives. Sent with `X-Content-Type-Options: nosniff` ([`NOSNIFF`]).
+pub const SANDBOX_CSP: &str = "default-src 'none'; sandbox";
+
+/// `X-Content-Type-Options` of every template file response: the declared type is final.
+pub const NOSNIFF: &str = "nosniff";
 
 impl RegistryResource {
     /// `@ns/seg1/seg2`: the registry's key prefix in storage (without trailing slash).
@@ -86,11 +131,19 @@ impl RegistryResource {
         self.key[self.namespace_len + 1..].split('/')
     }
 
-    pub fn cache_tier(&self) -> CacheTier {
-        match self.kind {
+    /// The `Cache-Control` tier of a 200: by kind (SPEC §4), private in a namespace that
+    /// needs a token.
+    pub fn cache_tier(&self, policy: &Policy) -> CacheTier {
+        let tier = match self.kind {
             ResourceKind::Versions | ResourceKind::Latest => CacheTier::Short,
             ResourceKind::Version(_) | ResourceKind::File { .. } => CacheTier::Immutable,
-        }
+        };
+        tier.in_namespace(policy, self.namespace())
+    }
+
+    /// A template file (`.../files/<path>`): its answers carry [`SANDBOX_CSP`] and [`NOSNIFF`].
+    pub fn is_file(&self) -> bool {
+        matches!(self.kind, ResourceKind::File { .. })
     }
 }
 
@@ -134,14 +187,32 @@ impl Route {
         }
     }
 
-    pub fn cache_tier(&self) -> CacheTier {
+    /// The `Cache-Control` tier of a 200 on this route under `policy` (SPEC §4).
+    pub fn cache_tier(&self, policy: &Policy) -> CacheTier {
         match self {
             // The document changes with a deploy at an unchanged URL: short, revalidated by ETag.
-            Route::Namespaces | Route::NamespaceRegistries(_) | Route::OpenApi => CacheTier::Short,
+            // `/namespaces` stays public: its body depends on the token, which it varies on.
+            Route::Namespaces | Route::OpenApi => CacheTier::Short,
+            Route::NamespaceRegistries(Ok(ns)) => CacheTier::Short.in_namespace(policy, ns),
             Route::Preset(_) | Route::Schema(_) => CacheTier::Day,
-            Route::Registry(Ok(r)) => r.cache_tier(),
+            Route::Registry(Ok(r)) => r.cache_tier(policy),
             _ => CacheTier::NoStore,
         }
+    }
+
+    /// The request headers a 200 on this route depends on, beyond the path: the `Vary` it
+    /// carries (content negotiation aside). Only `/namespaces` filters by token; every other
+    /// route answers a token it accepts with the same bytes.
+    pub fn vary(&self) -> Option<&'static str> {
+        match self {
+            Route::Namespaces => Some(VARY_CREDENTIALS),
+            _ => None,
+        }
+    }
+
+    /// Whether answers on this route carry [`SANDBOX_CSP`] and [`NOSNIFF`]: template files.
+    pub fn sandboxed(&self) -> bool {
+        matches!(self, Route::Registry(Ok(r)) if r.is_file())
     }
 }
 
@@ -396,7 +467,10 @@ mod tests {
         assert_eq!(route("/metrics"), Route::Metrics);
         assert_eq!(route("/openapi.json"), Route::OpenApi);
         assert_eq!(route("/openapi.json").template(), "/openapi.json");
-        assert_eq!(route("/openapi.json").cache_tier(), CacheTier::Short);
+        assert_eq!(
+            route("/openapi.json").cache_tier(&Policy::empty()),
+            CacheTier::Short
+        );
         assert_eq!(route("/openapi.yaml"), Route::NotFound);
         assert_eq!(route("/namespaces"), Route::Namespaces);
         assert_eq!(
@@ -441,15 +515,103 @@ mod tests {
             route("/registries/@a/b/1.0.0/files/x").template(),
             "/registries/:registry/:version/files/*"
         );
+        let anon = Policy::parse(r#"{"@a": []}"#).unwrap();
         assert_eq!(
-            route("/registries/@a/b/1.0.0").cache_tier().header(),
+            route("/registries/@a/b/1.0.0").cache_tier(&anon).header(),
             "public, max-age=31536000, immutable"
         );
         assert_eq!(
-            route("/registries/@a/b").cache_tier().header(),
+            route("/registries/@a/b").cache_tier(&anon).header(),
             "public, max-age=60"
         );
-        assert_eq!(route("/presets/a").cache_tier().header(), "public, max-age=86400");
+        assert_eq!(
+            route("/presets/a").cache_tier(&anon).header(),
+            "public, max-age=86400"
+        );
+    }
+
+    /// SPEC §4 (BEYOND): in a namespace that needs a token every 200 is `private`, with the
+    /// same lifetime and `immutable`; an anonymous namespace keeps `public`; what no namespace
+    /// owns (presets, schemas, the namespace list) is public whatever the policy.
+    #[test]
+    fn gated_namespaces_get_private_tiers() {
+        let p = Policy::parse(r#"{"@open": [], "@gated": [{"token": "t"}]}"#).unwrap();
+        let tier = |path: &str| route(path).cache_tier(&p).header();
+        assert_eq!(tier("/registries/@open/b/versions"), "public, max-age=60");
+        assert_eq!(tier("/registries/@open/b"), "public, max-age=60");
+        assert_eq!(
+            tier("/registries/@open/b/1.0.0"),
+            "public, max-age=31536000, immutable"
+        );
+        assert_eq!(
+            tier("/registries/@open/b/1.0.0/files/x.html"),
+            "public, max-age=31536000, immutable"
+        );
+        assert_eq!(tier("/namespaces/@open/registries"), "public, max-age=60");
+        assert_eq!(tier("/registries/@gated/b/versions"), "private, max-age=60");
+        assert_eq!(tier("/registries/@gated/b"), "private, max-age=60");
+        assert_eq!(
+            tier("/registries/@gated/b/1.0.0"),
+            "private, max-age=31536000, immutable"
+        );
+        assert_eq!(
+            tier("/registries/@gated/b/1.0.0/files/x.html"),
+            "private, max-age=31536000, immutable"
+        );
+        assert_eq!(tier("/namespaces/@gated/registries"), "private, max-age=60");
+        // Undeclared: nobody gets a 200, and the tier fails closed anyway.
+        assert_eq!(tier("/registries/@undeclared/b"), "private, max-age=60");
+        assert_eq!(tier("/namespaces"), "public, max-age=60");
+        assert_eq!(tier("/presets/a"), "public, max-age=86400");
+        assert_eq!(tier("/schemas/rack.json"), "public, max-age=86400");
+        assert_eq!(tier("/health"), "no-store");
+        // The same namespace under another policy: the choice follows the policy in force.
+        let reopened = Policy::parse(r#"{"@gated": []}"#).unwrap();
+        assert_eq!(
+            route("/registries/@gated/b").cache_tier(&reopened).header(),
+            "public, max-age=60"
+        );
+        for t in [CacheTier::Short, CacheTier::Immutable, CacheTier::Day] {
+            let (public, private) = (t.header(), t.private().header());
+            assert_eq!(
+                private.strip_prefix("private"),
+                public.strip_prefix("public"),
+                "{t:?}"
+            );
+            assert_eq!(t.private().private(), t.private());
+        }
+        assert_eq!(CacheTier::NoStore.private(), CacheTier::NoStore);
+    }
+
+    #[test]
+    fn only_files_are_sandboxed_and_only_the_namespace_list_varies_on_the_token() {
+        assert!(route("/registries/@a/b/1.0.0/files/x.html").sandboxed());
+        assert!(route("/registries/@a/b/1.0.0/files/./img/logo.svg").sandboxed());
+        for p in [
+            "/registries/@a/b/1.0.0",
+            "/registries/@a/b",
+            "/registries/@a/b/versions",
+            "/namespaces",
+            "/schemas/rack.json",
+        ] {
+            assert!(!route(p).sandboxed(), "{p}");
+        }
+        assert!(
+            !route("/registries/@a/b/1.0.0/files/..").sandboxed(),
+            "an invalid path is an error"
+        );
+        assert_eq!(
+            route("/namespaces").vary(),
+            Some("Authorization, X-Registry-Token")
+        );
+        for p in [
+            "/namespaces/@a/registries",
+            "/registries/@a/b",
+            "/registries/@a/b/1.0.0/files/x",
+        ] {
+            assert_eq!(route(p).vary(), None, "{p}");
+        }
+        assert_eq!(SANDBOX_CSP, "default-src 'none'; sandbox");
     }
 
     #[test]

@@ -57,7 +57,9 @@ pub fn route(data: &[u8]) {
                     .collect::<Vec<_>>()
                     .join("/")
             );
-            let _ = res.cache_tier();
+            // An undeclared namespace needs a token: its tier is never public (SPEC §4).
+            let tier = res.cache_tier(&rack_core::auth::Policy::empty());
+            assert!(tier.header().starts_with("private"), "{tier:?}");
             let object = match &res.kind {
                 ResourceKind::Versions | ResourceKind::Latest => layout::versions_key(key),
                 ResourceKind::Version(v) => {

@@ -1,9 +1,18 @@
-//! The JSON Schemas bundled in the binary (SPEC §5.5). `registry-item.json` and `preset.json`
-//! are written by us from the SPEC; `rack.json` is the Rack project's own CLI config schema.
+//! The JSON Schemas bundled in the binary (SPEC §5.5), and where the served ones live.
+//! `registry-item.json` and `preset.json` are written by us from the SPEC; `rack.json` is the
+//! Rack project's own CLI config schema.
+//!
+//! One rule ties serving and uploads: the registry-item schema an upload is validated against
+//! is the one `/schemas/registry-item.json` serves, byte for byte, on every backend
+//! ([`SchemaStore::registry_item`]), so a client that validates with the served schema is never
+//! surprised by the server.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use serde_json::Value;
+
+use crate::cache::HotCache;
 use crate::storage::{LocalStorage, Storage};
 
 /// `(file name, contents)` of every bundled schema, in `/schemas/` allowlist order.
@@ -76,6 +85,31 @@ impl SchemaStore {
             }
         }
     }
+
+    /// The registry-item schema uploads validate against (SPEC §5.1 check 10, §5.5): the bytes
+    /// `/schemas/registry-item.json` serves (`schema/registry-item.json` in storage, a bucket
+    /// included, or `SCHEMA_DIR`), read through the same hot cache, so revalidated like every
+    /// mutable object and never older than what a client is served; the bundled schema when
+    /// there is none. `Err`: the served file cannot be read or is not JSON (the upload is a 500
+    /// and the operator's log says why).
+    pub async fn registry_item(&self, main: &Arc<dyn Storage>, cache: &HotCache) -> Result<Value, String> {
+        const FILE: &str = "registry-item.json";
+        let served = match self.locate(main, FILE) {
+            Some((storage, key)) => cache
+                .get(storage.as_ref(), &key)
+                .await
+                .map_err(|e| format!("cannot read schema {key}: {e}"))?
+                .map(|obj| (key, obj)),
+            None => None,
+        };
+        match served {
+            Some((key, obj)) => {
+                serde_json::from_slice(&obj.body).map_err(|e| format!("schema {key} is not valid JSON: {e}"))
+            }
+            None => Ok(serde_json::from_str(bundled(FILE).expect("bundled schema"))
+                .expect("bundled schema is valid JSON")),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -105,6 +139,60 @@ mod tests {
         let (store, key) = separate.locate(&main, "rack.json").unwrap();
         assert_eq!(key, "rack.json");
         assert_eq!(&store.get(&key).await.unwrap().unwrap().body[..], b"elsewhere");
+    }
+
+    /// Uploads validate against what is served: the stored schema while there is one (edits
+    /// seen at once, through the hot cache), the bundled one when it is gone, on either store.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_upload_schema_is_the_served_schema() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("schema")).unwrap();
+        let main: Arc<dyn Storage> = Arc::new(LocalStorage::open(&root).unwrap());
+        let cache = HotCache::new(1 << 20);
+        let elsewhere = d.path().join("schemas");
+        let stores = [
+            (
+                SchemaStore::new(Some(&root), &root.join("schema"), false),
+                root.join("schema"),
+            ),
+            (
+                SchemaStore::new(Some(&root), &elsewhere, false),
+                elsewhere.clone(),
+            ),
+            // A bucket's store: `schema/<file>` in the main storage, never `SCHEMA_DIR`.
+            (SchemaStore::new(None, &elsewhere, false), root.join("schema")),
+        ];
+        let bundled: Value = serde_json::from_str(bundled("registry-item.json").unwrap()).unwrap();
+        for (i, (store, dir)) in stores.iter().enumerate() {
+            let file = dir.join("registry-item.json");
+            let _ = std::fs::remove_file(&file);
+            assert_eq!(
+                store.registry_item(&main, &cache).await.unwrap(),
+                bundled,
+                "store {i}"
+            );
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(&file, format!(r#"{{"required": ["first{i}"]}}"#)).unwrap();
+            let served = store.registry_item(&main, &cache).await.unwrap();
+            assert_eq!(served["required"][0], format!("first{i}"), "store {i}");
+            std::fs::write(&file, format!(r#"{{"required": ["second{i}"]}}"#)).unwrap();
+            let served = store.registry_item(&main, &cache).await.unwrap();
+            assert_eq!(
+                served["required"][0],
+                format!("second{i}"),
+                "store {i}: an edit shows at once"
+            );
+            std::fs::write(&file, b"{not json").unwrap();
+            let err = store.registry_item(&main, &cache).await.unwrap_err();
+            assert!(err.contains("not valid JSON"), "{err}");
+            std::fs::remove_file(&file).unwrap();
+            assert_eq!(
+                store.registry_item(&main, &cache).await.unwrap(),
+                bundled,
+                "store {i}"
+            );
+        }
     }
 
     #[test]

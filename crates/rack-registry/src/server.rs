@@ -262,7 +262,6 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         storage: storage.clone(),
         policy,
         admin: config.admin.clone(),
-        schema_dir: config.schema_dir.clone(),
         schemas: schemas::SchemaStore::new(
             matches!(config.backend, Backend::Local).then_some(config.storage_root.as_path()),
             &config.schema_dir,

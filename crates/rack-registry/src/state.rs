@@ -21,8 +21,8 @@ pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub policy: Arc<Live<Policy>>,
     pub admin: Admin,
-    pub schema_dir: PathBuf,
-    /// Where `/schemas/<file>` is read from (the storage, or a store rooted at `SCHEMA_DIR`).
+    /// Where `/schemas/<file>` is read from (the storage, or a store rooted at `SCHEMA_DIR`),
+    /// and so the registry-item schema uploads validate against.
     pub schemas: crate::schemas::SchemaStore,
     pub trust_proxy: TrustProxy,
     pub limits: Limits,

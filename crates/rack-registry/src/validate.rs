@@ -5,8 +5,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
-/// The registry-item schema to validate against: `<schema_dir>/registry-item.json` when that file
-/// exists (an operator may tighten it), the bundled one otherwise.
+/// A registry-item schema from a directory: `<schema_dir>/registry-item.json` when that file
+/// exists (an operator may tighten it), the bundled one otherwise (and with `None`). For the
+/// command line (`publish --dry-run`); the server validates uploads against the schema it
+/// serves, from whichever storage serves it ([`crate::schemas::SchemaStore::registry_item`]).
 pub fn registry_item_schema(schema_dir: Option<&Path>) -> Result<Value, String> {
     if let Some(dir) = schema_dir {
         let path = dir.join("registry-item.json");

@@ -3,7 +3,8 @@
 //! - `document_agrees_with_conformance_cases`: every conformance case (`conformance/cases`, the
 //!   API's contract as data) is a documented path and method with its status documented; its
 //!   error code is in the `Error` schema's enum; its JSON body validates against the documented
-//!   schema; a `Cache-Control` it expects equals the documented constant. A case on a path no
+//!   schema; a `Cache-Control` (or sandbox header) it expects equals the documented constant or
+//!   is one of the documented values. A case on a path no
 //!   template matches must be the 404 "Route not found"; a documented path with an undocumented
 //!   method must be the 405 whose `Allow` lists the documented methods.
 //! - `document_is_whole`: every `$ref` resolves, operation ids are unique, the `Error` enum is
@@ -308,15 +309,32 @@ fn check_case(doc: &Value, case: &Value) -> Vec<String> {
             _ => {}
         }
     }
-    // A documented constant Cache-Control must be the one the case expects.
-    if let Some(sent) = expect["headers"]["cache-control"].as_str() {
+    // A documented constant (or set of values) of a header must hold the value the case
+    // expects: `Cache-Control` (public, or private in a namespace that needs a token), the
+    // sandbox headers of files.
+    for name in [
+        "cache-control",
+        "content-security-policy",
+        "x-content-type-options",
+    ] {
+        let Some(sent) = expect["headers"][name].as_str() else {
+            continue;
+        };
         let documented = response["headers"]
             .as_object()
-            .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case("cache-control")))
-            .map(|(_, h)| resolve(doc, h)["schema"]["const"].clone());
-        if let Some(Value::String(c)) = documented {
+            .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
+            .map(|(_, h)| resolve(doc, h)["schema"].clone());
+        let Some(schema) = documented else {
+            continue;
+        };
+        if let Some(c) = schema["const"].as_str() {
             if c != sent {
-                problems.push(format!("{where_}: Cache-Control {sent:?}, documented {c:?}"));
+                problems.push(format!("{where_}: {name} {sent:?}, documented {c:?}"));
+            }
+        }
+        if let Some(values) = schema["enum"].as_array() {
+            if !values.iter().any(|v| v == sent) {
+                problems.push(format!("{where_}: {name} {sent:?}, documented one of {values:?}"));
             }
         }
     }
@@ -362,6 +380,9 @@ fn checker_reports_drift() {
         json!({"request": {"path": "/namespaces"}, "expect": {"status": 200, "body_json": {"namespaces": 3}}}),
         // A wrong cache tier.
         json!({"request": {"path": "/registries/@rack/a/1.0.0"}, "expect": {"status": 200, "headers": {"cache-control": "no-store"}}}),
+        // A tier that is neither public nor private, and a file without its sandbox.
+        json!({"request": {"path": "/registries/@rack/a/1.0.0/files/x.html"}, "expect": {"status": 200, "headers": {"cache-control": "public, max-age=60"}}}),
+        json!({"request": {"path": "/registries/@rack/a/1.0.0/files/x.html"}, "expect": {"status": 200, "headers": {"content-security-policy": "default-src 'none'"}}}),
         // A non-404 on an undocumented path.
         json!({"request": {"path": "/nowhere"}, "expect": {"status": 200}}),
         // A registry path the grammar refuses, answered other than 400 INVALID_PATH.

@@ -2,7 +2,9 @@
 //! `playwright-core` (`tests/browser/ui.mjs`), against the real server started by the harness.
 //!
 //! The browser walks the catalogue down to a file, signs in with a token and sees the gated
-//! namespace, signs out with the POST form, finds stored scripts inert and sees the
+//! namespace, opens (signed in) an HTML template whose script would steal a gated file through
+//! `/ui` with the viewer's cookie and sees it never run (the files' sandbox CSP, issue 25 item
+//! 3), signs out with the POST form, finds stored scripts inert and sees the
 //! Content-Security-Policy refuse an injected inline script (with the violation in the console).
 //!
 //! Needs `chromium` (or `RACK_CHROMIUM`), `node` and `npm ci` run in `tests/browser/`. Without
@@ -122,17 +124,27 @@ fn a_browser_walks_the_catalogue_signs_in_and_out_and_runs_no_stored_script() {
         "tags": ["\"><img src=x onerror=\"window.__pwned = 2\">", "<script>window.__pwned = 3</script>"],
         "files": [
             {"target": "\"><img src=x onerror=window.__pwned=5>.js", "type": "registry:lib", "path": "page.html"},
-            {"target": "logo.svg", "type": "registry:asset", "path": "logo.svg"}
+            {"target": "logo.svg", "type": "registry:asset", "path": "logo.svg"},
+            {"target": "steal.html", "type": "registry:asset", "path": "steal.html"}
         ]
     });
     let svg = r#"<svg xmlns="http://www.w3.org/2000/svg" onload="window.__pwned = 6"><script>window.__pwned = 7</script></svg>"#;
     let html = "<html><script>window.__pwned = 4</script><img src=x onerror=\"window.__pwned = 8\"></html>";
+    // Opened at its raw URL by a signed-in viewer, this template would read a gated file
+    // through /ui with the viewer's cookie and leak it: a title the browser test reads, and a
+    // request it watches for. The file's sandbox CSP (SPEC §4) must keep it from running.
+    let steal = r#"<!doctype html><html><head><title>template</title></head><body><script>
+document.title = "ran";
+fetch("/ui/@company/ui/button/2.0.0/files/templates/button.js")
+  .then((r) => r.text())
+  .then((t) => { document.title = "stolen: " + t; fetch("/registries/@anon/leak/" + encodeURIComponent(t.slice(0, 40))); });
+</script></body></html>"#;
     write_registry(
         &world.storage(),
         "@anon",
         "evil",
         &manifest,
-        &[("page.html", html), ("logo.svg", svg)],
+        &[("page.html", html), ("logo.svg", svg), ("steal.html", steal)],
     );
     let server = Server::world(&world);
     let out = run(

@@ -14,7 +14,7 @@ use rack_core::etag::{etag_of, if_none_match};
 use rack_core::layout::{self, VersionsFile};
 use rack_core::listing::{self, Walk};
 use rack_core::mime::content_type;
-use rack_core::route::{route, CacheTier, RegistryResource, ResourceKind, Route};
+use rack_core::route::{route, CacheTier, RegistryResource, ResourceKind, Route, NOSNIFF, SANDBOX_CSP};
 use rack_core::ApiError;
 use worker::{console_error, console_warn, event, Bucket, Context, Date, Env, Headers, Response};
 
@@ -70,22 +70,34 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
     let path = raw_path(&url);
     let headers = req.headers();
     let head = method == "HEAD";
-    let answer = match route(path) {
+    let route = route(path);
+    // What the route adds to every answer, whatever its status (SPEC §4, as on the server):
+    // the sandbox of template files; the `Vary` of `/namespaces`.
+    let (sandboxed, vary) = (route.sandboxed(), route.vary());
+    let mut res = match route {
         // No metrics, no uploads and no API document at the edge (SPEC §11.6): not routes here.
         Route::NotFound | Route::Metrics | Route::Upload | Route::OpenApi => {
-            Err(Fail::Api(ApiError::route_not_found()))
+            error(&ApiError::route_not_found(), head)?
         }
-        r if !r.allows(&method) => return method_not_allowed(r.allowed_methods(), head),
-        r => read(&env, headers, r).await,
+        r if !r.allows(&method) => method_not_allowed(r.allowed_methods(), head)?,
+        r => match read(&env, headers, r).await {
+            Ok(reply) => respond(reply, headers, head)?,
+            Err(Fail::Api(e)) => error(&e, head)?,
+            Err(Fail::Internal(detail)) => {
+                console_error!("internal error on {method} {path}: {detail}");
+                error(&ApiError::internal(), head)?
+            }
+        },
     };
-    match answer {
-        Ok(reply) => respond(reply, headers, head),
-        Err(Fail::Api(e)) => error(&e, head),
-        Err(Fail::Internal(detail)) => {
-            console_error!("internal error on {method} {path}: {detail}");
-            error(&ApiError::internal(), head)
-        }
+    if sandboxed {
+        let out = res.headers_mut();
+        out.set("content-security-policy", SANDBOX_CSP)?;
+        out.set("x-content-type-options", NOSNIFF)?;
     }
+    if let Some(v) = vary.filter(|_| matches!(res.status_code(), 200 | 304)) {
+        res.headers_mut().set("vary", v)?;
+    }
+    Ok(res)
 }
 
 /// The request target's path exactly as the runtime hands it over (no query, no fragment).
@@ -115,7 +127,8 @@ async fn read(env: &Env, headers: &Headers, route: Route) -> Result<Reply> {
             let res = res?;
             let (policy, admin, cred) = access(env, &bucket, headers).await?;
             ctx(&policy, &admin, cred.as_ref()).read(res.namespace())?;
-            registry(&bucket, res).await
+            let cache = res.cache_tier(&policy);
+            registry(&bucket, res, cache).await
         }
         Route::Namespaces => {
             let (policy, admin, cred) = access(env, &bucket, headers).await?;
@@ -131,7 +144,7 @@ async fn read(env: &Env, headers: &Headers, route: Route) -> Result<Reply> {
                 .ok_or_else(|| ApiError::namespace_not_found(&ns))?;
             Ok(Reply::json(
                 listing::registries_body(&ns, &list),
-                CacheTier::Short,
+                CacheTier::Short.in_namespace(&policy, &ns),
             ))
         }
         // Answered before any storage access in `fetch`.
@@ -150,9 +163,9 @@ fn ctx<'a>(policy: &'a Policy, admin: &'a Admin, cred: Option<&'a Credential>) -
     }
 }
 
-async fn registry(bucket: &Bucket, res: RegistryResource) -> Result<Reply> {
+/// A read under `/registries/`, answered with the `cache` tier the policy gives it.
+async fn registry(bucket: &Bucket, res: RegistryResource, cache: CacheTier) -> Result<Reply> {
     let registry = res.registry_key();
-    let cache = res.cache_tier();
     let (key, content_type) = match &res.kind {
         ResourceKind::Versions => {
             let body = versions(bucket, registry)

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::response::{IntoResponse, Response};
-use http::{header, HeaderMap, HeaderValue, Method, Request};
+use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use hyper::body::Incoming;
 use rack_core::auth::Ctx;
 use rack_core::route::{route, Route};
@@ -102,7 +102,40 @@ fn route_namespace(route: &Route) -> Option<&str> {
     }
 }
 
+/// An API request, with the headers its route adds to every answer (SPEC §4, BEYOND): on a
+/// template file, `Content-Security-Policy: default-src 'none'; sandbox` and `nosniff`, on
+/// every status (a 200 or 304 from the hot cache, a stream, a memory map, or an error: the
+/// route decides, not the path an answer took); on `/namespaces`, whose body depends on the
+/// token, `Vary: Authorization, X-Registry-Token` on its 200s and 304s.
 async fn handle(
+    state: &AppState,
+    method: &Method,
+    route: Route,
+    headers: &HeaderMap,
+    client: IpAddr,
+) -> Response {
+    let sandboxed = route.sandboxed();
+    let vary = route.vary();
+    let mut res = answer(state, method, route, headers, client).await;
+    if sandboxed {
+        let h = res.headers_mut();
+        h.insert(header::CONTENT_SECURITY_POLICY, SANDBOX_CSP);
+        h.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
+    }
+    if let Some(v) = vary {
+        if matches!(res.status(), StatusCode::OK | StatusCode::NOT_MODIFIED) {
+            // Appended: a `Vary: Accept-Encoding` of the compression stays, as a second field.
+            res.headers_mut()
+                .append(header::VARY, HeaderValue::from_static(v));
+        }
+    }
+    res
+}
+
+const SANDBOX_CSP: HeaderValue = HeaderValue::from_static(rack_core::route::SANDBOX_CSP);
+const NOSNIFF: HeaderValue = HeaderValue::from_static(rack_core::route::NOSNIFF);
+
+async fn answer(
     state: &AppState,
     method: &Method,
     route: Route,

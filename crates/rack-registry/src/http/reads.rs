@@ -102,7 +102,7 @@ pub(crate) async fn versions_file(
 pub async fn registry(state: &AppState, ctx: &Ctx<'_>, res: RegistryResource) -> ApiResult {
     ctx.read(res.namespace())?;
     let registry = res.registry_key();
-    let cache = res.cache_tier();
+    let cache = res.cache_tier(ctx.policy);
     match &res.kind {
         ResourceKind::Versions => {
             let obj = versions_file(state, registry)
@@ -203,7 +203,11 @@ pub async fn namespace_registries(state: &AppState, ctx: &Ctx<'_>, ns: &str) -> 
     let cached = state
         .listings
         .get_or_render(ns, &registries, || Bytes::from(registries_body(ns, &registries)));
-    Ok(Reply::object(cached, "application/json", CacheTier::Short))
+    Ok(Reply::object(
+        cached,
+        "application/json",
+        CacheTier::Short.in_namespace(ctx.policy, ns),
+    ))
 }
 
 /// The registries of `ns` (paths below the namespace, sorted), after the access checks: what

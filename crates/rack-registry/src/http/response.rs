@@ -377,11 +377,17 @@ fn cache_control(tier: CacheTier) -> HeaderValue {
     const IMMUTABLE: HeaderValue = HeaderValue::from_static(CacheTier::Immutable.header());
     const DAY: HeaderValue = HeaderValue::from_static(CacheTier::Day.header());
     const NO_STORE: HeaderValue = HeaderValue::from_static(CacheTier::NoStore.header());
+    const PRIVATE_SHORT: HeaderValue = HeaderValue::from_static(CacheTier::PrivateShort.header());
+    const PRIVATE_IMMUTABLE: HeaderValue = HeaderValue::from_static(CacheTier::PrivateImmutable.header());
+    const PRIVATE_DAY: HeaderValue = HeaderValue::from_static(CacheTier::PrivateDay.header());
     match tier {
         CacheTier::Short => SHORT,
         CacheTier::Immutable => IMMUTABLE,
         CacheTier::Day => DAY,
         CacheTier::NoStore => NO_STORE,
+        CacheTier::PrivateShort => PRIVATE_SHORT,
+        CacheTier::PrivateImmutable => PRIVATE_IMMUTABLE,
+        CacheTier::PrivateDay => PRIVATE_DAY,
     }
 }
 

@@ -403,7 +403,11 @@ async fn pipeline(
     let principal = ctx.publish(&identity.namespace)?;
 
     // Check 10.
-    let schema = validate::registry_item_schema(Some(&state.schema_dir)).map_err(Failure::Internal)?;
+    let schema = state
+        .schemas
+        .registry_item(&state.storage, &state.cache)
+        .await
+        .map_err(Failure::Internal)?;
     if let Err(errors) = validate::validate(&schema, &doc).map_err(Failure::Internal)? {
         return Err(ApiError::schema_validation_failed(&errors).into());
     }

@@ -113,6 +113,41 @@ async function e2e(page, token) {
   await page.click('a[href="/ui/@company/ui/button"]');
   await page.waitForURL(`${base}/ui/@company/ui/button`);
   assert.match(await page.locator("main").innerText(), /rk add @company\/ui\/button/);
+
+  // Signed in, the viewer opens an HTML template of an anonymous namespace at its raw API URL
+  // (the file view links to it). Its script would read a gated file through /ui with the
+  // viewer's cookie and leak it (a title, a request). The file's sandbox CSP keeps it inert.
+  const gated = "/ui/@company/ui/button/2.0.0/files/templates/button.js";
+  // Control: with the viewer's cookie (the context's request client shares the browser's
+  // cookies) the script's request reads the gated file, so what follows proves the sandbox,
+  // not a broken payload.
+  const control = await page.context().request.get(`${base}${gated}`);
+  assert.equal(control.status(), 200, "the viewer's cookie opens the gated file");
+  assert.match(await control.text(), /export function button/);
+  const seen = [];
+  const onRequest = (r) => seen.push(r.url());
+  page.on("request", onRequest);
+  const steal = "/registries/@anon/evil/1.0.0/files/steal.html";
+  res = await page.goto(`${base}${steal}`);
+  assert.equal(res.status(), 200);
+  // `goto` returns after the load event, so an inline script would have set the title.
+  assert.equal(await page.title(), "template", "the template's script ran");
+  assert.equal(res.headers()["content-security-policy"], "default-src 'none'; sandbox");
+  assert.equal(res.headers()["x-content-type-options"], "nosniff");
+  page.off("request", onRequest);
+  assert.deepEqual(
+    seen.filter((u) => !u.endsWith(steal)),
+    [],
+    "the template made requests (it read or leaked the gated file)",
+  );
+  // The same for scripts in SVG and HTML templates opened raw: none of them runs.
+  for (const path of ["/registries/@anon/evil/1.0.0/files/logo.svg", "/registries/@anon/evil/1.0.0/files/page.html"]) {
+    res = await page.goto(`${base}${path}`);
+    assert.equal(res.status(), 200, path);
+    assert.equal(res.headers()["content-security-policy"], "default-src 'none'; sandbox", path);
+    assert.equal(await page.evaluate(() => window.__pwned), undefined, `${path}: its script ran`);
+  }
+  await page.goto(`${base}/ui/@company/ui/button`);
   // A cross-site style GET of /ui/logout no longer signs out: it shows the button.
   res = await page.goto(`${base}/ui/logout`);
   assert.equal(res.status(), 200);
