@@ -302,6 +302,10 @@ async fn reconcile_versions(s: &dyn Storage, registry: &str, t: Timing) -> Resul
                 keep.push(v.clone());
             }
         }
+        if keep.is_empty() && current.is_none() {
+            // Only leftovers (removed by the same repair): no registry to create.
+            return Ok(());
+        }
         let want = VersionsFile::from_versions(&keep);
         let unchanged = current
             .as_ref()
