@@ -2,20 +2,17 @@
 //! of concurrent publishes, and key validation (no accepted key escapes the storage root).
 //! 256 cases each (proptest's default; `PROPTEST_CASES` sets another).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Component, Path};
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use proptest::prelude::*;
 use rack_core::layout::{self, VersionsFile};
-use rack_registry::storage::{
-    validate_key, ListPage, Object, ObjectMeta, PutMode, Result, Storage, StorageError,
-};
+use rack_registry::storage::memory::{Fault, Hook, MemoryStorage, Op};
+use rack_registry::storage::{validate_key, PutMode, Storage};
 use rack_registry::versions;
 
 /// Returns `Pending` once: each storage call is a point where another publish may run.
@@ -34,116 +31,25 @@ impl Future for YieldOnce {
     }
 }
 
-/// An object store in memory with the semantics of [`Storage`] (create-only and
-/// compare-and-swap puts, delimited listings), every call a scheduling point.
-#[derive(Default)]
-struct MemStorage {
-    objects: Mutex<BTreeMap<String, (Bytes, u64)>>,
-    writes: Mutex<u64>,
-}
-
-impl MemStorage {
-    fn meta(key: &str, body: &Bytes, version: u64) -> ObjectMeta {
-        ObjectMeta {
-            key: key.to_owned(),
-            size: body.len() as u64,
-            version: version.to_string(),
-            modified_ms: None,
-        }
-    }
-}
+/// Every storage call of the in-memory store (`storage::memory`, atomic conditional writes) is a
+/// point where another publish may run.
+struct EveryCallYields;
 
 #[async_trait]
-impl Storage for MemStorage {
-    async fn get(&self, key: &str) -> Result<Option<Object>> {
+impl Hook for EveryCallYields {
+    async fn call(&self, _: &Op) -> Fault {
         YieldOnce(false).await;
-        let objects = self.objects.lock().unwrap();
-        Ok(objects.get(key).map(|(body, v)| Object {
-            meta: Self::meta(key, body, *v),
-            body: body.clone(),
-        }))
+        Fault::None
     }
+}
 
-    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
-        YieldOnce(false).await;
-        let objects = self.objects.lock().unwrap();
-        Ok(objects.get(key).map(|(body, v)| Self::meta(key, body, *v)))
-    }
-
-    async fn list(
-        &self,
-        prefix: &str,
-        delimiter: bool,
-        start_after: Option<&str>,
-        _limit: usize,
-    ) -> Result<ListPage> {
-        YieldOnce(false).await;
-        let objects = self.objects.lock().unwrap();
-        let mut page = ListPage::default();
-        for (key, (body, v)) in objects.range(prefix.to_owned()..) {
-            let Some(rest) = key.strip_prefix(prefix) else {
-                break;
-            };
-            if start_after.is_some_and(|s| key.as_str() <= s) {
-                continue;
-            }
-            match rest.find('/').filter(|_| delimiter) {
-                Some(i) => {
-                    let p = format!("{prefix}{}", &rest[..=i]);
-                    if page.prefixes.last() != Some(&p) {
-                        page.prefixes.push(p);
-                    }
-                }
-                None => page.objects.push(Self::meta(key, body, *v)),
-            }
-        }
-        Ok(page)
-    }
-
-    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> Result<ObjectMeta> {
-        YieldOnce(false).await;
-        let mut objects = self.objects.lock().unwrap();
-        let current = objects.get(key).map(|(_, v)| v.to_string());
-        match (&mode, current) {
-            (PutMode::Create, Some(_)) => return Err(StorageError::AlreadyExists(key.into())),
-            (PutMode::IfVersion(want), current) if current.as_ref() != Some(want) => {
-                return Err(StorageError::PreconditionFailed(key.into()))
-            }
-            _ => {}
-        }
-        let mut writes = self.writes.lock().unwrap();
-        *writes += 1;
-        objects.insert(key.to_owned(), (body.clone(), *writes));
-        Ok(Self::meta(key, &body, *writes))
-    }
-
-    async fn publish_dir(
-        &self,
-        _: &Path,
-        dest: &str,
-        _: &dyn rack_registry::storage::publish::Announce,
-    ) -> Result<()> {
-        Err(StorageError::Backend(format!(
-            "{dest}: these properties never publish a directory"
-        )))
-    }
-
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
-        YieldOnce(false).await;
-        let mut objects = self.objects.lock().unwrap();
-        let before = objects.len();
-        objects.retain(|k, _| !(k.starts_with(prefix) || k == prefix));
-        Ok((before - objects.len()) as u64)
-    }
-
-    fn describe(&self) -> String {
-        "memory".into()
-    }
+fn store() -> MemoryStorage {
+    MemoryStorage::new().with_hook(std::sync::Arc::new(EveryCallYields))
 }
 
 /// One publish as a separate replica runs it (no in-process lock): the version becomes visible
 /// (its manifest, create-only), then `versions.json` is rebuilt by compare-and-swap.
-async fn publish(storage: &MemStorage, registry: &str, version: &str) {
+async fn publish(storage: &MemoryStorage, registry: &str, version: &str) {
     storage
         .put(
             &layout::manifest_key(registry, version),
@@ -187,7 +93,7 @@ proptest! {
         schedule in prop::collection::vec(any::<prop::sample::Index>(), 1..200),
     ) {
         let registry = "@a/x";
-        let storage = MemStorage::default();
+        let storage = store();
         let fresh: Vec<String> = versions.difference(&preexisting).cloned().collect();
         // Versions already there (with a current versions.json).
         futures::executor::block_on(async {

@@ -92,20 +92,33 @@ fn signal(server: &common::Server, sig: rustix::process::Signal) {
     rustix::process::kill_process(pid, sig).unwrap();
 }
 
+/// Replica A behind a slow link (every template PUT delayed by `latency_ms`) and replica B
+/// (with `b_env` added) on the same bucket; the delay starts once both are up (their startup
+/// pushes the world through the front).
+fn slow_and_direct(
+    world: &common::World,
+    bucket: &Bucket,
+    latency_ms: u64,
+    b_env: &[(&str, &str)],
+) -> (FaultProxy, common::Server, common::Server) {
+    let proxy = FaultProxy::start(&bucket.endpoint);
+    let a = common::Server::start(world.path(), &env(world, &proxy.bucket(bucket), &[]));
+    let b = common::Server::start(world.path(), &env(world, bucket, b_env));
+    proxy.inject(Rule::new(
+        "PUT",
+        "/templates/",
+        Fault::Latency(Duration::from_millis(latency_ms)),
+    ));
+    (proxy, a, b)
+}
+
 #[test]
 fn a_slow_publisher_keeps_its_lease_by_renewing_and_the_other_replica_gets_409() {
     let Some(bucket) = Bucket::new() else { return };
     let world = common::World::new();
     // A's link: every template PUT takes 0.4 s; 160 files, 8 at a time: ~8 s, past its
     // first lease (6 s). Without renewals B would take the lease over and mix files in.
-    let proxy = FaultProxy::start(&bucket.endpoint);
-    let a = common::Server::start(world.path(), &env(&world, &proxy.bucket(&bucket), &[]));
-    let b = common::Server::start(world.path(), &env(&world, &bucket, &[]));
-    proxy.inject(Rule::new(
-        "PUT",
-        "/templates/",
-        Fault::Latency(Duration::from_millis(400)),
-    ));
+    let (_proxy, a, b) = slow_and_direct(&world, &bucket, 400, &[]);
     let base = a.base.clone();
     let slow = std::thread::spawn(move || upload(&base, package("slow", "1.0.0", "A", 160)));
     std::thread::sleep(LEASE + Duration::from_secs(1));
@@ -121,14 +134,7 @@ fn a_slow_publisher_keeps_its_lease_by_renewing_and_the_other_replica_gets_409()
 fn a_replica_paused_past_its_lease_never_writes_again_after_another_took_over() {
     let Some(bucket) = Bucket::new() else { return };
     let world = common::World::new();
-    let proxy = FaultProxy::start(&bucket.endpoint);
-    let a = common::Server::start(world.path(), &env(&world, &proxy.bucket(&bucket), &[]));
-    let b = common::Server::start(world.path(), &env(&world, &bucket, &[]));
-    proxy.inject(Rule::new(
-        "PUT",
-        "/templates/",
-        Fault::Latency(Duration::from_millis(300)),
-    ));
+    let (proxy, a, b) = slow_and_direct(&world, &bucket, 300, &[]);
     let base = a.base.clone();
     let paused = std::thread::spawn(move || upload(&base, package("paused", "1.0.0", "A", 40)));
     wait_for("A writes its files", Duration::from_secs(30), || {
@@ -167,18 +173,8 @@ fn a_replica_paused_past_its_lease_never_writes_again_after_another_took_over() 
 fn replicas_with_clocks_minutes_apart_neither_steal_a_live_lease_nor_keep_a_dead_one() {
     let Some(bucket) = Bucket::new() else { return };
     let world = common::World::new();
-    let proxy = FaultProxy::start(&bucket.endpoint);
-    let a = common::Server::start(world.path(), &env(&world, &proxy.bucket(&bucket), &[]));
-    // Ten minutes ahead: on its own clock A's lease expired long ago.
-    let ahead = common::Server::start(
-        world.path(),
-        &env(&world, &bucket, &[("RACK_TEST_CLOCK_OFFSET_MS", "600000")]),
-    );
-    proxy.inject(Rule::new(
-        "PUT",
-        "/templates/",
-        Fault::Latency(Duration::from_millis(400)),
-    ));
+    // B runs ten minutes ahead: on its own clock A's lease expired long ago.
+    let (proxy, a, ahead) = slow_and_direct(&world, &bucket, 400, &[("RACK_TEST_CLOCK_OFFSET_MS", "600000")]);
     let base = a.base.clone();
     let slow = std::thread::spawn(move || upload(&base, package("skew", "1.0.0", "A", 100)));
     wait_for("A holds the lease", Duration::from_secs(30), || {
