@@ -3,7 +3,8 @@
 //! The Rack registry server as a library (the `rack-registry` binary is a thin `main` over it).
 //!
 //! - [`config`]: SPEC §10, flags over environment over `.env`, strict parsing;
-//! - [`storage`]: the backend trait (shaped for object stores) and the local-disk backend;
+//! - [`storage`]: the backend trait (shaped for object stores), the local-disk, S3 and in-memory
+//!   backends, the bucket publish protocol and integrity records;
 //! - [`http`]: per-thread connection serving, dispatch on the core crate's route grammar, read
 //!   handlers, responses, request log, and the web pages under `/ui` (`http::pages`);
 //! - [`logsink`]: log lines batched in memory and written by one thread;

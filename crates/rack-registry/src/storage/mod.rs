@@ -6,6 +6,14 @@
 //! the local disk and an S3 bucket are interchangeable behind `Arc<dyn Storage>`. Keys are
 //! validated by [`validate_key`] before any backend sees them: no backend ever resolves `..`, an
 //! absolute path, a backslash or a NUL.
+//!
+//! The backends: [`local`] (one `rename(2)` per publish, [`watch`] and [`mapped`] for reads),
+//! [`s3`] (any S3 API through `object_store`) and [`memory`] (atomic conditional writes in
+//! memory, with a hook on every call: the storage contract's third backend and the world of the
+//! publish protocol's simulation). Over any of them: [`publish`], the bucket publish protocol of
+//! SPEC §11.2 (fenced leases on the store's clock); [`integrity`], the per-version records of
+//! every file's size and hash; [`index`], the namespace index; [`check`], `storage check` and its
+//! repair that is safe while servers publish; [`contract`], the behaviour every backend shares.
 
 pub mod check;
 #[doc(hidden)]
