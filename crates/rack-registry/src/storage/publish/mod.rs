@@ -14,7 +14,7 @@
 //!    of an earlier failed attempt under this version's prefix are removed (we hold the lease
 //!    and the version is not visible, so they are nobody's);
 //! 4. template files are written **create-only**, at most [`Timing::parallel`] at a time, each
-//!    after [`Lease::ensure`] (which renews by compare-and-swap every third of the lifetime and
+//!    after [`lease::Lease::ensure`] (which renews by compare-and-swap every third of the lifetime and
 //!    fences the publisher off when too little is left); an object already there is someone
 //!    else's: stop ([`StorageError::Fenced`], 503, nothing visible);
 //! 5. renew once more, list the version's prefix and check every file holds the ETag the bucket
