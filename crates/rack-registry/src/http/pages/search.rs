@@ -437,3 +437,55 @@ pub async fn page(req: &Req<'_>) -> PageResult {
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_recently_searched_index_goes_first_but_never_the_one_kept() {
+        let mut map: HashMap<String, Arc<Slot<NsIndex>>> = HashMap::new();
+        for (ns, used, held) in [("@a", 3, 10), ("@b", 1, 20), ("@c", 2, 30)] {
+            let slot = Arc::new(Slot::default());
+            slot.used.store(used, Ordering::Relaxed);
+            slot.held.store(held, Ordering::Relaxed);
+            map.insert(ns.to_owned(), slot);
+        }
+        assert_eq!(evict_one(&mut map, Some("@a")), Some(20));
+        assert!(!map.contains_key("@b"));
+        assert_eq!(evict_one(&mut map, Some("@c")), Some(10));
+        assert_eq!(evict_one(&mut map, Some("@c")), None);
+        assert_eq!(map.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_value_is_reused_by_waiters_and_within_its_window_until_a_publish() {
+        let index = Index::default();
+        let slot: Slot<u32> = Slot::default();
+        let built = std::sync::atomic::AtomicU32::new(0);
+        let get = |ticket: u64, window: Option<Duration>| {
+            let (index, slot, built) = (&index, &slot, &built);
+            async move {
+                let build = async { Ok((built.fetch_add(1, Ordering::SeqCst) + 1, true)) };
+                match index.get_or_build(slot, ticket, window, build).await {
+                    Ok(v) => *v,
+                    Err(_) => unreachable!("the build never fails"),
+                }
+            }
+        };
+        // No window (local disk): a request that arrived before the build finished reuses it,
+        // a later one builds again.
+        let early = index.tick();
+        assert_eq!(get(early, None).await, 1);
+        assert_eq!(get(early, None).await, 1);
+        assert_eq!(get(index.tick(), None).await, 2);
+        // Within a window: reused by later requests too.
+        let window = Some(Duration::from_secs(600));
+        assert_eq!(get(index.tick(), window).await, 2);
+        // A publish ends it for everyone.
+        index.invalidate();
+        assert_eq!(get(early, window).await, 3);
+        assert_eq!(get(index.tick(), window).await, 3);
+        assert_eq!(built.load(Ordering::SeqCst), 3);
+    }
+}
