@@ -12,8 +12,8 @@
 //!   for it;
 //! - **built once for concurrent callers** (single flight): one async mutex per namespace (and
 //!   one for the namespace list); whoever holds it builds, whoever waited finds an index
-//!   finished after it arrived and uses it. A build dropped half-way (its client left) only
-//!   hands the lock to the next caller;
+//!   finished after it arrived and uses it (or shares its failure). A build dropped half-way (its
+//!   client left) only hands the lock to the next caller;
 //! - **invalidated by publishes on this replica**: a publish bumps an epoch ([`SearchSink`],
 //!   a [`PublishSink`]) and an index built in an older epoch is never served again; other
 //!   replicas see a publish within the revalidation window (up to twice it, as the entries the
@@ -41,6 +41,7 @@ use futures::StreamExt;
 use maud::html;
 use rack_core::listing::namespace_of_prefix;
 use rack_core::names::is_segment;
+use rack_core::ApiError;
 use serde_json::Value;
 
 use super::layout::page as shell_page;
@@ -106,6 +107,10 @@ struct Slot<T> {
     held: AtomicU64,
     /// [`Index::seq`] of its last use (the least recently used slot goes first).
     used: AtomicU64,
+    /// [`Index::seq`] at which its last build failed: the callers that waited for it fail with
+    /// it rather than each trying again in turn (a bucket that times out would otherwise hold
+    /// the last of N waiters N timeouts long).
+    failed: AtomicU64,
 }
 
 impl<T> Default for Slot<T> {
@@ -114,6 +119,7 @@ impl<T> Default for Slot<T> {
             built: tokio::sync::Mutex::new(None),
             held: AtomicU64::new(0),
             used: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         }
     }
 }
@@ -158,9 +164,18 @@ impl Index {
                 return Ok(b.value.clone());
             }
         }
+        if slot.failed.load(Ordering::Acquire) > ticket {
+            return Err(ErrorReply(ApiError::internal()));
+        }
         let epoch = self.epoch.load(Ordering::Acquire);
         let started = Instant::now();
-        let (value, reusable) = build.await?;
+        let (value, reusable) = match build.await {
+            Ok(built) => built,
+            Err(e) => {
+                slot.failed.store(self.tick(), Ordering::Release);
+                return Err(e);
+            }
+        };
         let value = Arc::new(value);
         *guard = Some(Built {
             value: value.clone(),
@@ -487,5 +502,28 @@ mod tests {
         assert_eq!(get(early, window).await, 3);
         assert_eq!(get(index.tick(), window).await, 3);
         assert_eq!(built.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_build_fails_its_waiters_once() {
+        let index = Index::default();
+        let slot: Slot<u32> = Slot::default();
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let get = |ticket: u64| {
+            let (index, slot, tries) = (&index, &slot, &tries);
+            async move {
+                let build = async {
+                    tries.fetch_add(1, Ordering::SeqCst);
+                    Err::<(u32, bool), _>(ErrorReply(ApiError::internal()))
+                };
+                index.get_or_build(slot, ticket, None, build).await.is_err()
+            }
+        };
+        let waiter = index.tick();
+        assert!(get(waiter).await);
+        assert!(get(waiter).await, "shares the failure it waited for");
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
+        assert!(get(index.tick()).await);
+        assert_eq!(tries.load(Ordering::SeqCst), 2, "a later request tries again");
     }
 }
