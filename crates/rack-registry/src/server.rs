@@ -258,6 +258,8 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         judging: metrics.uploads_in_progress.with_label_values(&["judge"]),
         queued: metrics.uploads_queued.clone(),
     };
+    // Drops the web pages' search indexes on every publish of this replica.
+    let search_sink = Arc::new(crate::http::pages::SearchSink::default());
     let state = Arc::new(AppState {
         storage: storage.clone(),
         policy,
@@ -298,9 +300,13 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
                 total: config.header_timeout,
             },
         },
-        sinks: vec![webhook_sink as Arc<dyn crate::events::PublishSink>],
+        sinks: vec![
+            webhook_sink as Arc<dyn crate::events::PublishSink>,
+            search_sink.clone(),
+        ],
         ui: config.ui.then(Default::default),
     });
+    search_sink.bind(&state);
     // Finish publishes that a crash interrupted, then drop every other leftover of staging:
     // outside an in-flight upload it is empty. Storage that refuses writes (no `.healthcheck`)
     // is left as it is, journal included, for the first start with the marker in place.

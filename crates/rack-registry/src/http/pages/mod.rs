@@ -21,6 +21,8 @@ mod registry;
 mod search;
 pub mod session;
 
+pub use search::SearchSink;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -49,6 +51,8 @@ pub const PAGE_SIZE: usize = 50;
 #[derive(Default)]
 pub struct Ui {
     pub keys: session::Keys,
+    /// The search indexes (`search`).
+    pub search: search::Index,
 }
 
 /// Whether `path` belongs to the pages.
