@@ -258,6 +258,13 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         judging: metrics.uploads_in_progress.with_label_values(&["judge"]),
         queued: metrics.uploads_queued.clone(),
     };
+    let ui = if config.ui {
+        Some(Arc::new(
+            crate::http::pages::Ui::start(storage.clone(), &config.ui_settings).await,
+        ))
+    } else {
+        None
+    };
     let state = Arc::new(AppState {
         storage: storage.clone(),
         policy,
@@ -299,7 +306,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             },
         },
         sinks: vec![webhook_sink as Arc<dyn crate::events::PublishSink>],
-        ui: config.ui.then(Default::default),
+        ui,
     });
     // Finish publishes that a crash interrupted, then drop every other leftover of staging:
     // outside an in-flight upload it is empty. Storage that refuses writes (no `.healthcheck`)

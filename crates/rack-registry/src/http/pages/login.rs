@@ -9,6 +9,7 @@ use http::{HeaderMap, StatusCode};
 use maud::html;
 use rack_core::auth::{digest, Credential, Ctx};
 use rack_core::ApiError;
+use serde_json::json;
 
 use super::layout::{error_page, page as shell_page, sign_out_form};
 use super::session::{self, CSRF_COOKIE, SESSION_COOKIE, SESSION_SECS};
@@ -66,7 +67,56 @@ async fn read_form(body: Body) -> Result<bytes::Bytes, ApiError> {
         })
 }
 
+/// A client over its failed sign-ins: 429 with `Retry-After` and a page saying when to retry.
+fn throttled(req: &Req<'_>, retry_after: u64) -> PageResult {
+    let e = ApiError::rate_limited(retry_after);
+    let page = error_page(
+        req.shell,
+        429,
+        e.code(),
+        &format!("Too many failed sign-ins from your address; try again in {retry_after} s",),
+    );
+    let mut res = super::html(StatusCode::TOO_MANY_REQUESTS, page);
+    res.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after));
+    Ok(Out::Raw(res))
+}
+
+/// Count a failed sign-in from the client. The audit trail gets the client's first failure of
+/// each minute and the moment it is throttled: at most two lines per client and minute,
+/// whatever the number of attempts, and never the token (see docs/security.md).
+fn failed(req: &Req<'_>) {
+    let limiter = &req.ui.login_failures;
+    let client = json!(req.client.to_string());
+    let d = limiter.check(req.client, std::time::Instant::now());
+    let failures = d.limit - d.remaining;
+    if failures == 1 {
+        req.state.audit.record(
+            "ui_login_failure",
+            &[("client", client.clone()), ("failures", json!(1))],
+        );
+    }
+    if d.remaining == 0 {
+        req.state.audit.record(
+            "ui_login_throttled",
+            &[
+                ("client", client),
+                ("failures", json!(failures)),
+                ("retry_after", json!(d.reset_secs)),
+            ],
+        );
+    }
+}
+
 pub async fn submit(req: &Req<'_>, headers: &HeaderMap, body: Body, secure: bool) -> PageResult {
+    if let Some(retry_after) = req
+        .ui
+        .login_failures
+        .exhausted(req.client, std::time::Instant::now())
+    {
+        crate::upload::receive::drain(body);
+        return throttled(req, retry_after);
+    }
     let bytes = read_form(body).await?;
     let mut token = None;
     let mut csrf = None;
@@ -98,10 +148,14 @@ pub async fn submit(req: &Req<'_>, headers: &HeaderMap, body: Body, secure: bool
         ..req.ctx
     };
     if !ctx.opens_any() {
+        failed(req);
         return form(req, headers, secure, Some(ApiError::invalid_token()));
     }
-    let expires = req.ctx.now_ms / 1000 + SESSION_SECS;
-    let value = req.ui.keys.session_value(&digest(token), expires);
+    let now_s = req.ctx.now_ms / 1000;
+    let value = req
+        .ui
+        .keys
+        .session_value(&digest(token), now_s, now_s + SESSION_SECS);
     let mut res = redirect("/ui");
     append_cookie(
         &mut res,
@@ -149,6 +203,14 @@ pub async fn logout(req: &Req<'_>, headers: &HeaderMap, body: Body, secure: bool
             "The sign-out form expired or came from another site; reload the page and try again",
         );
         return Ok(Out::Page(StatusCode::FORBIDDEN, page));
+    }
+    // Ended everywhere: this replica forgets the session now, the others within
+    // `UI_SESSION_REVALIDATE_SECONDS` ([`super::revoke`]).
+    if let Some(s) = req.ui.keys.open_session(session, req.ctx.now_ms) {
+        let now_s = req.ctx.now_ms / 1000;
+        if let Err(e) = req.ui.revocations.revoke(&s.id, s.expires_s, now_s).await {
+            tracing::error!(error = %e, "cannot record a sign-out in the storage: other replicas still honour the session");
+        }
     }
     let mut res = redirect("/ui");
     append_cookie(&mut res, &session::set_cookie(SESSION_COOKIE, "", 0, secure));

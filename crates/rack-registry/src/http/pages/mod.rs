@@ -9,7 +9,8 @@
 //!
 //! One module per page (`home`, `namespace`, `registry`, `file`, `preset`, `search`, `login`),
 //! each a view built from the reads plus its markup; `layout` is the shared shell and
-//! stylesheet; `session` the signed cookie and the CSRF token.
+//! stylesheet; `session` the signed cookie and the CSRF token; `revoke` signing out on every
+//! replica.
 
 mod file;
 mod home;
@@ -18,10 +19,13 @@ mod login;
 mod namespace;
 mod preset;
 mod registry;
+pub mod revoke;
 mod search;
 pub mod session;
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
@@ -45,10 +49,91 @@ pub const TEMPLATE: &str = "/ui/*";
 /// Registries (or namespaces) per page.
 pub const PAGE_SIZE: usize = 50;
 
-/// The web pages' own state: the session and CSRF signing key.
-#[derive(Default)]
+/// The web pages' own state: the session and CSRF signing key, signed-out sessions and the
+/// sign-in throttle.
 pub struct Ui {
     pub keys: session::Keys,
+    pub revocations: revoke::Revocations,
+    /// Failed sign-ins per client and minute (`UI_LOGIN_ATTEMPTS`; bounded memory, see
+    /// [`crate::ratelimit`]).
+    pub login_failures: crate::ratelimit::RateLimiter,
+}
+
+/// The pages' settings (SPEC §10 naming: `UI_SESSION_KEY`, `UI_SESSION_REVALIDATE_SECONDS`,
+/// `UI_LOGIN_ATTEMPTS`).
+#[derive(Clone)]
+pub struct UiSettings {
+    /// Derived from `UI_SESSION_KEY`; `None`: the key in the storage.
+    pub session_key: Option<[u8; 32]>,
+    pub revalidate: Duration,
+    /// Failed sign-ins a client may make per minute (at least 1).
+    pub login_attempts: u64,
+}
+
+impl std::fmt::Debug for UiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UiSettings")
+            .field("session_key", &self.session_key.map(|_| "<redacted>"))
+            .field("revalidate", &self.revalidate)
+            .field("login_attempts", &self.login_attempts)
+            .finish()
+    }
+}
+
+/// Where the shared signing key is kept when `UI_SESSION_KEY` is not set.
+pub const KEY_OBJECT: &str = ".rack/ui/session-key";
+
+impl Ui {
+    pub async fn start(storage: Arc<dyn crate::storage::Storage>, settings: &UiSettings) -> Ui {
+        let key = match settings.session_key {
+            Some(k) => k,
+            None => stored_key(storage.as_ref()).await.unwrap_or_else(|e| {
+                tracing::warn!(
+                    error = %e,
+                    "no shared web-session key (set UI_SESSION_KEY): sessions hold on this replica only"
+                );
+                rand::random()
+            }),
+        };
+        Ui {
+            keys: session::Keys::new(key),
+            revocations: revoke::Revocations::new(storage, settings.revalidate),
+            login_failures: crate::ratelimit::RateLimiter::new(
+                settings.login_attempts,
+                Duration::from_secs(60),
+            ),
+        }
+    }
+}
+
+/// The key in [`KEY_OBJECT`]: read, or created create-only by the first replica (a replica that
+/// loses the race reads the winner's).
+async fn stored_key(storage: &dyn crate::storage::Storage) -> Result<[u8; 32], String> {
+    let parse = |body: &[u8]| -> Result<[u8; 32], String> {
+        let text = std::str::from_utf8(body).map_err(|_| format!("{KEY_OBJECT} is not text"))?;
+        hex::decode(text.trim())
+            .ok()
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .ok_or_else(|| format!("{KEY_OBJECT} is not 64 hex digits"))
+    };
+    if let Some(o) = storage.get(KEY_OBJECT).await.map_err(|e| e.to_string())? {
+        return parse(&o.body);
+    }
+    let key: [u8; 32] = rand::random();
+    let body = bytes::Bytes::from(hex::encode(key) + "\n");
+    match storage
+        .put(KEY_OBJECT, body, crate::storage::PutMode::Create)
+        .await
+    {
+        Ok(_) => Ok(key),
+        Err(crate::storage::StorageError::AlreadyExists(_)) => {
+            match storage.get(KEY_OBJECT).await.map_err(|e| e.to_string())? {
+                Some(o) => parse(&o.body),
+                None => Err(format!("{KEY_OBJECT} vanished")),
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Whether `path` belongs to the pages.
@@ -89,6 +174,8 @@ pub struct Viewer {
 pub struct Req<'a> {
     pub state: &'a AppState,
     pub ui: &'a Ui,
+    /// The client address (per `TRUST_PROXY`): what sign-ins are throttled by.
+    pub client: IpAddr,
     pub ctx: Ctx<'a>,
     pub shell: Shell,
     pub query: Option<&'a str>,
@@ -137,10 +224,10 @@ pub fn is_https(headers: &HeaderMap, trust: TrustProxy) -> bool {
 }
 
 /// Every `/ui` request. The caller has applied the rate limit and will log the request.
-pub async fn handle(state: &AppState, ui: &Ui, parts: &Parts, body: Body) -> Response {
+pub async fn handle(state: &AppState, ui: &Ui, parts: &Parts, body: Body, client: IpAddr) -> Response {
     let policy = state.policy();
     let now = now_ms();
-    let viewer = viewer(state, ui, &parts.headers, &policy, now);
+    let viewer = viewer(state, ui, &parts.headers, &policy, now).await;
     let ctx = Ctx {
         policy: &policy,
         admin: &state.admin,
@@ -150,6 +237,7 @@ pub async fn handle(state: &AppState, ui: &Ui, parts: &Parts, body: Body) -> Res
     let req = Req {
         state,
         ui,
+        client,
         ctx,
         shell: Shell {
             logout_csrf: viewer.logout_csrf,
@@ -221,7 +309,7 @@ async fn dispatch(
 
 /// The viewer of a request: an API token header counts as under the API; otherwise a valid
 /// session cookie whose token still opens something in the current policy.
-fn viewer(
+async fn viewer(
     state: &AppState,
     ui: &Ui,
     headers: &HeaderMap,
@@ -229,8 +317,13 @@ fn viewer(
     now: i64,
 ) -> Viewer {
     let session = session::cookie(headers, session::SESSION_COOKIE);
-    let from_session = session.and_then(|v| ui.keys.open_session(v, now));
-    let live = from_session.filter(|cred| {
+    let mut from_session = session.and_then(|v| ui.keys.open_session(v, now));
+    if let Some(s) = &from_session {
+        if ui.revocations.is_revoked(&s.id, s.expires_s).await {
+            from_session = None;
+        }
+    }
+    let live = from_session.map(|s| s.credential).filter(|cred| {
         Ctx {
             policy,
             admin: &state.admin,
