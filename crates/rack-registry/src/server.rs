@@ -259,9 +259,10 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         queued: metrics.uploads_queued.clone(),
     };
     let ui = if config.ui {
-        Some(Arc::new(
-            crate::http::pages::Ui::start(storage.clone(), &config.ui_settings).await,
-        ))
+        Some(Arc::new(crate::http::pages::Ui::new(
+            storage.clone(),
+            &config.ui_settings,
+        )))
     } else {
         None
     };

@@ -651,6 +651,10 @@ fn signing_out_takes_a_post_with_the_session_csrf_field() {
     let page = post_logout(&server, Some(&cookie), &field);
     assert_eq!((page.status, page.location.as_deref()), (303, Some("/ui")));
     assert!(cookie_of(&page, "rack_ui").unwrap().1.contains("Max-Age=0"));
+    // Issue 25: a copy of the cookie kept working for 12 h after sign-out.
+    let page = get(&server, "/ui/@company", Some(&cookie));
+    assert_eq!(page.status, 401, "the session outlived its sign-out");
+    assert_eq!(get(&server, "/ui/@company", Some(&other)).status, 200);
 }
 
 /// Issue 25 item 6: signing out ends the session on every replica (two server processes on one

@@ -20,12 +20,12 @@ const MAX_FORM_BYTES: usize = 8 * 1024;
 
 /// The form, with a CSRF field bound to the nonce cookie (kept if the browser has one, so two
 /// open tabs both work). `error`: why the last attempt failed (the page is then a 401).
-pub fn form(req: &Req<'_>, headers: &HeaderMap, secure: bool, error: Option<ApiError>) -> PageResult {
+pub async fn form(req: &Req<'_>, headers: &HeaderMap, secure: bool, error: Option<ApiError>) -> PageResult {
     let nonce = session::cookie(headers, CSRF_COOKIE)
         .filter(|n| n.len() == 32 && n.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(str::to_owned)
         .unwrap_or_else(session::nonce);
-    let csrf = req.ui.keys.csrf_token(&nonce);
+    let csrf = req.ui.keys().await.csrf_token(&nonce);
     let status = if error.is_some() {
         StatusCode::UNAUTHORIZED
     } else {
@@ -82,22 +82,67 @@ fn throttled(req: &Req<'_>, retry_after: u64) -> PageResult {
     Ok(Out::Raw(res))
 }
 
+/// Audit lines about failed sign-ins per minute, all clients together: a flood from many
+/// addresses (or forged `X-Forwarded-For` under `TRUST_PROXY=true`) cannot write without bound.
+pub const AUDIT_LINES_PER_MINUTE: u64 = 100;
+
+/// The global budget of [`AUDIT_LINES_PER_MINUTE`]: `(minute, lines written, lines left out)`.
+#[derive(Default)]
+pub struct LoginAudit {
+    window: std::sync::Mutex<(i64, u64, u64)>,
+}
+
+impl LoginAudit {
+    /// Whether a line may be written in `minute`, and the lines left out of the minute this
+    /// call ends (when some were).
+    fn admit(&self, minute: i64) -> (bool, Option<u64>) {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ended = None;
+        if w.0 != minute {
+            ended = (w.2 > 0).then_some(w.2);
+            *w = (minute, 0, 0);
+        }
+        if w.1 < AUDIT_LINES_PER_MINUTE {
+            w.1 += 1;
+            (true, ended)
+        } else {
+            w.2 += 1;
+            (false, ended)
+        }
+    }
+}
+
+fn audit(req: &Req<'_>, event: &str, fields: &[(&str, serde_json::Value)]) {
+    let (write, left_out) = req.ui.login_audit.admit(req.ctx.now_ms.div_euclid(60_000));
+    if let Some(n) = left_out {
+        req.state
+            .audit
+            .record("ui_login_audit_suppressed", &[("lines", json!(n))]);
+    }
+    if write {
+        req.state.audit.record(event, fields);
+    }
+}
+
 /// Count a failed sign-in from the client. The audit trail gets the client's first failure of
 /// each minute and the moment it is throttled: at most two lines per client and minute,
-/// whatever the number of attempts, and never the token (see docs/security.md).
+/// whatever the number of attempts, at most [`AUDIT_LINES_PER_MINUTE`] in all (then one line
+/// saying how many were left out), and never the token (see docs/security.md).
 fn failed(req: &Req<'_>) {
     let limiter = &req.ui.login_failures;
     let client = json!(req.client.to_string());
     let d = limiter.check(req.client, std::time::Instant::now());
     let failures = d.limit - d.remaining;
     if failures == 1 {
-        req.state.audit.record(
+        audit(
+            req,
             "ui_login_failure",
             &[("client", client.clone()), ("failures", json!(1))],
         );
     }
     if d.remaining == 0 {
-        req.state.audit.record(
+        audit(
+            req,
             "ui_login_throttled",
             &[
                 ("client", client),
@@ -128,7 +173,7 @@ pub async fn submit(req: &Req<'_>, headers: &HeaderMap, body: Body, secure: bool
         }
     }
     let nonce = session::cookie(headers, CSRF_COOKIE).unwrap_or("");
-    if !req.ui.keys.csrf_ok(nonce, csrf.as_deref().unwrap_or("")) {
+    if !req.ui.keys().await.csrf_ok(nonce, csrf.as_deref().unwrap_or("")) {
         // Not an API error: only the web form has this check.
         let page = error_page(
             req.shell,
@@ -140,7 +185,7 @@ pub async fn submit(req: &Req<'_>, headers: &HeaderMap, body: Body, secure: bool
     }
     let token = token.as_deref().map(str::trim).unwrap_or("");
     if token.is_empty() {
-        return form(req, headers, secure, Some(ApiError::unauthorized_read()));
+        return form(req, headers, secure, Some(ApiError::unauthorized_read())).await;
     }
     let cred = Credential::new(token);
     let ctx = Ctx {
@@ -149,12 +194,13 @@ pub async fn submit(req: &Req<'_>, headers: &HeaderMap, body: Body, secure: bool
     };
     if !ctx.opens_any() {
         failed(req);
-        return form(req, headers, secure, Some(ApiError::invalid_token()));
+        return form(req, headers, secure, Some(ApiError::invalid_token())).await;
     }
     let now_s = req.ctx.now_ms / 1000;
     let value = req
         .ui
-        .keys
+        .keys()
+        .await
         .session_value(&digest(token), now_s, now_s + SESSION_SECS);
     let mut res = redirect("/ui");
     append_cookie(
@@ -195,7 +241,7 @@ pub async fn logout(req: &Req<'_>, headers: &HeaderMap, body: Body, secure: bool
         .find(|(k, _)| k == "csrf")
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
-    if !req.ui.keys.logout_ok(session, &csrf) {
+    if !req.ui.keys().await.logout_ok(session, &csrf) {
         let page = error_page(
             req.shell,
             403,
@@ -206,7 +252,7 @@ pub async fn logout(req: &Req<'_>, headers: &HeaderMap, body: Body, secure: bool
     }
     // Ended everywhere: this replica forgets the session now, the others within
     // `UI_SESSION_REVALIDATE_SECONDS` ([`super::revoke`]).
-    if let Some(s) = req.ui.keys.open_session(session, req.ctx.now_ms) {
+    if let Some(s) = req.ui.keys().await.open_session(session, req.ctx.now_ms) {
         let now_s = req.ctx.now_ms / 1000;
         if let Err(e) = req.ui.revocations.revoke(&s.id, s.expires_s, now_s).await {
             tracing::error!(error = %e, "cannot record a sign-out in the storage: other replicas still honour the session");
@@ -215,4 +261,20 @@ pub async fn logout(req: &Req<'_>, headers: &HeaderMap, body: Body, secure: bool
     let mut res = redirect("/ui");
     append_cookie(&mut res, &session::set_cookie(SESSION_COOKIE, "", 0, secure));
     Ok(Out::Raw(res))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_lines_are_bounded_per_minute_across_clients() {
+        let a = LoginAudit::default();
+        let written = (0..1000).filter(|_| a.admit(7).0).count() as u64;
+        assert_eq!(written, AUDIT_LINES_PER_MINUTE);
+        // The next minute starts afresh and reports what was left out.
+        assert_eq!(a.admit(8), (true, Some(1000 - AUDIT_LINES_PER_MINUTE)));
+        assert_eq!(a.admit(8), (true, None));
+        assert_eq!(a.admit(9), (true, None), "nothing left out of minute 8");
+    }
 }

@@ -52,11 +52,16 @@ pub const PAGE_SIZE: usize = 50;
 /// The web pages' own state: the session and CSRF signing key, signed-out sessions and the
 /// sign-in throttle.
 pub struct Ui {
-    pub keys: session::Keys,
+    /// Resolved at the first page that needs it ([`Ui::keys`]), so that starting the server
+    /// writes nothing to the storage.
+    keys: tokio::sync::OnceCell<session::Keys>,
+    storage: Arc<dyn crate::storage::Storage>,
     pub revocations: revoke::Revocations,
     /// Failed sign-ins per client and minute (`UI_LOGIN_ATTEMPTS`; bounded memory, see
     /// [`crate::ratelimit`]).
     pub login_failures: crate::ratelimit::RateLimiter,
+    /// The audit lines about failed sign-ins, bounded per minute.
+    pub login_audit: login::LoginAudit,
 }
 
 /// The pages' settings (SPEC §10 naming: `UI_SESSION_KEY`, `UI_SESSION_REVALIDATE_SECONDS`,
@@ -84,25 +89,38 @@ impl std::fmt::Debug for UiSettings {
 pub const KEY_OBJECT: &str = ".rack/ui/session-key";
 
 impl Ui {
-    pub async fn start(storage: Arc<dyn crate::storage::Storage>, settings: &UiSettings) -> Ui {
-        let key = match settings.session_key {
-            Some(k) => k,
-            None => stored_key(storage.as_ref()).await.unwrap_or_else(|e| {
-                tracing::warn!(
-                    error = %e,
-                    "no shared web-session key (set UI_SESSION_KEY): sessions hold on this replica only"
-                );
-                rand::random()
-            }),
-        };
+    pub fn new(storage: Arc<dyn crate::storage::Storage>, settings: &UiSettings) -> Ui {
         Ui {
-            keys: session::Keys::new(key),
-            revocations: revoke::Revocations::new(storage, settings.revalidate),
+            keys: match settings.session_key {
+                Some(k) => tokio::sync::OnceCell::new_with(Some(session::Keys::new(k))),
+                None => tokio::sync::OnceCell::new(),
+            },
+            revocations: revoke::Revocations::new(storage.clone(), settings.revalidate),
+            storage,
             login_failures: crate::ratelimit::RateLimiter::new(
                 settings.login_attempts,
                 Duration::from_secs(60),
             ),
+            login_audit: login::LoginAudit::default(),
         }
+    }
+
+    /// The signing key: `UI_SESSION_KEY`'s, or the one in the storage ([`KEY_OBJECT`], created
+    /// by the first replica that needs it); a random one of this process when the storage can
+    /// neither give nor take it (logged).
+    pub async fn keys(&self) -> &session::Keys {
+        self.keys
+            .get_or_init(|| async {
+                let key = stored_key(self.storage.as_ref()).await.unwrap_or_else(|e| {
+                    tracing::warn!(
+                        error = %e,
+                        "no shared web-session key (set UI_SESSION_KEY): sessions hold on this replica only"
+                    );
+                    rand::random()
+                });
+                session::Keys::new(key)
+            })
+            .await
     }
 }
 
@@ -277,7 +295,7 @@ async fn dispatch(
     let read = method == Method::GET || method == Method::HEAD;
     match path {
         "/login" if method == Method::POST => login::submit(req, headers, body, secure).await,
-        "/login" if read => login::form(req, headers, secure, None),
+        "/login" if read => login::form(req, headers, secure, None).await,
         "/logout" if method == Method::POST => login::logout(req, headers, body, secure).await,
         "/logout" if read => login::logout_form(req),
         _ if !read => {
@@ -317,7 +335,11 @@ async fn viewer(
     now: i64,
 ) -> Viewer {
     let session = session::cookie(headers, session::SESSION_COOKIE);
-    let mut from_session = session.and_then(|v| ui.keys.open_session(v, now));
+    let keys = match session {
+        Some(_) => Some(ui.keys().await),
+        None => None,
+    };
+    let mut from_session = session.zip(keys).and_then(|(v, keys)| keys.open_session(v, now));
     if let Some(s) = &from_session {
         if ui.revocations.is_revoked(&s.id, s.expires_s).await {
             from_session = None;
@@ -335,7 +357,8 @@ async fn viewer(
     let stale_session = session.is_some() && live.is_none();
     let logout_csrf = session
         .filter(|_| live.is_some())
-        .map(|v| ui.keys.logout_token(v));
+        .zip(keys)
+        .map(|(v, keys)| keys.logout_token(v));
     let credential = super::credential(headers).or(live);
     Viewer {
         credential,

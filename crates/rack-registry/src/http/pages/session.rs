@@ -6,7 +6,7 @@
 //! one-time pad only the key can produce, so a leaked cookie allows no offline guessing of the
 //! token), and `sig` an HMAC-SHA256 over the rest. The key is shared by every replica
 //! (`UI_SESSION_KEY`, or `.rack/ui/session-key` in the storage, created create-only by the first
-//! replica: see [`super::Ui::start`]), so any replica opens any replica's cookie. The digest is
+//! replica that needs it: see [`super::Ui::keys`]), so any replica opens any replica's cookie. The digest is
 //! matched against the policy in force on every request, so a token removed from `auth.json`
 //! ends its sessions at once; signing out records the session id in the storage
 //! ([`super::revoke`]), which ends it on every replica.
