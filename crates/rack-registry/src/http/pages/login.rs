@@ -74,7 +74,7 @@ fn throttled(req: &Req<'_>, retry_after: u64) -> PageResult {
         req.shell,
         429,
         e.code(),
-        &format!("Too many failed sign-ins from your address; try again in {retry_after} s",),
+        &format!("Too many failed sign-ins from your address; try again in {retry_after} s"),
     );
     let mut res = super::html(StatusCode::TOO_MANY_REQUESTS, page);
     res.headers_mut()
@@ -140,7 +140,9 @@ fn failed(req: &Req<'_>) {
             &[("client", client.clone()), ("failures", json!(1))],
         );
     }
-    if d.remaining == 0 {
+    // `allowed` with none left: this failure reached the limit (concurrent ones past it, which
+    // `exhausted` did not stop in time, write nothing).
+    if d.remaining == 0 && d.allowed {
         audit(
             req,
             "ui_login_throttled",
