@@ -203,6 +203,17 @@ pub struct ServeArgs {
     /// Serve the web pages under /ui (true|false) [default: true]
     #[arg(long, env = "UI")]
     pub ui: Option<String>,
+    /// Secret (at least 32 characters) the web-session cookies are signed with, the same on
+    /// every replica [default: a key kept in the storage at .rack/ui/session-key]
+    #[arg(long, env = "UI_SESSION_KEY", hide_env_values = true)]
+    pub ui_session_key: Option<String>,
+    /// Seconds a replica trusts that a web session was not signed out on another replica
+    /// [default: 10]
+    #[arg(long, env = "UI_SESSION_REVALIDATE_SECONDS")]
+    pub ui_session_revalidate_seconds: Option<String>,
+    /// Failed sign-ins per client and minute before the login form answers 429 [default: 10]
+    #[arg(long, env = "UI_LOGIN_ATTEMPTS")]
+    pub ui_login_attempts: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,6 +363,8 @@ pub struct Config {
     pub auth_from_bucket: bool,
     /// Whether the web pages under `/ui` are served (`UI`, SPEC §15).
     pub ui: bool,
+    /// Their sessions and sign-in throttle.
+    pub ui_settings: crate::http::pages::UiSettings,
 }
 
 /// A configuration error: names the variable, the bad value (unless secret) and what is accepted.
@@ -748,9 +761,36 @@ impl Config {
             Some("false") => false,
             Some(s) => return Err(err("UI", format!("{s:?} is not one of true, false"))),
         };
+        let session_key = match given(&a.ui_session_key) {
+            None => None,
+            Some(k) if k.len() < 32 => {
+                return Err(err(
+                    "UI_SESSION_KEY",
+                    "is shorter than 32 characters (value not shown)",
+                ))
+            }
+            Some(k) => {
+                use sha2::Digest;
+                let mut h = sha2::Sha256::new();
+                h.update(b"rack-registry ui session key\0");
+                h.update(k.as_bytes());
+                Some(h.finalize().into())
+            }
+        };
+        let ui_settings = crate::http::pages::UiSettings {
+            session_key,
+            revalidate: Duration::from_secs(parse_u64(
+                "UI_SESSION_REVALIDATE_SECONDS",
+                &a.ui_session_revalidate_seconds,
+                10,
+                0,
+            )?),
+            login_attempts: parse_u64("UI_LOGIN_ATTEMPTS", &a.ui_login_attempts, 10, 1)?,
+        };
         Ok(Config {
             auth_from_bucket,
             ui,
+            ui_settings,
             fs_watch,
             map_files,
             http_workers,
@@ -793,6 +833,13 @@ mod tests {
         let c = with(|_| {}).unwrap();
         assert!(c.ui);
         assert!(!with(|a| a.ui = Some("FALSE".into())).unwrap().ui);
+        assert_eq!(c.ui_settings.login_attempts, 10);
+        assert_eq!(c.ui_settings.revalidate, Duration::from_secs(10));
+        assert!(c.ui_settings.session_key.is_none());
+        let k = with(|a| a.ui_session_key = Some("k".repeat(32))).unwrap();
+        let k2 = with(|a| a.ui_session_key = Some("k".repeat(32))).unwrap();
+        assert_eq!(k.ui_settings.session_key, k2.ui_settings.session_key);
+        assert!(!format!("{:?}", k.ui_settings).contains("kkkk"));
         assert_eq!(c.port, 8080);
         assert_eq!(c.host.to_string(), "0.0.0.0");
         assert_eq!(c.storage_root, PathBuf::from("./data"));
@@ -903,6 +950,18 @@ mod tests {
             ("AUTH_SOURCE", Box::new(|a| a.auth_source = Some("bucket".into()))),
             ("AUTH_SOURCE", Box::new(|a| a.auth_source = Some("s3".into()))),
             ("UI", Box::new(|a| a.ui = Some("yes".into()))),
+            (
+                "UI_SESSION_KEY",
+                Box::new(|a| a.ui_session_key = Some("short".into())),
+            ),
+            (
+                "UI_LOGIN_ATTEMPTS",
+                Box::new(|a| a.ui_login_attempts = Some("0".into())),
+            ),
+            (
+                "UI_SESSION_REVALIDATE_SECONDS",
+                Box::new(|a| a.ui_session_revalidate_seconds = Some("x".into())),
+            ),
             (
                 "HEADER_TIMEOUT_SECONDS",
                 Box::new(|a| a.header_timeout_seconds = Some("0".into())),

@@ -117,6 +117,21 @@ impl RateLimiter {
         self.check_counted(ip, now).0
     }
 
+    /// Whether `ip` has used up its current window, without counting a request: the whole
+    /// seconds until that window ends, if so. (The sign-in throttle counts failures only, so it
+    /// asks first and counts after.)
+    pub fn exhausted(&self, ip: IpAddr, now: Instant) -> Option<u64> {
+        let key = client_key(ip);
+        let shard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
+        let w = shard.current.get(&key).or_else(|| shard.previous.get(&key))?;
+        let used = now.saturating_duration_since(w.start);
+        if w.count < self.max || used >= self.window {
+            return None;
+        }
+        let left = self.window - used;
+        Some((left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1))
+    }
+
     /// [`RateLimiter::check`], plus how many map slots it looked at (for the tests: it must
     /// stay constant, whatever the number of clients).
     fn check_counted(&self, ip: IpAddr, now: Instant) -> (Decision, u32) {
@@ -221,6 +236,25 @@ mod tests {
         let fresh = rl.check(ip, t0 + Duration::from_secs(110));
         assert!(fresh.allowed);
         assert_eq!(fresh.remaining, 1);
+    }
+
+    #[test]
+    fn exhausted_asks_without_counting() {
+        let rl = RateLimiter::new(2, Duration::from_secs(60));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        assert_eq!(rl.exhausted(ip, t0), None, "never seen");
+        rl.check(ip, t0);
+        for _ in 0..5 {
+            assert_eq!(rl.exhausted(ip, t0), None, "asking does not count");
+        }
+        rl.check(ip, t0);
+        assert_eq!(rl.exhausted(ip, t0 + Duration::from_secs(50)), Some(10));
+        assert_eq!(
+            rl.exhausted(ip, t0 + Duration::from_secs(60)),
+            None,
+            "window over"
+        );
     }
 
     #[test]

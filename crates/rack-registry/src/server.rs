@@ -260,6 +260,14 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     };
     // Drops the web pages' search indexes on every publish of this replica.
     let search_sink = Arc::new(crate::http::pages::SearchSink::default());
+    let ui = if config.ui {
+        Some(Arc::new(crate::http::pages::Ui::new(
+            storage.clone(),
+            &config.ui_settings,
+        )))
+    } else {
+        None
+    };
     let state = Arc::new(AppState {
         storage: storage.clone(),
         policy,
@@ -304,7 +312,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             webhook_sink as Arc<dyn crate::events::PublishSink>,
             search_sink.clone(),
         ],
-        ui: config.ui.then(Default::default),
+        ui,
     });
     search_sink.bind(&state);
     // Finish publishes that a crash interrupted, then drop every other leftover of staging:

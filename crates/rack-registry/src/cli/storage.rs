@@ -111,12 +111,14 @@ pub struct Transfer {
 
 /// The server's working state, never data. Integrity records (`.rack/integrity/`) are data:
 /// they travel with their versions.
-const WORKING_STATE: [&str; 5] = [
+const WORKING_STATE: [&str; 7] = [
     ".tmp/",
     ".webhooks/",
     ".rack/leases/",
     ".rack/outbox/",
     ".rack/probe/",
+    ".rack/sessions/",
+    ".rack/ui/",
 ];
 
 fn is_working_state(key: &str) -> bool {

@@ -82,7 +82,7 @@ async fn entry(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -
         .then(|| state.rate_limiter.check(client, start));
     let mut res = match decision {
         Some(d) if !d.allowed => logging::rate_limited(&state, d, body),
-        _ if ui.is_some() => pages::handle(&state, ui.expect("checked"), &parts, body).await,
+        _ if ui.is_some() => pages::handle(&state, ui.expect("checked"), &parts, body, client).await,
         _ if browser_root => pages::redirect("/ui"),
         _ if route == Route::Upload && parts.method == Method::POST => {
             crate::upload::handle(&state, &parts.headers, client, body).await

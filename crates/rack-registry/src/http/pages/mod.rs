@@ -9,7 +9,8 @@
 //!
 //! One module per page (`home`, `namespace`, `registry`, `file`, `preset`, `search`, `login`),
 //! each a view built from the reads plus its markup; `layout` is the shared shell and
-//! stylesheet; `session` the signed cookie and the CSRF token.
+//! stylesheet; `session` the signed cookie and the CSRF token; `revoke` signing out on every
+//! replica.
 
 mod file;
 mod home;
@@ -18,12 +19,15 @@ mod login;
 mod namespace;
 mod preset;
 mod registry;
+pub mod revoke;
 mod search;
 pub mod session;
 
 pub use search::SearchSink;
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
@@ -47,12 +51,112 @@ pub const TEMPLATE: &str = "/ui/*";
 /// Registries (or namespaces) per page.
 pub const PAGE_SIZE: usize = 50;
 
-/// The web pages' own state: the session and CSRF signing key.
-#[derive(Default)]
+/// The web pages' own state: the session and CSRF signing key, signed-out sessions and the
+/// sign-in throttle.
 pub struct Ui {
-    pub keys: session::Keys,
+    /// Resolved at the first page that needs it ([`Ui::keys`]), so that starting the server
+    /// writes nothing to the storage.
+    keys: tokio::sync::OnceCell<session::Keys>,
+    storage: Arc<dyn crate::storage::Storage>,
+    pub revocations: revoke::Revocations,
     /// The search indexes (`search`).
     pub search: search::Index,
+    /// Failed sign-ins per client and minute (`UI_LOGIN_ATTEMPTS`; bounded memory, see
+    /// [`crate::ratelimit`]).
+    pub login_failures: crate::ratelimit::RateLimiter,
+    /// The audit lines about failed sign-ins, bounded per minute.
+    pub login_audit: login::LoginAudit,
+}
+
+/// The pages' settings (SPEC §10 naming: `UI_SESSION_KEY`, `UI_SESSION_REVALIDATE_SECONDS`,
+/// `UI_LOGIN_ATTEMPTS`).
+#[derive(Clone)]
+pub struct UiSettings {
+    /// Derived from `UI_SESSION_KEY`; `None`: the key in the storage.
+    pub session_key: Option<[u8; 32]>,
+    pub revalidate: Duration,
+    /// Failed sign-ins a client may make per minute (at least 1).
+    pub login_attempts: u64,
+}
+
+impl std::fmt::Debug for UiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UiSettings")
+            .field("session_key", &self.session_key.map(|_| "<redacted>"))
+            .field("revalidate", &self.revalidate)
+            .field("login_attempts", &self.login_attempts)
+            .finish()
+    }
+}
+
+/// Where the shared signing key is kept when `UI_SESSION_KEY` is not set.
+pub const KEY_OBJECT: &str = ".rack/ui/session-key";
+
+impl Ui {
+    pub fn new(storage: Arc<dyn crate::storage::Storage>, settings: &UiSettings) -> Ui {
+        Ui {
+            keys: match settings.session_key {
+                Some(k) => tokio::sync::OnceCell::new_with(Some(session::Keys::new(k))),
+                None => tokio::sync::OnceCell::new(),
+            },
+            revocations: revoke::Revocations::new(storage.clone(), settings.revalidate),
+            search: Default::default(),
+            storage,
+            login_failures: crate::ratelimit::RateLimiter::new(
+                settings.login_attempts,
+                Duration::from_secs(60),
+            ),
+            login_audit: login::LoginAudit::default(),
+        }
+    }
+
+    /// The signing key: `UI_SESSION_KEY`'s, or the one in the storage ([`KEY_OBJECT`], created
+    /// by the first replica that needs it); a random one of this process when the storage can
+    /// neither give nor take it (logged).
+    pub async fn keys(&self) -> &session::Keys {
+        self.keys
+            .get_or_init(|| async {
+                let key = stored_key(self.storage.as_ref()).await.unwrap_or_else(|e| {
+                    tracing::warn!(
+                        error = %e,
+                        "no shared web-session key (set UI_SESSION_KEY): sessions hold on this replica only"
+                    );
+                    rand::random()
+                });
+                session::Keys::new(key)
+            })
+            .await
+    }
+}
+
+/// The key in [`KEY_OBJECT`]: read, or created create-only by the first replica (a replica that
+/// loses the race reads the winner's).
+async fn stored_key(storage: &dyn crate::storage::Storage) -> Result<[u8; 32], String> {
+    let parse = |body: &[u8]| -> Result<[u8; 32], String> {
+        let text = std::str::from_utf8(body).map_err(|_| format!("{KEY_OBJECT} is not text"))?;
+        hex::decode(text.trim())
+            .ok()
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .ok_or_else(|| format!("{KEY_OBJECT} is not 64 hex digits"))
+    };
+    if let Some(o) = storage.get(KEY_OBJECT).await.map_err(|e| e.to_string())? {
+        return parse(&o.body);
+    }
+    let key: [u8; 32] = rand::random();
+    let body = bytes::Bytes::from(hex::encode(key) + "\n");
+    match storage
+        .put(KEY_OBJECT, body, crate::storage::PutMode::Create)
+        .await
+    {
+        Ok(_) => Ok(key),
+        Err(crate::storage::StorageError::AlreadyExists(_)) => {
+            match storage.get(KEY_OBJECT).await.map_err(|e| e.to_string())? {
+                Some(o) => parse(&o.body),
+                None => Err(format!("{KEY_OBJECT} vanished")),
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Whether `path` belongs to the pages.
@@ -93,6 +197,8 @@ pub struct Viewer {
 pub struct Req<'a> {
     pub state: &'a AppState,
     pub ui: &'a Ui,
+    /// The client address (per `TRUST_PROXY`): what sign-ins are throttled by.
+    pub client: IpAddr,
     pub ctx: Ctx<'a>,
     pub shell: Shell,
     pub query: Option<&'a str>,
@@ -141,10 +247,10 @@ pub fn is_https(headers: &HeaderMap, trust: TrustProxy) -> bool {
 }
 
 /// Every `/ui` request. The caller has applied the rate limit and will log the request.
-pub async fn handle(state: &AppState, ui: &Ui, parts: &Parts, body: Body) -> Response {
+pub async fn handle(state: &AppState, ui: &Ui, parts: &Parts, body: Body, client: IpAddr) -> Response {
     let policy = state.policy();
     let now = now_ms();
-    let viewer = viewer(state, ui, &parts.headers, &policy, now);
+    let viewer = viewer(state, ui, &parts.headers, &policy, now).await;
     let ctx = Ctx {
         policy: &policy,
         admin: &state.admin,
@@ -154,6 +260,7 @@ pub async fn handle(state: &AppState, ui: &Ui, parts: &Parts, body: Body) -> Res
     let req = Req {
         state,
         ui,
+        client,
         ctx,
         shell: Shell {
             logout_csrf: viewer.logout_csrf,
@@ -193,7 +300,7 @@ async fn dispatch(
     let read = method == Method::GET || method == Method::HEAD;
     match path {
         "/login" if method == Method::POST => login::submit(req, headers, body, secure).await,
-        "/login" if read => login::form(req, headers, secure, None),
+        "/login" if read => login::form(req, headers, secure, None).await,
         "/logout" if method == Method::POST => login::logout(req, headers, body, secure).await,
         "/logout" if read => login::logout_form(req),
         _ if !read => {
@@ -225,7 +332,7 @@ async fn dispatch(
 
 /// The viewer of a request: an API token header counts as under the API; otherwise a valid
 /// session cookie whose token still opens something in the current policy.
-fn viewer(
+async fn viewer(
     state: &AppState,
     ui: &Ui,
     headers: &HeaderMap,
@@ -233,8 +340,17 @@ fn viewer(
     now: i64,
 ) -> Viewer {
     let session = session::cookie(headers, session::SESSION_COOKIE);
-    let from_session = session.and_then(|v| ui.keys.open_session(v, now));
-    let live = from_session.filter(|cred| {
+    let keys = match session {
+        Some(_) => Some(ui.keys().await),
+        None => None,
+    };
+    let mut from_session = session.zip(keys).and_then(|(v, keys)| keys.open_session(v, now));
+    if let Some(s) = &from_session {
+        if ui.revocations.is_revoked(&s.id, s.expires_s).await {
+            from_session = None;
+        }
+    }
+    let live = from_session.map(|s| s.credential).filter(|cred| {
         Ctx {
             policy,
             admin: &state.admin,
@@ -246,7 +362,8 @@ fn viewer(
     let stale_session = session.is_some() && live.is_none();
     let logout_csrf = session
         .filter(|_| live.is_some())
-        .map(|v| ui.keys.logout_token(v));
+        .zip(keys)
+        .map(|(v, keys)| keys.logout_token(v));
     let credential = super::credential(headers).or(live);
     Viewer {
         credential,

@@ -1,9 +1,15 @@
 //! Web sessions and the login form's CSRF token (SPEC §15).
 //!
-//! The `rack_ui` cookie never holds the token: it holds the token's SHA-256 digest and an expiry,
-//! signed with HMAC-SHA256 under a key drawn at random when the process starts (a restart signs
-//! everyone out, which is acceptable for a catalogue). The digest is matched against the policy
-//! in force on every request, so a token removed from `auth.json` ends its sessions at once.
+//! The `rack_ui` cookie never holds the token, nor anything computed from it without the
+//! server's key: it is `v2.<sid>.<issued>.<expires>.<wrapped>.<sig>` where `sid` is a random
+//! session id, `wrapped` the token's SHA-256 digest XORed with `HMAC(key, "wrap" + sid)` (a
+//! one-time pad only the key can produce, so a leaked cookie allows no offline guessing of the
+//! token), and `sig` an HMAC-SHA256 over the rest. The key is shared by every replica
+//! (`UI_SESSION_KEY`, or `.rack/ui/session-key` in the storage, created create-only by the first
+//! replica that needs it: see [`super::Ui::keys`]), so any replica opens any replica's cookie. The digest is
+//! matched against the policy in force on every request, so a token removed from `auth.json`
+//! ends its sessions at once; signing out records the session id in the storage
+//! ([`super::revoke`]), which ends it on every replica.
 //! The cookie is read under `/ui` only; the API never looks at cookies.
 //!
 //! CSRF: the login form carries `HMAC(key, "csrf:" + nonce)` where the nonce lives in a
@@ -23,18 +29,32 @@ pub const SESSION_SECS: i64 = 12 * 3600;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The per-process signing key.
+/// The signing key (shared by every replica, see the module comment).
 pub struct Keys {
     key: [u8; 32],
 }
 
 impl Default for Keys {
+    /// A random key: sessions of this process only (unit tests).
     fn default() -> Self {
         Keys { key: rand::random() }
     }
 }
 
+/// An opened session cookie.
+pub struct Session {
+    /// The random session id (32 hex digits): what signing out revokes.
+    pub id: String,
+    /// Unix seconds.
+    pub expires_s: i64,
+    pub credential: Credential,
+}
+
 impl Keys {
+    pub fn new(key: [u8; 32]) -> Keys {
+        Keys { key }
+    }
+
     fn mac(&self, parts: &[&[u8]]) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
         for p in parts {
@@ -45,37 +65,64 @@ impl Keys {
         mac
     }
 
-    /// The cookie value of a session for `digest` that ends at `expires_s` (unix seconds).
-    pub fn session_value(&self, digest: &TokenDigest, expires_s: i64) -> String {
-        let d = hex::encode(digest);
-        let e = expires_s.to_string();
-        let sig = hex::encode(
-            self.mac(&[b"session", d.as_bytes(), e.as_bytes()])
-                .finalize()
-                .into_bytes(),
-        );
-        format!("{d}.{e}.{sig}")
+    /// The digest XORed with the pad of session `sid` (the same call unwraps).
+    fn wrap(&self, sid: &str, digest: &TokenDigest) -> TokenDigest {
+        let pad: [u8; 32] = self
+            .mac(&[b"wrap", sid.as_bytes()])
+            .finalize()
+            .into_bytes()
+            .into();
+        std::array::from_fn(|i| digest[i] ^ pad[i])
     }
 
-    /// The credential of a well-signed, unexpired session value (its policy check is the
-    /// caller's: [`rack_core::auth::Ctx::opens_any`]).
-    pub fn open_session(&self, value: &str, now_ms: i64) -> Option<Credential> {
+    fn session_sig(&self, sid: &str, issued: &str, expires: &str, wrapped: &str) -> HmacSha256 {
+        self.mac(&[
+            b"session-v2",
+            sid.as_bytes(),
+            issued.as_bytes(),
+            expires.as_bytes(),
+            wrapped.as_bytes(),
+        ])
+    }
+
+    /// The cookie value of a new session for `digest`, issued at `issued_s` and ending at
+    /// `expires_s` (unix seconds), with a fresh random id.
+    pub fn session_value(&self, digest: &TokenDigest, issued_s: i64, expires_s: i64) -> String {
+        let sid = nonce();
+        let (i, e) = (issued_s.to_string(), expires_s.to_string());
+        let w = hex::encode(self.wrap(&sid, digest));
+        let sig = hex::encode(self.session_sig(&sid, &i, &e, &w).finalize().into_bytes());
+        format!("v2.{sid}.{i}.{e}.{w}.{sig}")
+    }
+
+    /// The session of a well-signed, unexpired session value (revocation and the policy check
+    /// are the caller's: [`super::revoke`], [`rack_core::auth::Ctx::opens_any`]).
+    pub fn open_session(&self, value: &str, now_ms: i64) -> Option<Session> {
         let mut it = value.split('.');
-        let (d, e, sig) = (it.next()?, it.next()?, it.next()?);
-        if it.next().is_some() {
+        let (v, sid, i, e, w, sig) = (
+            it.next()?,
+            it.next()?,
+            it.next()?,
+            it.next()?,
+            it.next()?,
+            it.next()?,
+        );
+        if v != "v2" || it.next().is_some() {
             return None;
         }
         let sig = hex::decode(sig).ok()?;
         // `verify_slice` compares in constant time.
-        self.mac(&[b"session", d.as_bytes(), e.as_bytes()])
-            .verify_slice(&sig)
-            .ok()?;
+        self.session_sig(sid, i, e, w).verify_slice(&sig).ok()?;
         let expires_s: i64 = e.parse().ok()?;
-        if now_ms / 1000 >= expires_s {
+        if now_ms / 1000 >= expires_s || sid.len() != 32 {
             return None;
         }
-        let digest = rack_core::auth::parse_digest(d)?;
-        Some(Credential::from_digest(digest))
+        let wrapped: TokenDigest = hex::decode(w).ok()?.try_into().ok()?;
+        Some(Session {
+            id: sid.to_owned(),
+            expires_s,
+            credential: Credential::from_digest(self.wrap(sid, &wrapped)),
+        })
     }
 
     /// The form field that goes with the CSRF cookie's `nonce`.
@@ -144,16 +191,26 @@ mod tests {
     fn session_values_are_signed_and_expire() {
         let keys = Keys::default();
         let d = rack_core::auth::digest("tok");
-        let v = keys.session_value(&d, 1_000);
-        assert!(keys.open_session(&v, 999_000).is_some());
+        let v = keys.session_value(&d, 10, 1_000);
+        let s = keys.open_session(&v, 999_000).unwrap();
+        assert!(rack_core::auth::Admin::new(None, Some(d)).matches(Some(&s.credential)));
+        assert_eq!(s.expires_s, 1_000);
         assert!(keys.open_session(&v, 1_000_000).is_none(), "expired");
-        // Another process's key, or a changed digest or expiry, fails the signature.
+        // Another key, or a changed expiry or wrapped digest, fails the signature.
         assert!(Keys::default().open_session(&v, 0).is_none());
-        let forged = v.replacen("1000", "9999", 1);
+        let forged = v.replacen(".1000.", ".9999.", 1);
         assert!(keys.open_session(&forged, 0).is_none());
+        let parts: Vec<&str> = v.split('.').collect();
         let other = hex::encode(rack_core::auth::digest("other"));
-        let swapped = format!("{other}{}", &v[64..]);
+        let swapped = [parts[0], parts[1], parts[2], parts[3], &other, parts[5]].join(".");
         assert!(keys.open_session(&swapped, 0).is_none());
+        // The same key (another replica) opens it.
+        assert!(Keys::new(keys.key).open_session(&v, 0).is_some());
+        // Every session has its own id, and neither the digest nor its hex is in the cookie.
+        let v2 = keys.session_value(&d, 10, 1_000);
+        assert_ne!(keys.open_session(&v2, 0).unwrap().id, s.id);
+        assert!(!v.contains(&hex::encode(d)));
+        assert!(!v.contains(&hex::encode(d)[..16]));
     }
 
     #[test]
