@@ -246,16 +246,18 @@ async fn under_lease<T>(
     f: impl AsyncFnOnce(&lease::Lease) -> Result<T>,
 ) -> Result<Option<T>> {
     let key = lease::lease_key(registry, version);
+    // Any lease there, live or expired, is a publish in flight or a dead one for the sweep to
+    // settle (announcing it): not the repair's.
+    if lease::read(s, &key).await?.is_some() {
+        return Ok(None);
+    }
     let held = match lease::acquire(s, &key, version, t).await? {
         lease::Acquired::Busy => return Ok(None),
-        // A dead holder's publish is the sweep's to settle (it may need announcing).
+        // Taken over after all (it appeared and expired meanwhile): its record hands the dead
+        // holder's version on; left to expire for the sweep, never released unsettled.
         lease::Acquired::Held {
-            previous: Some(_),
-            lease,
-        } => {
-            lease.release(s).await?;
-            return Ok(None);
-        }
+            previous: Some(_), ..
+        } => return Ok(None),
         lease::Acquired::Held { lease, .. } => lease,
     };
     let out = f(&held).await;
@@ -270,6 +272,7 @@ async fn abandon(s: &dyn Storage, registry: &str, version: &str, t: Timing) -> R
         if s.head(&layout::manifest_key(registry, version)).await?.is_none() {
             held.ensure(s, false).await?;
             s.delete_prefix(&format!("{registry}/{version}/")).await?;
+            held.ensure(s, false).await?;
             s.delete_prefix(&integrity::record_key(registry, version)).await?;
         }
         Ok(())

@@ -90,18 +90,44 @@ pub struct LeaseRecord {
     /// protocol, which judged expiry by it. Never read here.
     #[serde(default)]
     pub expires_at: Option<i64>,
+    /// Versions that dead holders of this lease left unsettled (SPEC §11.2 step 2), carried by
+    /// whoever takes the lease over until it has settled them: a taker that dies or fails first
+    /// hands them on to the next, so no dead publisher's version is ever forgotten.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settle: Vec<String>,
 }
 
 impl LeaseRecord {
-    fn new(version: &str, ttl: Duration) -> LeaseRecord {
+    fn new(version: Option<&str>, ttl: Duration) -> LeaseRecord {
         LeaseRecord {
             owner: owner().to_owned(),
             upload_id: format!("{:016x}", rand::random::<u64>()),
             ttl_ms: Some(ttl.as_millis() as u64),
-            version: Some(version.to_owned()),
+            version: version.map(str::to_owned),
             seq: 0,
             expires_at: Some(crate::clock::now_ms() + ttl.as_millis() as i64),
+            settle: Vec::new(),
         }
+    }
+
+    /// [`left_unsettled`](LeaseRecord::left_unsettled), for callers outside this module.
+    pub fn unsettled_of(found: Option<&LeaseRecord>, key: &str) -> Vec<String> {
+        LeaseRecord::left_unsettled(found, key)
+    }
+
+    /// What a taker of the lease `key` this record was found at must settle: what its holder
+    /// still had to settle, then its own version (a record without one, from the old key layout
+    /// or unreadable: the key's last segment).
+    fn left_unsettled(found: Option<&LeaseRecord>, key: &str) -> Vec<String> {
+        let mut out: Vec<String> = found.map(|r| r.settle.clone()).unwrap_or_default();
+        let own = match found.and_then(|r| r.version.clone()) {
+            Some(v) => v,
+            None => key.rsplit('/').next().unwrap_or_default().to_owned(),
+        };
+        if !own.is_empty() && !out.contains(&own) {
+            out.push(own);
+        }
+        out
     }
 
     fn body(&self) -> Bytes {
@@ -174,7 +200,7 @@ pub enum Acquired {
 /// Take the lease at `key` for `version`: create it, or take over an expired one by
 /// compare-and-swap.
 pub async fn acquire(s: &dyn Storage, key: &str, version: &str, t: Timing) -> Result<Acquired> {
-    let record = LeaseRecord::new(version, t.ttl);
+    let record = LeaseRecord::new(Some(version), t.ttl);
     loop {
         let sent = Instant::now();
         match s.put(key, record.body(), PutMode::Create).await {
@@ -204,7 +230,7 @@ pub async fn acquire(s: &dyn Storage, key: &str, version: &str, t: Timing) -> Re
         if !found.expired {
             return Ok(Acquired::Busy);
         }
-        return Ok(match take_over(s, key, &found, version, t).await? {
+        return Ok(match take_over(s, key, &found, Some(version), t).await? {
             Some(lease) => Acquired::Held {
                 lease: Box::new(lease),
                 previous: Some(found.record),
@@ -214,16 +240,18 @@ pub async fn acquire(s: &dyn Storage, key: &str, version: &str, t: Timing) -> Re
     }
 }
 
-/// Take over the expired lease `found` at `key` by compare-and-swap on its ETag, for `version`
-/// (`None`: someone renewed or took it first).
+/// Take over the expired lease `found` at `key` by compare-and-swap on its ETag, to publish
+/// `version` (`None`: only to settle it, as a sweep does); `None` back: someone renewed or took it
+/// first. The new record carries what the dead holder left unsettled ([`Lease::to_settle`]).
 pub async fn take_over(
     s: &dyn Storage,
     key: &str,
     found: &Found,
-    version: &str,
+    version: Option<&str>,
     t: Timing,
 ) -> Result<Option<Lease>> {
-    let record = LeaseRecord::new(version, t.ttl);
+    let mut record = LeaseRecord::new(version, t.ttl);
+    record.settle = LeaseRecord::left_unsettled(found.record.as_ref(), key);
     let sent = Instant::now();
     match s
         .put(key, record.body(), PutMode::IfVersion(found.etag.clone()))
@@ -321,6 +349,10 @@ impl Lease {
             held.record = next;
             held.etag = etag;
             held.since = sent;
+            if held.since.elapsed() + need >= self.t.ttl {
+                held.lost = true;
+                return Err(self.fenced("the renewal came back too late"));
+            }
         }
         Ok(())
     }
@@ -341,6 +373,17 @@ impl Lease {
         // this delete lands.
         s.delete_prefix(&self.key).await?;
         Ok(true)
+    }
+
+    /// The versions dead holders of this lease left unsettled (SPEC §11.2 step 2).
+    pub async fn to_settle(&self) -> Vec<String> {
+        self.state.lock().await.record.settle.clone()
+    }
+
+    /// Everything [`to_settle`](Lease::to_settle) named is settled: the next renewal writes the
+    /// lease without it (until then a taker would settle it again, which is harmless).
+    pub async fn settled(&self) {
+        self.state.lock().await.record.settle.clear();
     }
 
     /// The upload id of this publish.
@@ -390,7 +433,7 @@ mod tests {
     fn old_and_new_records_parse() {
         let old: LeaseRecord = serde_json::from_str(r#"{"owner":"o","uploadId":"u","expiresAt":5}"#).unwrap();
         assert_eq!(LeaseRecord::ttl(Some(&old)), DEFAULT_LEASE);
-        let new = LeaseRecord::new("1.0.0+b", Duration::from_secs(7));
+        let new = LeaseRecord::new(Some("1.0.0+b"), Duration::from_secs(7));
         let back: LeaseRecord = serde_json::from_slice(&new.body()).unwrap();
         assert_eq!(back, new);
         assert_eq!(LeaseRecord::ttl(Some(&back)), Duration::from_secs(7));

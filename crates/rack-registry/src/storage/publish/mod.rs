@@ -109,9 +109,9 @@ pub async fn publish_dir(
     let (registry, version) = split_dest(dest)?;
     sweep::sweep_registry(s, registry, *t, announce).await?;
     let key = lease::lease_key(registry, version);
-    let (lease, previous) = match lease::acquire(s, &key, version, *t).await? {
+    let lease = match lease::acquire(s, &key, version, *t).await? {
         lease::Acquired::Busy => return Err(exists(registry, version)),
-        lease::Acquired::Held { lease, previous } => (lease, previous),
+        lease::Acquired::Held { lease, .. } => lease,
     };
     let mut run = Publish {
         s,
@@ -122,10 +122,9 @@ pub async fn publish_dir(
         t: *t,
         created: Mutex::new(Vec::new()),
         visible: false,
+        settled: false,
     };
-    let mut result = run
-        .under_lease(previous.as_ref().map(Option::as_ref), announce)
-        .await;
+    let mut result = run.under_lease(announce).await;
     if let Err(e) = &result {
         // Whatever failed (a call cut by its timeout after a stall, say), a publisher whose
         // lease is no longer safely its own says so: 503, retry; nothing of it is visible.
@@ -154,6 +153,8 @@ struct Publish<'a> {
     created: Mutex<Vec<String>>,
     /// `registry.json` is written: nothing may be deleted any more.
     visible: bool,
+    /// What dead holders of the lease left is settled: the lease may be released.
+    settled: bool,
 }
 
 impl Publish<'_> {
@@ -161,16 +162,11 @@ impl Publish<'_> {
         format!("{}/{}/", self.registry, self.version)
     }
 
-    async fn under_lease(
-        &mut self,
-        previous: Option<Option<&LeaseRecord>>,
-        announce: &dyn Announce,
-    ) -> Result<()> {
+    async fn under_lease(&mut self, announce: &dyn Announce) -> Result<()> {
         let (s, lease) = (self.s, self.lease);
-        // Step 2: what a dead holder of this lease left.
-        if let Some(previous) = previous {
-            sweep::settle(s, lease, self.registry, previous, announce).await?;
-        }
+        // Step 2: what dead holders of this lease left (nothing for a lease created fresh).
+        sweep::settle(s, lease, self.registry, announce).await?;
+        self.settled = true;
         // Step 3.
         self.not_published().await?;
         if !s.list(&self.prefix(), false, None, 1).await?.objects.is_empty() {
@@ -197,13 +193,17 @@ impl Publish<'_> {
         }
         record.files.insert("registry.json".into(), Entry::of(&manifest));
         let record_key = integrity::record_key(self.registry, self.version);
-        if let Err(StorageError::Fenced(_)) = self.create(&record_key, record.render()).await {
+        match self.create(&record_key, record.render()).await {
+            Ok(_) => {}
             // A record left by an earlier attempt that never made its version visible (the
             // version has no registry.json: checked in step 3, and only the lease holder
             // writes one). Ours to replace, once, under the lease.
-            lease.ensure(s, false).await?;
-            s.delete_prefix(&record_key).await?;
-            self.create(&record_key, record.render()).await?;
+            Err(StorageError::Fenced(_)) => {
+                lease.ensure(s, false).await?;
+                s.delete_prefix(&record_key).await?;
+                self.create(&record_key, record.render()).await?;
+            }
+            Err(e) => return Err(e),
         }
         let manifest_key = layout::manifest_key(self.registry, self.version);
         lease.ensure(s, false).await?;
@@ -274,7 +274,14 @@ impl Publish<'_> {
             Err(StorageError::AlreadyExists(_)) => Err(StorageError::Fenced(format!(
                 "{key}: another publisher's object is there"
             ))),
-            Err(e) => Err(e),
+            Err(e) => {
+                // It may have landed: ours to remove under the lease.
+                self.created
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(key.to_owned());
+                Err(e)
+            }
         }
     }
 
@@ -324,7 +331,11 @@ impl Publish<'_> {
                 return;
             }
         }
-        let _ = self.lease.release(self.s).await;
+        // A lease whose dead holders' versions are not settled is left to expire: its record
+        // hands them on to the next taker.
+        if self.settled {
+            let _ = self.lease.release(self.s).await;
+        }
     }
 }
 

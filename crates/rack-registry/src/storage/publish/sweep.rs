@@ -12,33 +12,33 @@ use super::listing::add_version;
 use super::Announce;
 use crate::storage::{integrity, Result, Storage};
 
-/// Settle the publish of a dead holder of a lease we now hold: `previous` is its record, `key`
-/// the lease key (old leases were keyed by the full version and carried none).
-pub async fn settle(
-    s: &dyn Storage,
-    lease: &Lease,
-    registry: &str,
-    previous: Option<&LeaseRecord>,
-    announce: &dyn Announce,
-) -> Result<()> {
-    let from_key = lease.key().rsplit('/').next().unwrap_or_default();
-    let version = previous.and_then(|r| r.version.as_deref()).unwrap_or(from_key);
-    if !is_version(version) {
-        return Ok(());
-    }
-    match s.get(&layout::manifest_key(registry, version)).await? {
-        Some(manifest) => {
-            add_version(s, registry, version).await?;
-            announce.listed(registry, version, &manifest.body).await;
+/// Settle what dead holders of a lease we now hold left ([`Lease::to_settle`]): each version
+/// listed and announced if its `registry.json` made it, its objects removed otherwise. Until this
+/// returns `Ok`, the lease must not be released (its record hands the work on).
+pub async fn settle(s: &dyn Storage, lease: &Lease, registry: &str, announce: &dyn Announce) -> Result<()> {
+    for version in lease.to_settle().await {
+        if !is_version(&version) {
+            continue;
         }
-        None => {
-            // Not visible, so abandoned: its files go (the dead holder may only have created
-            // them; nobody else writes there without this lease).
-            lease.ensure(s, false).await?;
-            s.delete_prefix(&format!("{registry}/{version}/")).await?;
-            s.delete_prefix(&integrity::record_key(registry, version)).await?;
+        match s.get(&layout::manifest_key(registry, &version)).await? {
+            Some(manifest) => {
+                add_version(s, registry, &version).await?;
+                announce.listed(registry, &version, &manifest.body).await;
+            }
+            None => {
+                // Not visible, so abandoned: its files go (the dead holder may only have
+                // created them; nobody else writes there without this lease). The fence is
+                // checked before each delete: a slow first one must not let the second land
+                // after the lease was lost.
+                lease.ensure(s, false).await?;
+                s.delete_prefix(&format!("{registry}/{version}/")).await?;
+                lease.ensure(s, false).await?;
+                s.delete_prefix(&integrity::record_key(registry, &version))
+                    .await?;
+            }
         }
     }
+    lease.settled().await;
     Ok(())
 }
 
@@ -93,19 +93,18 @@ async fn finish_if_expired(s: &dyn Storage, key: &str, t: Timing, announce: &dyn
         return Ok(false);
     }
     if !announce.enabled() {
-        let version = found
-            .record
-            .as_ref()
-            .and_then(|r| r.version.as_deref())
-            .unwrap_or(class);
-        if !is_version(version) || s.head(&layout::manifest_key(registry, version)).await?.is_some() {
-            return Ok(false);
+        // A visible version to finish needs announcing, which this caller cannot do.
+        let records = found.record.as_ref();
+        for version in LeaseRecord::unsettled_of(records, key) {
+            if is_version(&version) && s.head(&layout::manifest_key(registry, &version)).await?.is_some() {
+                return Ok(false);
+            }
         }
     }
-    let Some(held) = lease::take_over(s, key, &found, class, t).await? else {
+    let Some(held) = lease::take_over(s, key, &found, None, t).await? else {
         return Ok(false);
     };
-    settle(s, &held, registry, found.record.as_ref(), announce).await?;
+    settle(s, &held, registry, announce).await?;
     held.release(s).await?;
     Ok(true)
 }
