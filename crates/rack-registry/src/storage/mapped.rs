@@ -374,6 +374,17 @@ fn breaking_inodes(locks: &str, pid: u32) -> Vec<Inode> {
 mod tests {
     use super::*;
 
+    /// Whether this process holds a lease on the file at `path`, from `/proc/locks` (by inode:
+    /// the tests run in parallel in one process).
+    fn leased(path: &std::path::Path) -> bool {
+        let ours = format!(" {} ", std::process::id());
+        let inode = format!(":{} ", std::fs::metadata(path).unwrap().ino());
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("LEASE") && l.contains(&ours) && l.contains(&inode))
+    }
+
     /// Past `max_maps` maps alive, files are read instead; a map dropped makes room.
     #[test]
     fn maps_are_bounded_in_number() {
@@ -430,12 +441,7 @@ mod tests {
         assert_eq!(md.len(), 6000);
         assert_eq!(&body[..], &vec![b'x'; 6000][..]);
         assert_eq!(maps.live(), 1);
-        let locks = std::fs::read_to_string("/proc/locks").unwrap();
-        let ours = format!(" {} ", std::process::id());
-        assert!(
-            locks.lines().any(|l| l.contains("LEASE") && l.contains(&ours)),
-            "a lease is held:\n{locks}"
-        );
+        assert!(leased(&path), "a lease is held");
         // Too small, or over the byte bound: read instead.
         std::fs::write(dir.path().join("small"), b"tiny").unwrap();
         let small = std::fs::File::open(dir.path().join("small")).unwrap();
@@ -449,11 +455,7 @@ mod tests {
         );
         drop(body);
         assert_eq!(maps.live(), 0);
-        let locks = std::fs::read_to_string("/proc/locks").unwrap();
-        assert!(
-            !locks.lines().any(|l| l.contains("LEASE") && l.contains(&ours)),
-            "the lease went with the map:\n{locks}"
-        );
+        assert!(!leased(&path), "the lease went with the map");
     }
 
     /// A map copied out (what a lease break does): every `Bytes` of it, a slice taken before
@@ -475,12 +477,7 @@ mod tests {
         assert!(region.copy_out(), "copied out");
         assert!(region.copy_out(), "a second copy is a no-op");
         maps.forget(&region);
-        let locks = std::fs::read_to_string("/proc/locks").unwrap();
-        let ours = format!(" {} ", std::process::id());
-        assert!(
-            !locks.lines().any(|l| l.contains("LEASE") && l.contains(&ours)),
-            "the lease went with the file map:\n{locks}"
-        );
+        assert!(!leased(&path), "the lease went with the file map");
         // Same length, then shorter: the copy is not the file any more.
         std::fs::write(&path, vec![b'n'; 9000]).unwrap();
         std::fs::write(&path, b"short").unwrap();
