@@ -425,9 +425,9 @@ fn map_budget(cache_max_bytes: u64) -> u64 {
     cache_max_bytes.saturating_mul(8)
 }
 
-/// On each `SIGIO`, drop the cache entries of the files whose lease is breaking: their maps
-/// go when the last response holding them ends, and with them the leases, so the writer
-/// waiting on one proceeds.
+/// On each `SIGIO`, give up the leases that are breaking: every map of those files becomes a
+/// private copy of its bytes (responses in flight finish with them), which releases the lease
+/// at once, so the writer waiting on it proceeds; and drop the files' cache entries.
 fn spawn_lease_breaks(
     mut signal: tokio::signal::unix::Signal,
     maps: Arc<crate::storage::mapped::Maps>,
@@ -435,14 +435,14 @@ fn spawn_lease_breaks(
 ) {
     tokio::spawn(async move {
         while signal.recv().await.is_some() {
-            let keys = maps.breaking();
+            let keys = maps.break_leases();
             for key in &keys {
                 state.cache.invalidate(key);
             }
             if !keys.is_empty() {
                 tracing::debug!(
                     files = keys.len(),
-                    "lease breaks: mapped files dropped from the cache"
+                    "lease breaks: mapped files copied out and dropped from the cache"
                 );
             }
         }

@@ -312,9 +312,9 @@ impl LocalStorage {
     }
 
     /// Serve small files as leased memory maps (see [`super::mapped`]), where reads are
-    /// inline (a local filesystem with the watcher). The caller must be listening for `SIGIO`
-    /// and dropping the cache entries of [`super::mapped::Maps::breaking`] keys: a lease break
-    /// otherwise ends the process (`SIGIO`'s default action).
+    /// inline (a local filesystem with the watcher). The caller must be listening for `SIGIO`,
+    /// calling [`super::mapped::Maps::break_leases`] and dropping the cache entries of the keys
+    /// it returns: a lease break otherwise ends the process (`SIGIO`'s default action).
     pub fn with_leased_maps(mut self, maps: Arc<super::mapped::Maps>) -> LocalStorage {
         if self.inline_reads {
             self.maps = Some(maps);

@@ -12,14 +12,21 @@
 //! `ETag`, and a truncation would make any user-space read of the map (hashing, compressing,
 //! parsing) a `SIGBUS`. So every map holds a read lease (`fcntl(F_SETLEASE, F_RDLCK)`, as Samba
 //! does for oplocks): another process's open for writing, or a truncation, waits while the
-//! kernel tells us with `SIGIO`. The server then finds the breaking files in `/proc/locks`
-//! ([`Maps::breaking`]) and drops their cache entries; the map, and with it the lease, goes
-//! when the last response holding it ends, and the writer proceeds. (The lease belongs to the
-//! open file, which the map keeps open, so no descriptor is held.) A file that cannot be
-//! leased (open for writing elsewhere, owned by another user, a filesystem without leases) is
-//! read into the heap as before. The kernel breaks a lease by force after
-//! `/proc/sys/fs/lease-break-time` (45 s): only a response still being sent by then can see an
-//! edit, and the socket write then fails (`EFAULT`), which cuts the connection.
+//! kernel tells us with `SIGIO`. The server then finds the breaking files in `/proc/locks` and
+//! calls [`Maps::break_leases`], which, for every live map of those files, copies the map's
+//! bytes (still under the lease, so they are the version served) into private anonymous memory
+//! and moves that memory onto the map's own addresses (`mremap`, one step under the kernel's
+//! address-space lock). Every [`Bytes`] holding the map, in the cache or in a response however
+//! far it got, now reads identical bytes that no longer belong to the file; the file's last
+//! reference goes with the file mapping, and with it the lease, so the writer proceeds within
+//! milliseconds whatever the readers do (a receive buffer never read, a zero HTTP/2 window).
+//! Responses in flight finish with the old bytes under the old `ETag`; the cache entries of
+//! those files are dropped, so the next read sees the edit. (The lease belongs to the open
+//! file, which the map keeps open, so no descriptor is held.) A file that cannot be leased
+//! (open for writing elsewhere, owned by another user, a filesystem without leases) is read
+//! into the heap as before. Only if the copy cannot be made (no memory for 64 KiB) does a map
+//! stay until its last response ends, or until the kernel breaks the lease by force after
+//! `/proc/sys/fs/lease-break-time` (45 s).
 //!
 //! Maps are bounded in number (a quarter of `vm.max_map_count`, at most [`MAX_MAPS`]) and in
 //! bytes (a multiple of the cache's budget); past either bound a file is read into the heap.
@@ -30,7 +37,7 @@ use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
@@ -53,43 +60,127 @@ pub struct Maps {
     max_bytes: u64,
     live: AtomicUsize,
     bytes: AtomicU64,
-    /// The keys mapped per file, with how many maps of each are alive.
-    keys: Mutex<HashMap<Inode, HashMap<String, usize>>>,
+    /// The maps of each file that still map it (not yet copied out).
+    files: Mutex<HashMap<Inode, Vec<Arc<Region>>>>,
     pid: u32,
 }
 
-/// One map: the bytes of a [`Bytes`] body, unmapped (and its lease released) on drop.
-struct Mapped {
-    map: memmap2::Mmap,
+/// What a region's addresses hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// The file, under its lease.
+    File,
+    /// A private copy of the file's bytes, taken under the lease: the lease is gone.
+    Copy,
+    /// Nothing: unmapped.
+    Gone,
+}
+
+/// The addresses of one map. Its state lock is held while the addresses change (copied out or
+/// unmapped), so that a copy never lands on addresses already given back.
+#[derive(Debug)]
+struct Region {
+    addr: usize,
+    len: usize,
     inode: Inode,
     key: String,
+    held: Mutex<Held>,
+}
+
+impl Region {
+    fn held(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The map's length rounded up to whole pages, as the kernel maps it.
+    fn span(&self) -> usize {
+        let page = page_size();
+        self.len.div_ceil(page) * page
+    }
+
+    /// Put a private copy of the bytes in place of the file (see the module docs). Whether the
+    /// file is no longer mapped here.
+    fn copy_out(&self) -> bool {
+        let mut held = self.held();
+        if *held != Held::File {
+            return true;
+        }
+        let span = self.span();
+        // SAFETY: a fresh private anonymous mapping, no address asked for.
+        let copy = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                span,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if copy == libc::MAP_FAILED {
+            return false;
+        }
+        // SAFETY: `addr..addr + len` is our file map (held is `File` under its lock), readable
+        // while the lease is held, which it is until the file mapping goes below; `copy` is
+        // `span >= len` writable bytes of our own; they do not overlap. Then `copy` is moved,
+        // whole pages, onto the map's own pages: the kernel unmaps the file there and puts the
+        // copy in one step under its address-space lock, so a concurrent reader of these
+        // addresses (another thread's `writev`) sees the file's bytes or the copy's, which are
+        // the same.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.addr as *const u8, copy.cast::<u8>(), self.len);
+            libc::mprotect(copy, span, libc::PROT_READ);
+            let moved = libc::mremap(
+                copy,
+                span,
+                span,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                self.addr as *mut libc::c_void,
+            );
+            if moved == libc::MAP_FAILED {
+                libc::munmap(copy, span);
+                return false;
+            }
+        }
+        *held = Held::Copy;
+        true
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf with a constant name.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(page).unwrap_or(4096).max(1)
+}
+
+/// One map: the bytes of a [`Bytes`] body, unmapped (and its lease released, if it still
+/// holds the file) on drop.
+struct Mapped {
+    region: Arc<Region>,
     maps: Arc<Maps>,
 }
 
 impl AsRef<[u8]> for Mapped {
     fn as_ref(&self) -> &[u8] {
-        &self.map
+        // SAFETY: the region's addresses stay mapped, to the file or to an identical copy,
+        // until `Mapped` is dropped.
+        unsafe { std::slice::from_raw_parts(self.region.addr as *const u8, self.region.len) }
     }
 }
 
 impl Drop for Mapped {
     fn drop(&mut self) {
+        {
+            let mut held = self.region.held();
+            // SAFETY: our own mapping (of the file or of its copy), whole pages, unmapped once.
+            unsafe { libc::munmap(self.region.addr as *mut libc::c_void, self.region.span()) };
+            *held = Held::Gone;
+        }
         self.maps.live.fetch_sub(1, Ordering::Relaxed);
         self.maps
             .bytes
-            .fetch_sub(self.map.len() as u64, Ordering::Relaxed);
-        let mut keys = self.maps.lock();
-        if let Some(per_key) = keys.get_mut(&self.inode) {
-            if let Some(n) = per_key.get_mut(&self.key) {
-                *n -= 1;
-                if *n == 0 {
-                    per_key.remove(&self.key);
-                }
-            }
-            if per_key.is_empty() {
-                keys.remove(&self.inode);
-            }
-        }
+            .fetch_sub(self.region.len as u64, Ordering::Relaxed);
+        self.maps.forget(&self.region);
     }
 }
 
@@ -111,16 +202,27 @@ impl Maps {
             max_bytes,
             live: AtomicUsize::new(0),
             bytes: AtomicU64::new(0),
-            keys: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
             pid: std::process::id(),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Inode, HashMap<String, usize>>> {
-        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<Inode, Vec<Arc<Region>>>> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Maps alive now.
+    /// Take `region` out of the index (copied out or unmapped).
+    fn forget(&self, region: &Arc<Region>) {
+        let mut files = self.lock();
+        if let Some(regions) = files.get_mut(&region.inode) {
+            regions.retain(|r| !Arc::ptr_eq(r, region));
+            if regions.is_empty() {
+                files.remove(&region.inode);
+            }
+        }
+    }
+
+    /// Maps alive now (holding the file or a copy of it).
     pub fn live(&self) -> usize {
         self.live.load(Ordering::Relaxed)
     }
@@ -161,52 +263,88 @@ impl Maps {
                 return None;
             }
         };
-        // SAFETY: the map is read-only and nobody may write the file or cut it short while the
-        // lease is held (see the module docs); past a forced break only the kernel's own copy
-        // in `writev` reads it, and fails cleanly.
-        let map = match unsafe { memmap2::MmapOptions::new().len(md.len() as usize).map(file) } {
-            Ok(map) => map,
-            Err(_) => {
-                unlease();
-                return None;
-            }
+        let len = md.len() as usize;
+        // SAFETY: a read-only shared map of a file we opened; nobody may write the file or cut
+        // it short while the lease is held, and the map is copied out before the lease goes
+        // (see the module docs).
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
         };
+        if addr == libc::MAP_FAILED {
+            unlease();
+            return None;
+        }
         let inode = (
             libc::major(md.dev()) as u64,
             libc::minor(md.dev()) as u64,
             md.ino(),
         );
-        self.live.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(md.len(), Ordering::Relaxed);
-        *self
-            .lock()
-            .entry(inode)
-            .or_default()
-            .entry(key.to_owned())
-            .or_insert(0) += 1;
-        let mapped = Mapped {
-            map,
+        let region = Arc::new(Region {
+            addr: addr as usize,
+            len,
             inode,
             key: key.to_owned(),
+            held: Mutex::new(Held::File),
+        });
+        self.live.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(md.len(), Ordering::Relaxed);
+        self.lock().entry(inode).or_default().push(region.clone());
+        let mapped = Mapped {
+            region,
             maps: self.clone(),
         };
+        // A break that began before the map was in the index was not seen by the `SIGIO`
+        // listener (it found no map of the file): read the file into the heap instead.
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_GETLEASE) } != libc::F_RDLCK {
+            drop(mapped);
+            unlease();
+            return None;
+        }
         Some((Bytes::from_owner(mapped), md))
     }
 
-    /// Keys of mapped files whose lease this process is being asked to give up (their cache
-    /// entries must go, so that the maps do). Read from `/proc/locks`, where such a lease
-    /// shows as `LEASE BREAKING ... <pid> <major>:<minor>:<inode>`.
-    pub fn breaking(&self) -> Vec<String> {
+    /// Give up the leases this process is being asked to give up (see the module docs): every
+    /// map of those files is replaced by a private copy of its bytes, which releases the
+    /// lease. Returns the keys of the files, whose cache entries must go. Read from
+    /// `/proc/locks`, where such a lease shows as `LEASE BREAKING ... <pid>
+    /// <major>:<minor>:<inode>`.
+    pub fn break_leases(&self) -> Vec<String> {
         let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
             return Vec::new();
         };
         let inodes = breaking_inodes(&locks, self.pid);
-        let keys = self.lock();
-        inodes
-            .iter()
-            .filter_map(|i| keys.get(i))
-            .flat_map(|per_key| per_key.keys().cloned())
-            .collect()
+        let regions: Vec<Arc<Region>> = {
+            let files = self.lock();
+            inodes
+                .iter()
+                .filter_map(|i| files.get(i))
+                .flatten()
+                .cloned()
+                .collect()
+        };
+        let mut keys = Vec::new();
+        for region in &regions {
+            if region.copy_out() {
+                self.forget(region);
+            } else {
+                tracing::warn!(
+                    key = %region.key,
+                    "cannot copy a mapped file out of its map: its writer waits for the readers"
+                );
+            }
+            keys.push(region.key.clone());
+        }
+        keys.sort();
+        keys.dedup();
+        keys
     }
 }
 
@@ -235,6 +373,17 @@ fn breaking_inodes(locks: &str, pid: u32) -> Vec<Inode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether this process holds a lease on the file at `path`, from `/proc/locks` (by inode:
+    /// the tests run in parallel in one process).
+    fn leased(path: &std::path::Path) -> bool {
+        let ours = format!(" {} ", std::process::id());
+        let inode = format!(":{} ", std::fs::metadata(path).unwrap().ino());
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("LEASE") && l.contains(&ours) && l.contains(&inode))
+    }
 
     /// Past `max_maps` maps alive, files are read instead; a map dropped makes room.
     #[test]
@@ -292,12 +441,7 @@ mod tests {
         assert_eq!(md.len(), 6000);
         assert_eq!(&body[..], &vec![b'x'; 6000][..]);
         assert_eq!(maps.live(), 1);
-        let locks = std::fs::read_to_string("/proc/locks").unwrap();
-        let ours = format!(" {} ", std::process::id());
-        assert!(
-            locks.lines().any(|l| l.contains("LEASE") && l.contains(&ours)),
-            "a lease is held:\n{locks}"
-        );
+        assert!(leased(&path), "a lease is held");
         // Too small, or over the byte bound: read instead.
         std::fs::write(dir.path().join("small"), b"tiny").unwrap();
         let small = std::fs::File::open(dir.path().join("small")).unwrap();
@@ -311,10 +455,40 @@ mod tests {
         );
         drop(body);
         assert_eq!(maps.live(), 0);
-        let locks = std::fs::read_to_string("/proc/locks").unwrap();
-        assert!(
-            !locks.lines().any(|l| l.contains("LEASE") && l.contains(&ours)),
-            "the lease went with the map:\n{locks}"
-        );
+        assert!(!leased(&path), "the lease went with the map");
+    }
+
+    /// A map copied out (what a lease break does): every `Bytes` of it, a slice taken before
+    /// included, keeps the old bytes; the lease is gone at once, so a writer opens without
+    /// waiting (no `SIGIO` either, which would end this process), and the map is still counted
+    /// until its last holder drops it.
+    #[test]
+    fn a_map_copied_out_keeps_its_bytes_and_drops_its_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let old: Vec<u8> = (0..9000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &old).unwrap();
+        let maps = Maps::new(1 << 20).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let (body, _) = maps.map(&file, "k", 9000, 65536).expect("mapped");
+        drop(file);
+        let tail = body.slice(4000..);
+        let region = maps.lock().values().next().unwrap()[0].clone();
+        assert!(region.copy_out(), "copied out");
+        assert!(region.copy_out(), "a second copy is a no-op");
+        maps.forget(&region);
+        assert!(!leased(&path), "the lease went with the file map");
+        // Same length, then shorter: the copy is not the file any more.
+        std::fs::write(&path, vec![b'n'; 9000]).unwrap();
+        std::fs::write(&path, b"short").unwrap();
+        assert_eq!(&body[..], &old[..]);
+        assert_eq!(&tail[..], &old[4000..]);
+        assert_eq!(maps.live(), 1);
+        drop(body);
+        assert_eq!(maps.live(), 1, "the slice still holds it");
+        drop(tail);
+        assert_eq!(maps.live(), 0);
+        assert_eq!(*region.held(), Held::Gone);
+        assert!(maps.lock().is_empty());
     }
 }
