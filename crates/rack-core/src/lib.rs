@@ -8,6 +8,7 @@
 //! - [`route`]: the URL grammar of the read API, including `/registries/...` (SPEC §4, §14);
 //! - [`mime`]: the content-type table (SPEC §4);
 //! - [`layout`]: storage keys and registry segment derivation (SPEC §3, §5.4);
+//! - [`lifecycle`]: yanked, deprecated and deleted state and its rules (SPEC §18);
 //! - [`auth`]: `auth.json` parsing (fail closed) and every access decision (SPEC §6);
 //! - [`limits`]: the default upload and extraction limits (SPEC §5, §10);
 //! - [`listing`]: the namespace index, the registry walk, listing and `/health` bodies (SPEC §3, §4, §8);
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod error;
 pub mod etag;
 pub mod layout;
+pub mod lifecycle;
 pub mod limits;
 pub mod listing;
 pub mod manifest;
