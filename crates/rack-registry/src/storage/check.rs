@@ -22,7 +22,7 @@ use rack_core::names::{is_namespace, is_segment, is_version};
 
 use super::integrity::{self, Finding};
 use super::publish::{self, lease, Announce, Timing};
-use super::{index, PutMode, Result, Storage, StorageError};
+use super::{index, list_all, PutMode, Result, Storage, StorageError};
 
 /// One violated invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,25 +55,18 @@ enum Fix {
 async fn registries(s: &dyn Storage, ns: &str, out: &mut Vec<(String, Vec<String>, bool)>) -> Result<()> {
     let mut stack = vec![format!("{ns}/")];
     while let Some(dir) = stack.pop() {
-        let (mut versions, mut has_versions_json) = (Vec::new(), false);
-        let mut start: Option<String> = None;
-        loop {
-            let page = s.list(&dir, true, start.as_deref(), 1000).await?;
-            has_versions_json |= page
-                .objects
-                .iter()
-                .any(|o| o.key == format!("{dir}versions.json"));
-            for p in &page.prefixes {
-                let name = p[dir.len()..].trim_end_matches('/');
-                if is_version(name) {
-                    versions.push(name.to_owned());
-                } else if is_segment(name) {
-                    stack.push(p.clone());
-                }
-            }
-            match page.next {
-                Some(n) => start = Some(n),
-                None => break,
+        let page = list_all(s, &dir, true).await?;
+        let has_versions_json = page
+            .objects
+            .iter()
+            .any(|o| o.key == format!("{dir}versions.json"));
+        let mut versions = Vec::new();
+        for p in page.prefixes {
+            let name = p[dir.len()..].trim_end_matches('/');
+            if is_version(name) {
+                versions.push(name.to_owned());
+            } else if is_segment(name) {
+                stack.push(p);
             }
         }
         if has_versions_json || !versions.is_empty() {
@@ -87,21 +80,13 @@ async fn registries(s: &dyn Storage, ns: &str, out: &mut Vec<(String, Vec<String
 /// version's files against its record instead of comparing sizes).
 pub async fn check(s: &dyn Storage, bucket: bool, deep: bool) -> Result<Vec<Problem>> {
     let mut problems = Vec::new();
-    let mut namespaces = Vec::new();
-    let mut start: Option<String> = None;
-    loop {
-        let page = s.list("", true, start.as_deref(), 1000).await?;
-        namespaces.extend(
-            page.prefixes
-                .iter()
-                .map(|p| p.trim_end_matches('/').to_owned())
-                .filter(|n| is_namespace(n)),
-        );
-        match page.next {
-            Some(n) => start = Some(n),
-            None => break,
-        }
-    }
+    let namespaces: Vec<String> = list_all(s, "", true)
+        .await?
+        .prefixes
+        .iter()
+        .map(|p| p.trim_end_matches('/').to_owned())
+        .filter(|n| is_namespace(n))
+        .collect();
     for ns in &namespaces {
         let mut regs = Vec::new();
         registries(s, ns, &mut regs).await?;
@@ -185,21 +170,13 @@ pub async fn check(s: &dyn Storage, bucket: bool, deep: bool) -> Result<Vec<Prob
             }
         }
     }
-    let mut start: Option<String> = None;
-    loop {
-        let page = s.list(publish::LEASES, false, start.as_deref(), 1000).await?;
-        for l in &page.objects {
-            if lease::read(s, &l.key).await?.is_some_and(|f| f.expired) {
-                problems.push(Problem {
-                    key: l.key.clone(),
-                    what: "expired publish lease (a publisher died mid-publish)".into(),
-                    fix: Fix::Leases,
-                });
-            }
-        }
-        match page.next {
-            Some(n) => start = Some(n),
-            None => break,
+    for l in list_all(s, publish::LEASES, false).await?.objects {
+        if lease::read(s, &l.key).await?.is_some_and(|f| f.expired) {
+            problems.push(Problem {
+                key: l.key,
+                what: "expired publish lease (a publisher died mid-publish)".into(),
+                fix: Fix::Leases,
+            });
         }
     }
     Ok(problems)
@@ -255,9 +232,7 @@ async fn under_lease<T>(
         lease::Acquired::Busy => return Ok(None),
         // Taken over after all (it appeared and expired meanwhile): its record hands the dead
         // holder's version on; left to expire for the sweep, never released unsettled.
-        lease::Acquired::Held {
-            previous: Some(_), ..
-        } => return Ok(None),
+        lease::Acquired::Held { taken_over: true, .. } => return Ok(None),
         lease::Acquired::Held { lease, .. } => lease,
     };
     let out = f(&held).await;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{staged_files, Result, Storage, StorageError};
+use super::{list_all, staged_files, Result, Storage, StorageError};
 
 /// Where records live (never served; pushed and pulled with their versions).
 pub const INTEGRITY: &str = ".rack/integrity/";
@@ -90,18 +90,12 @@ pub async fn verify(s: &dyn Storage, registry: &str, version: &str, deep: bool) 
         return Ok(vec![Finding::Unreadable]);
     };
     let prefix = format!("{registry}/{version}/");
-    let mut stored = BTreeMap::new();
-    let mut start: Option<String> = None;
-    loop {
-        let page = s.list(&prefix, false, start.as_deref(), 1000).await?;
-        for o in page.objects {
-            stored.insert(o.key[prefix.len()..].to_owned(), o.size);
-        }
-        match page.next {
-            Some(n) => start = Some(n),
-            None => break,
-        }
-    }
+    let stored: BTreeMap<String, u64> = list_all(s, &prefix, false)
+        .await?
+        .objects
+        .into_iter()
+        .map(|o| (o.key[prefix.len()..].to_owned(), o.size))
+        .collect();
     let mut out = Vec::new();
     for (path, want) in &record.files {
         match stored.get(path) {
@@ -134,17 +128,9 @@ pub async fn verify(s: &dyn Storage, registry: &str, version: &str, deep: bool) 
 pub async fn record_stored(s: &dyn Storage, registry: &str, version: &str) -> Result<()> {
     let prefix = format!("{registry}/{version}/");
     let mut files = BTreeMap::new();
-    let mut start: Option<String> = None;
-    loop {
-        let page = s.list(&prefix, false, start.as_deref(), 1000).await?;
-        for o in &page.objects {
-            if let Some(obj) = s.get(&o.key).await? {
-                files.insert(o.key[prefix.len()..].to_owned(), Entry::of(&obj.body));
-            }
-        }
-        match page.next {
-            Some(n) => start = Some(n),
-            None => break,
+    for o in list_all(s, &prefix, false).await?.objects {
+        if let Some(obj) = s.get(&o.key).await? {
+            files.insert(o.key[prefix.len()..].to_owned(), Entry::of(&obj.body));
         }
     }
     match s

@@ -178,6 +178,23 @@ pub fn staged_files(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Every page of a listing under `prefix`, gathered into one (`next` is `None`). For listings
+/// that stay small: a version's files (bounded by the upload's entry limit), the publish leases,
+/// a registry's version directories, a namespace's directories.
+pub async fn list_all<S: Storage + ?Sized>(s: &S, prefix: &str, delimiter: bool) -> Result<ListPage> {
+    let mut all = ListPage::default();
+    let mut start: Option<String> = None;
+    loop {
+        let page = s.list(prefix, delimiter, start.as_deref(), 1000).await?;
+        all.objects.extend(page.objects);
+        all.prefixes.extend(page.prefixes);
+        match page.next {
+            Some(n) => start = Some(n),
+            None => return Ok(all),
+        }
+    }
+}
+
 /// [`Storage::find_marked_dirs`] by delimited listings: one list call per directory (the default,
 /// and the fallback of backends that keep an index).
 pub async fn walk_marked_dirs<S: Storage + ?Sized>(

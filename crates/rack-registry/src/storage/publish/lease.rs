@@ -110,15 +110,10 @@ impl LeaseRecord {
         }
     }
 
-    /// [`left_unsettled`](LeaseRecord::left_unsettled), for callers outside this module.
-    pub fn unsettled_of(found: Option<&LeaseRecord>, key: &str) -> Vec<String> {
-        LeaseRecord::left_unsettled(found, key)
-    }
-
     /// What a taker of the lease `key` this record was found at must settle: what its holder
     /// still had to settle, then its own version (a record without one, from the old key layout
     /// or unreadable: the key's last segment).
-    fn left_unsettled(found: Option<&LeaseRecord>, key: &str) -> Vec<String> {
+    pub fn left_unsettled(found: Option<&LeaseRecord>, key: &str) -> Vec<String> {
         let mut out: Vec<String> = found.map(|r| r.settle.clone()).unwrap_or_default();
         let own = match found.and_then(|r| r.version.clone()) {
             Some(v) => v,
@@ -188,11 +183,9 @@ pub async fn read(s: &dyn Storage, key: &str) -> Result<Option<Found>> {
 
 /// What [`acquire`] got.
 pub enum Acquired {
-    /// The lease is ours; `previous` is the record of the dead holder it was taken from.
-    Held {
-        lease: Box<Lease>,
-        previous: Option<Option<LeaseRecord>>,
-    },
+    /// The lease is ours; `taken_over`: from a dead holder, whose unsettled versions its record
+    /// now carries ([`Lease::to_settle`]).
+    Held { lease: Box<Lease>, taken_over: bool },
     /// Someone else holds it and it is live.
     Busy,
 }
@@ -207,7 +200,7 @@ pub async fn acquire(s: &dyn Storage, key: &str, version: &str, t: Timing) -> Re
             Ok(meta) => {
                 return Ok(Acquired::Held {
                     lease: Box::new(Lease::new(key, record, meta.version, sent, t)),
-                    previous: None,
+                    taken_over: false,
                 })
             }
             Err(StorageError::AlreadyExists(_)) => {}
@@ -224,7 +217,7 @@ pub async fn acquire(s: &dyn Storage, key: &str, version: &str, t: Timing) -> Re
             // Our own create landed and its answer was lost (the client retried).
             return Ok(Acquired::Held {
                 lease: Box::new(Lease::new(key, record, found.etag, sent, t)),
-                previous: None,
+                taken_over: false,
             });
         }
         if !found.expired {
@@ -233,7 +226,7 @@ pub async fn acquire(s: &dyn Storage, key: &str, version: &str, t: Timing) -> Re
         return Ok(match take_over(s, key, &found, Some(version), t).await? {
             Some(lease) => Acquired::Held {
                 lease: Box::new(lease),
-                previous: Some(found.record),
+                taken_over: true,
             },
             None => Acquired::Busy,
         });
@@ -281,6 +274,13 @@ pub struct Lease {
     state: Mutex<Held>,
 }
 
+impl Held {
+    /// Whether a write may still start: one storage call and the margin fit in what is left.
+    fn room(&self, t: &Timing) -> bool {
+        !self.lost && self.since.elapsed() + t.call + t.margin() < t.ttl
+    }
+}
+
 struct Held {
     record: LeaseRecord,
     etag: String,
@@ -316,11 +316,10 @@ impl Lease {
     /// the margin more. Renews it first when a third of its lifetime has passed (or `force`).
     pub async fn ensure(&self, s: &dyn Storage, force: bool) -> Result<()> {
         let mut held = self.state.lock().await;
-        let need = self.t.call + self.t.margin();
         if held.lost {
             return Err(self.fenced("the lease was lost"));
         }
-        if held.since.elapsed() + need >= self.t.ttl {
+        if !held.room(&self.t) {
             held.lost = true;
             return Err(self.fenced("too little of the lease is left for another write"));
         }
@@ -349,7 +348,7 @@ impl Lease {
             held.record = next;
             held.etag = etag;
             held.since = sent;
-            if held.since.elapsed() + need >= self.t.ttl {
+            if !held.room(&self.t) {
                 held.lost = true;
                 return Err(self.fenced("the renewal came back too late"));
             }
@@ -359,8 +358,7 @@ impl Lease {
 
     /// Whether the lease is still ours for a write (without renewing it).
     pub async fn usable(&self) -> bool {
-        let held = self.state.lock().await;
-        !held.lost && held.since.elapsed() + self.t.call + self.t.margin() < self.t.ttl
+        self.state.lock().await.room(&self.t)
     }
 
     /// Delete the lease if it is still ours; `false` when it was left to expire (too little
@@ -384,19 +382,6 @@ impl Lease {
     /// lease without it (until then a taker would settle it again, which is harmless).
     pub async fn settled(&self) {
         self.state.lock().await.record.settle.clear();
-    }
-
-    /// The upload id of this publish.
-    pub async fn upload_id(&self) -> String {
-        self.state.lock().await.record.upload_id.clone()
-    }
-
-    /// Whether the lease at the key still carries this publish's upload id.
-    pub async fn still_ours(&self, s: &dyn Storage) -> Result<bool> {
-        let id = self.upload_id().await;
-        Ok(read(s, &self.key)
-            .await?
-            .is_some_and(|f| f.record.is_some_and(|r| r.upload_id == id)))
     }
 }
 

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use rack_core::layout::{self, VersionsFile};
 use rack_core::names::is_version;
 
-use crate::storage::{index, PutMode, Result, Storage, StorageError};
+use crate::storage::{index, list_all, PutMode, Result, Storage, StorageError};
 
 /// Merge `version` into the registry's `versions.json` by compare-and-swap, then make sure the
 /// registry is in its namespace's index (one GET when it is: a publisher killed between the
@@ -45,18 +45,11 @@ pub async fn add_version(s: &dyn Storage, registry: &str, version: &str) -> Resu
 pub async fn stored_versions(s: &dyn Storage, registry: &str) -> Result<Vec<String>> {
     let prefix = format!("{registry}/");
     let mut names = Vec::new();
-    let mut start: Option<String> = None;
-    loop {
-        let page = s.list(&prefix, true, start.as_deref(), 1000).await?;
-        for p in &page.prefixes {
-            let name = p[prefix.len()..].trim_end_matches('/');
-            if is_version(name) && s.head(&layout::manifest_key(registry, name)).await?.is_some() {
-                names.push(name.to_owned());
-            }
-        }
-        match page.next {
-            Some(n) => start = Some(n),
-            None => return Ok(names),
+    for p in list_all(s, &prefix, true).await?.prefixes {
+        let name = p[prefix.len()..].trim_end_matches('/');
+        if is_version(name) && s.head(&layout::manifest_key(registry, name)).await?.is_some() {
+            names.push(name.to_owned());
         }
     }
+    Ok(names)
 }

@@ -44,7 +44,7 @@ use rack_core::layout::{self, VersionsFile};
 use rack_core::names::is_version;
 
 use super::integrity::{self, Entry, Record};
-use super::{staged_files, PutMode, Result, Storage, StorageError};
+use super::{list_all, staged_files, PutMode, Result, Storage, StorageError};
 
 pub use lease::{version_core, LeaseRecord, Timing, DEFAULT_LEASE, LEASES};
 pub use listing::add_version;
@@ -289,24 +289,15 @@ impl Publish<'_> {
     async fn check_prefix(&self, written: &HashMap<String, (Entry, String)>) -> Result<()> {
         let prefix = self.prefix();
         let mut seen = 0;
-        let mut start: Option<String> = None;
-        loop {
-            let page = self.s.list(&prefix, false, start.as_deref(), 1000).await?;
-            for o in &page.objects {
-                let rel = &o.key[prefix.len()..];
-                match written.get(rel) {
-                    Some((_, etag)) if same_etag(etag, &o.version) => seen += 1,
-                    _ => {
-                        return Err(StorageError::Fenced(format!(
-                            "{}: not the object this publish wrote",
-                            o.key
-                        )))
-                    }
+        for o in list_all(self.s, &prefix, false).await?.objects {
+            match written.get(&o.key[prefix.len()..]) {
+                Some((_, etag)) if same_etag(etag, &o.version) => seen += 1,
+                _ => {
+                    return Err(StorageError::Fenced(format!(
+                        "{}: not the object this publish wrote",
+                        o.key
+                    )))
                 }
-            }
-            match page.next {
-                Some(n) => start = Some(n),
-                None => break,
             }
         }
         if seen != written.len() {

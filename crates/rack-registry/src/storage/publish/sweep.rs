@@ -10,7 +10,7 @@ use rack_core::names::is_version;
 use super::lease::{self, Lease, LeaseRecord, Timing, LEASES};
 use super::listing::add_version;
 use super::Announce;
-use crate::storage::{integrity, Result, Storage};
+use crate::storage::{integrity, list_all, Result, Storage};
 
 /// Settle what dead holders of a lease we now hold left ([`Lease::to_settle`]): each version
 /// listed and announced if its `registry.json` made it, its objects removed otherwise. Until this
@@ -65,17 +65,10 @@ async fn sweep(
     announce: &dyn Announce,
 ) -> Result<u64> {
     let mut done = 0;
-    let mut start: Option<String> = None;
-    loop {
-        let page = s.list(prefix, delimited, start.as_deref(), 1000).await?;
-        for l in &page.objects {
-            done += finish_if_expired(s, &l.key, t, announce).await? as u64;
-        }
-        match page.next {
-            Some(n) => start = Some(n),
-            None => return Ok(done),
-        }
+    for l in list_all(s, prefix, delimited).await?.objects {
+        done += finish_if_expired(s, &l.key, t, announce).await? as u64;
     }
+    Ok(done)
 }
 
 /// Take over the lease at `key` if it has expired, settle its publish, release it.
@@ -95,7 +88,7 @@ async fn finish_if_expired(s: &dyn Storage, key: &str, t: Timing, announce: &dyn
     if !announce.enabled() {
         // A visible version to finish needs announcing, which this caller cannot do.
         let records = found.record.as_ref();
-        for version in LeaseRecord::unsettled_of(records, key) {
+        for version in LeaseRecord::left_unsettled(records, key) {
             if is_version(&version) && s.head(&layout::manifest_key(registry, &version)).await?.is_some() {
                 return Ok(false);
             }
