@@ -61,8 +61,7 @@ pub async fn connect_bucket(bucket: &BucketConfig) -> Result<S3Storage, String> 
     };
     let s3 = S3Storage::with_timeout(&opts, bucket.timeout)?
         .with_revalidate(bucket.revalidate)
-        .with_lease(bucket.lease)
-        .with_parallel_writes(bucket.parallel);
+        .with_timing(bucket.timing());
     let unreachable = |e: StorageError| {
         format!(
             "bucket {} at {} is not reachable: {e}",

@@ -96,10 +96,9 @@ pub struct S3Storage {
     emulate: Option<tokio::sync::Mutex<()>>,
     /// [`Storage::revalidate_after`] for mutable objects (`STORAGE_REVALIDATE_MS`).
     revalidate: Duration,
-    /// Lifetime of a publish lease (`PUBLISH_LEASE_SECONDS`, [`super::publish`]).
-    lease: Duration,
-    /// Template files a publish writes at once (`PUBLISH_PARALLEL_WRITES`).
-    parallel: usize,
+    /// The publish protocol's timings ([`super::publish`]: `PUBLISH_LEASE_SECONDS`,
+    /// `PUBLISH_PARALLEL_WRITES`, and the bound of one call below).
+    publish: super::publish::Timing,
     /// Bound of one storage call, retries included (`STORAGE_TIMEOUT_SECONDS`).
     timeout: Duration,
     /// The bucket's clock, from the `Date` of its responses ([`BucketClock`]).
@@ -268,8 +267,10 @@ impl S3Storage {
             prefix: opts.prefix.clone(),
             emulate: None,
             revalidate: Duration::from_secs(1),
-            lease: super::publish::DEFAULT_LEASE,
-            parallel: super::publish::Timing::default().parallel,
+            publish: super::publish::Timing {
+                call: timeout,
+                ..Default::default()
+            },
             timeout,
             clock,
             indexes: Default::default(),
@@ -289,29 +290,15 @@ impl S3Storage {
         self
     }
 
-    /// Lifetime of a publish lease (`PUBLISH_LEASE_SECONDS`).
-    pub fn with_lease(mut self, lease: Duration) -> S3Storage {
-        self.lease = lease;
+    /// The publish protocol's timings (`BucketConfig::timing`: its `call` is the timeout this
+    /// client was built with).
+    pub fn with_timing(mut self, t: super::publish::Timing) -> S3Storage {
+        self.publish = t;
         self
     }
 
-    pub fn lease(&self) -> Duration {
-        self.lease
-    }
-
-    /// Template files a publish writes at once (`PUBLISH_PARALLEL_WRITES`).
-    pub fn with_parallel_writes(mut self, n: usize) -> S3Storage {
-        self.parallel = n.max(1);
-        self
-    }
-
-    /// The publish protocol's timings: the lease, and the bound of one storage call.
     pub fn timing(&self) -> super::publish::Timing {
-        super::publish::Timing {
-            ttl: self.lease,
-            call: self.timeout,
-            parallel: self.parallel,
-        }
+        self.publish
     }
 
     pub fn bucket(&self) -> &str {

@@ -263,26 +263,20 @@ impl Publish<'_> {
     /// A create-only write under the fence; an object already there is someone else's.
     async fn create(&self, key: &str, body: Bytes) -> Result<String> {
         self.lease.ensure(self.s, false).await?;
-        match create_or_own(self.s, key, body).await {
-            Ok(etag) => {
-                self.created
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(key.to_owned());
-                Ok(etag)
-            }
-            Err(StorageError::AlreadyExists(_)) => Err(StorageError::Fenced(format!(
-                "{key}: another publisher's object is there"
-            ))),
-            Err(e) => {
-                // It may have landed: ours to remove under the lease.
-                self.created
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(key.to_owned());
-                Err(e)
-            }
+        let created = create_or_own(self.s, key, body).await;
+        // Ours to remove under the lease, also when the outcome is unknown (it may have landed).
+        if !matches!(created, Err(StorageError::AlreadyExists(_))) {
+            self.created
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(key.to_owned());
         }
+        created.map_err(|e| match e {
+            StorageError::AlreadyExists(_) => {
+                StorageError::Fenced(format!("{key}: another publisher's object is there"))
+            }
+            e => e,
+        })
     }
 
     /// Step 5: every file we wrote still holds our object, and nothing else is under the prefix.
