@@ -176,24 +176,23 @@ pub async fn namespaces(state: &AppState, ctx: &Ctx<'_>) -> ApiResult {
 
 /// The namespaces `ctx` may list (SPEC §4 `/namespaces`), sorted. Shared with the web pages.
 pub(crate) async fn namespace_names(state: &AppState, ctx: &Ctx<'_>) -> Result<Vec<String>, ErrorReply> {
-    let mut names = Vec::new();
-    let mut start: Option<String> = None;
-    loop {
-        let page = state
-            .storage
-            .list("", true, start.as_deref(), 1000)
-            .await
-            .map_err(internal)?;
-        for p in &page.prefixes {
-            if let Some(ns) = namespace_of_prefix(p).filter(|ns| ctx.lists(ns)) {
-                names.push(ns.to_owned());
-            }
-        }
-        match page.next {
-            Some(n) => start = Some(n),
-            None => break,
-        }
-    }
+    let mut names = stored_namespaces(state).await?;
+    names.retain(|ns| ctx.lists(ns));
+    Ok(names)
+}
+
+/// Every namespace stored, whoever asks (the web pages' search decides access per request),
+/// sorted.
+pub(crate) async fn stored_namespaces(state: &AppState) -> Result<Vec<String>, ErrorReply> {
+    let root = crate::storage::list_all(state.storage.as_ref(), "", true)
+        .await
+        .map_err(internal)?;
+    let mut names: Vec<String> = root
+        .prefixes
+        .iter()
+        .filter_map(|p| namespace_of_prefix(p))
+        .map(str::to_owned)
+        .collect();
     names.sort();
     Ok(names)
 }

@@ -39,7 +39,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use maud::html;
-use rack_core::listing::namespace_of_prefix;
 use rack_core::names::is_segment;
 use rack_core::ApiError;
 use serde_json::Value;
@@ -191,27 +190,7 @@ impl Index {
     async fn namespaces(&self, state: &AppState, ticket: u64) -> Result<Arc<Vec<String>>, ErrorReply> {
         let window = window(state, ".registries.json");
         self.get_or_build(&self.namespaces, ticket, window, async {
-            let mut names = Vec::new();
-            let mut start: Option<String> = None;
-            loop {
-                let page = state
-                    .storage
-                    .list("", true, start.as_deref(), 1000)
-                    .await
-                    .map_err(internal)?;
-                names.extend(
-                    page.prefixes
-                        .iter()
-                        .filter_map(|p| namespace_of_prefix(p))
-                        .map(str::to_owned),
-                );
-                match page.next {
-                    Some(n) => start = Some(n),
-                    None => break,
-                }
-            }
-            names.sort();
-            Ok((names, true))
+            Ok((crate::http::reads::stored_namespaces(state).await?, true))
         })
         .await
     }
