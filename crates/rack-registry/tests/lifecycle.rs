@@ -354,6 +354,9 @@ fn a_deleted_version_is_gone_for_good_and_only_the_admin_may_delete() {
     assert!(out.lines().any(|l| l.contains("\"version.deleted\"")), "{out}");
 }
 
+/// method, path, token, body, expected status and code.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<Value>, u16, &'a str);
+
 #[test]
 fn refused_changes_change_nothing() {
     let world = World::new();
@@ -362,7 +365,7 @@ fn refused_changes_change_nothing() {
     assert_eq!(publish(base, "guarded", "1.0.0").status, 201);
     let yank = "/-/yank/@company/build/guarded/1.0.0";
     let body = || Some(json!({"reason": "r"}));
-    let cases: Vec<(&str, &str, Option<&str>, Option<Value>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("PUT", yank, None, body(), 401, "UNAUTHORIZED"),
         ("PUT", yank, Some(READ), body(), 403, "INSUFFICIENT_PERMISSIONS"),
         (

@@ -220,12 +220,18 @@ async fn answer(
             res
         }
         Err(e) => {
-            let unavailable = e.0.kind == rack_core::ErrorKind::ServiceUnavailable;
+            use rack_core::ErrorKind::{PayloadTooLarge, RequestTimeout, ServiceUnavailable};
+            let kind = e.0.kind;
             let mut res = e.into_response();
-            if unavailable {
+            if kind == ServiceUnavailable {
                 // A publish lease in the way, storage coming back: waiting helps.
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            if matches!(kind, PayloadTooLarge | RequestTimeout) {
+                // A management body left unread: the connection cannot be reused.
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             res
         }
