@@ -686,3 +686,51 @@ fn replicas_racing_yanks_and_unyanks_lose_nothing() {
     );
     assert_eq!(listing.len(), usize::from(!contested_yanked));
 }
+
+/// The replica that yanks shows it at once; another replica on the bucket within its
+/// revalidation interval (`STORAGE_REVALIDATE_MS`), caches warm on both.
+#[test]
+fn other_replicas_see_a_change_within_their_revalidation_interval() {
+    let Some(bucket) = common::s3::Bucket::new() else {
+        return;
+    };
+    let world = World::new();
+    let mut env = world.env_on_bucket(&bucket);
+    env.push(("STORAGE_REVALIDATE_MS".into(), "1500".into()));
+    let a = Server::start(world.path(), &env);
+    let b = Server::start(world.path(), &env);
+    for v in ["1.0.0", "2.0.0"] {
+        assert_eq!(publish(&a.base, "seen", v).status, 201);
+    }
+    let latest = |base: &str| {
+        let (status, _, body) = read(base, "/registries/@company/build/seen");
+        assert_eq!(status, 200);
+        json_of(&body)["version"].as_str().unwrap().to_owned()
+    };
+    let yanked_header = |base: &str| {
+        let (_, h, _) = read(base, "/registries/@company/build/seen/2.0.0");
+        h.get("x-rack-yanked").is_some()
+    };
+    // Warm both replicas' caches.
+    for _ in 0..3 {
+        assert_eq!(latest(&a.base), "2.0.0");
+        assert_eq!(latest(&b.base), "2.0.0");
+        assert!(!yanked_header(&b.base));
+    }
+    let path = "/-/yank/@company/build/seen/2.0.0";
+    assert_eq!(
+        manage(&a.base, "PUT", path, Some(PUBLISH), Some(json!({"reason": "r"}))).0,
+        200
+    );
+    let changed_at = Instant::now();
+    assert_eq!(latest(&a.base), "1.0.0", "at once on the replica that yanked");
+    assert!(yanked_header(&a.base));
+    while latest(&b.base) != "1.0.0" || !yanked_header(&b.base) {
+        assert!(
+            changed_at.elapsed() < Duration::from_millis(1500) + Duration::from_secs(3),
+            "replica B still serves the old state after {:?}",
+            changed_at.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
