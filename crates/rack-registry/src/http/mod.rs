@@ -187,6 +187,8 @@ async fn answer(
         },
         // Uploads are dispatched before; NotFound was answered above.
         Route::Upload | Route::NotFound => Err(ApiError::route_not_found().into()),
+        // Placeholder until the management handlers of SPEC §18 land (issue 26, server side).
+        Route::Manage(..) => Err(ApiError::route_not_found().into()),
     };
     if let Err(ErrorReply(e)) = &result {
         if matches!(e.status(), 401 | 403) {
