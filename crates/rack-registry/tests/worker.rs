@@ -236,7 +236,11 @@ fn lifecycle_headers_survive_revalidation_and_a_corrupt_document_is_500() {
         return;
     }
     let world = World::new();
-    std::fs::write(world.storage().join("@anon/kit/lifecycle.json"), "{\"yanked\": [1]}\n").unwrap();
+    std::fs::write(
+        world.storage().join("@anon/kit/lifecycle.json"),
+        "{\"yanked\": [1]}\n",
+    )
+    .unwrap();
     let server = worker::start(world.path(), &world.local_env());
     let client = RawClient::new(&server.base);
 
@@ -267,7 +271,9 @@ fn lifecycle_headers_survive_revalidation_and_a_corrupt_document_is_500() {
         assert_json_error(&r, 500, "INTERNAL_SERVER_ERROR");
     }
     assert!(
-        server.output().contains("corrupt lifecycle file \"@anon/kit/lifecycle.json\""),
+        server
+            .output()
+            .contains("corrupt lifecycle file \"@anon/kit/lifecycle.json\""),
         "the key is logged:\n{}",
         server.output()
     );
