@@ -103,7 +103,7 @@ fn a_yanked_version_leaves_the_listing_stays_readable_and_comes_back_when_unyank
     assert_eq!(body["registry"], reg);
     assert_eq!(body["version"], "2.0.0");
     assert_eq!(body["changed"], true);
-    assert_eq!(body["message"], "Version yanked");
+    assert_eq!(body["message"], "Yanked @company/build/lc@2.0.0");
     let y = &body["lifecycle"]["yanked"]["2.0.0"];
     assert_eq!(y["reason"], "broken template: ünïcode kept");
     assert_eq!(y["by"], "CI publish", "the token's mark");
@@ -163,7 +163,7 @@ fn a_yanked_version_leaves_the_listing_stays_readable_and_comes_back_when_unyank
         None,
     );
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["message"], "Version unyanked");
+    assert_eq!(body["message"], "Unyanked @company/build/lc@2.0.0");
     assert_eq!(body["lifecycle"]["yanked"], json!({}));
     assert_eq!(listed(base, reg), ["2.0.0", "1.1.0", "1.0.0"]);
     let (_, h, latest) = read(base, "/registries/@company/build/lc");
@@ -218,7 +218,7 @@ fn a_deprecated_registry_says_so_on_every_read_until_undeprecated() {
         Some(json!({"message": "use new instead", "successor": "@company/build/new"})),
     );
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["message"], "Registry deprecated");
+    assert_eq!(body["message"], "Deprecated @company/build/old");
     assert!(body.get("version").is_none());
     let at = body["lifecycle"]["deprecated"]["at"].as_str().unwrap().to_owned();
     let secs = time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
@@ -299,7 +299,7 @@ fn a_deleted_version_is_gone_for_good_and_only_the_admin_may_delete() {
         None,
     );
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["message"], "Version deleted");
+    assert_eq!(body["message"], "Deleted @company/build/gone@1.1.0");
     assert_eq!(body["lifecycle"]["deleted"]["1.1.0"]["by"], "admin");
     for path in [
         "/registries/@company/build/gone/1.1.0",
@@ -733,4 +733,55 @@ fn other_replicas_see_a_change_within_their_revalidation_interval() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The CLI against the real server: yank, undo, deprecate, delete-version.
+#[test]
+fn the_cli_commands_change_the_state_on_a_real_server() {
+    let world = World::new();
+    let server = Server::world(&world);
+    let base = server.base.clone();
+    assert_eq!(publish(&base, "cli", "1.0.0").status, 201);
+    assert_eq!(publish(&base, "cli", "1.1.0").status, 201);
+    let env: Vec<(String, String)> = Vec::new();
+    let run = |token: &str, args: &[&str]| {
+        let mut all = vec!["--url", base.as_str(), "--token", token];
+        all.splice(0..0, args.iter().copied());
+        common::run_cli(world.path(), &env, &all)
+    };
+    let (code, out) = run(
+        PUBLISH,
+        &["yank", "@company/build/cli@1.1.0", "--reason", "broken"],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("Yanked @company/build/cli@1.1.0"), "{out}");
+    assert_eq!(listed(&base, "@company/build/cli"), ["1.0.0"]);
+    let (code, out) = run(PUBLISH, &["yank", "@company/build/cli@1.1.0", "--undo"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(listed(&base, "@company/build/cli"), ["1.1.0", "1.0.0"]);
+    let (code, out) = run(
+        PUBLISH,
+        &[
+            "deprecate",
+            "@company/build/cli",
+            "--message",
+            "moved",
+            "--successor",
+            "@company/build/next",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        lifecycle(&base, "@company/build/cli")["deprecated"]["successor"],
+        "@company/build/next"
+    );
+    // A publish token cannot delete: exit 1, nothing deleted.
+    let (code, out) = run(PUBLISH, &["delete-version", "@company/build/cli@1.0.0"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("INSUFFICIENT_PERMISSIONS"), "{out}");
+    assert_eq!(listed(&base, "@company/build/cli"), ["1.1.0", "1.0.0"]);
+    let (code, out) = run(ADMIN_TOKEN, &["delete-version", "@company/build/cli@1.0.0"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (status, _, _) = read(&base, "/registries/@company/build/cli/1.0.0");
+    assert_eq!(status, 410);
 }

@@ -56,13 +56,18 @@ impl Change {
         }
     }
 
-    fn message(&self) -> &'static str {
-        match self {
-            Change::Yank { .. } => "Version yanked",
-            Change::Unyank => "Version unyanked",
-            Change::Deprecate { .. } => "Registry deprecated",
-            Change::Undeprecate => "Registry undeprecated",
-            Change::Delete => "Version deleted",
+    /// What the answer says: `Yanked @ns/a@1.0.0`, `Deprecated @ns/a`...
+    fn message(&self, registry: &str, version: Option<&str>) -> String {
+        let verb = match self {
+            Change::Yank { .. } => "Yanked",
+            Change::Unyank => "Unyanked",
+            Change::Deprecate { .. } => "Deprecated",
+            Change::Undeprecate => "Undeprecated",
+            Change::Delete => "Deleted",
+        };
+        match version {
+            Some(v) => format!("{verb} {registry}@{v}"),
+            None => format!("{verb} {registry}"),
         }
     }
 }
@@ -71,7 +76,7 @@ impl Change {
 pub struct Outcome {
     pub doc: Lifecycle,
     pub changed: bool,
-    pub message: &'static str,
+    pub message: String,
 }
 
 /// Why a change stopped (mapped to an answer by the caller).
@@ -194,7 +199,7 @@ pub async fn apply(
     Ok(Outcome {
         doc,
         changed,
-        message: change.message(),
+        message: change.message(registry, version),
     })
 }
 
