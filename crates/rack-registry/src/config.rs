@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// Path of webhooks.json [default: ./config/webhooks.json]
     #[arg(long, env = "WEBHOOK_CONFIG_PATH")]
     pub webhook_config_path: Option<String>,
+    /// Path of upstreams.json: namespaces served from other registries [default: ./config/upstreams.json]
+    #[arg(long, env = "UPSTREAMS_CONFIG_PATH")]
+    pub upstreams_config_path: Option<String>,
     /// Durable webhook outbox directory [default: <STORAGE_ROOT>/.webhooks]
     #[arg(long, env = "WEBHOOK_OUTBOX_DIR")]
     pub webhook_outbox_dir: Option<String>,
@@ -342,6 +345,8 @@ pub struct Config {
     pub schema_dir: PathBuf,
     pub auth_config_path: PathBuf,
     pub webhook_config_path: PathBuf,
+    /// `upstreams.json` (SPEC §17); missing: no upstream.
+    pub upstreams_config_path: PathBuf,
     pub webhook_outbox_dir: PathBuf,
     /// A bucket backend without `WEBHOOK_OUTBOX_DIR`: the outbox is in the bucket (SPEC §11.4).
     pub webhook_outbox_in_bucket: bool,
@@ -807,6 +812,9 @@ impl Config {
             auth_config_path: PathBuf::from(given(&a.auth_config_path).unwrap_or("./config/auth.json")),
             webhook_config_path: PathBuf::from(
                 given(&a.webhook_config_path).unwrap_or("./config/webhooks.json"),
+            ),
+            upstreams_config_path: PathBuf::from(
+                given(&a.upstreams_config_path).unwrap_or("./config/upstreams.json"),
             ),
             webhook_outbox_dir,
             webhook_outbox_in_bucket,

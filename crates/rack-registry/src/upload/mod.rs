@@ -401,6 +401,10 @@ async fn pipeline(
         now_ms: now_ms(),
     };
     let principal = ctx.publish(&identity.namespace)?;
+    // A namespace served from an upstream is published there (SPEC §17).
+    if state.upstreams.of(&identity.namespace).is_some() {
+        return Err(ApiError::forbidden_namespace().into());
+    }
 
     // Check 10.
     let schema = state
