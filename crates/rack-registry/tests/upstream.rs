@@ -613,3 +613,45 @@ fn upstreams_check_gives_the_servers_verdict_and_a_broken_file_stops_the_server(
         failure.output
     );
 }
+
+/// Two replicas on one bucket fetching the same version at once store it once: both serve the
+/// upstream's bytes, and the bucket holds one whole version with its integrity record.
+#[test]
+fn two_replicas_fetching_one_version_at_once_store_it_once() {
+    let Some(bucket) = common::s3::Bucket::new() else {
+        return;
+    };
+    let world_a = World::new();
+    let a = Server::world(&world_a);
+    let world_b = b_world(&a.base, 300, 10);
+    let path = world_b.path().join("config/upstreams.json");
+    let mut env = world_b.env_on_bucket(&bucket);
+    env.push(("UPSTREAMS_CONFIG_PATH".into(), path.display().to_string()));
+    let b1 = Server::start(world_b.path(), &env);
+    let b2 = Server::start(world_b.path(), &env);
+    let file = format!(
+        "/registries/@rack/build/rollup/1.0.0/files/{}",
+        first_file(&a.base, "@rack/build/rollup")
+    );
+    let barrier = Arc::new(Barrier::new(8));
+    let readers: Vec<_> = (0..8)
+        .map(|i| {
+            let base = if i % 2 == 0 {
+                b1.base.clone()
+            } else {
+                b2.base.clone()
+            };
+            let (barrier, file) = (barrier.clone(), file.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                get(&base, &file)
+            })
+        })
+        .collect();
+    let want = get(&a.base, &file);
+    for r in readers {
+        assert_eq!(r.join().unwrap(), want);
+    }
+    let (code, out) = common::run_cli(world_b.path(), &env, &["storage", "check", "--deep"]);
+    assert_eq!(code, Some(0), "{out}");
+}
