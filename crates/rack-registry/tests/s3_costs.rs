@@ -103,9 +103,11 @@ fn requests_per_publish_stay_flat_as_the_registry_grows() {
         costs[1..].iter().all(|c| *c == costs[1]),
         "requests per publish: {costs:?}"
     );
-    // SPEC §11.2, one-file publish: 15 measured (docs/object-storage.md, "Requests per
-    // publish"); 11 before fenced leases, renewals and integrity records.
-    assert!(costs[1] <= 15, "requests per publish: {costs:?}");
+    // SPEC §11.2, one-file publish: 17 measured (docs/object-storage.md, "Requests per
+    // publish"): 11 before fenced leases, renewals and integrity records, 15 before the version
+    // lifecycle (SPEC §18: lifecycle.json read under the lease in step 3, and again after
+    // versions.json by the listing merge).
+    assert!(costs[1] <= 17, "requests per publish: {costs:?}");
 }
 
 /// The benchmark behind docs/PERFORMANCE.md (run by `bench/s3_publish.sh`, not in CI: a

@@ -41,6 +41,9 @@ pub use config::{Upstream, UpstreamConfig};
 /// A document refreshed from upstream is at most this large (`versions.json`, `lifecycle.json`,
 /// a registry listing).
 pub const MAX_DOCUMENT_BYTES: u64 = 4 * 1024 * 1024;
+/// Versions fetched from upstreams at once, at most (each stages up to `MAX_EXTRACTED_BYTES`
+/// on disk); further misses wait for a slot.
+pub const MAX_CONCURRENT_FETCHES: usize = 8;
 /// Freshness records kept at most (one per refreshed document); past it the table starts over
 /// (every document is then asked once more).
 const MAX_FRESH: usize = 100_000;
@@ -157,6 +160,8 @@ pub struct Upstreams {
     limits: store::Limits,
     fresh: Mutex<HashMap<String, Fresh>>,
     flights: Flights<Result<(), Miss>>,
+    /// [`MAX_CONCURRENT_FETCHES`].
+    fetches: tokio::sync::Semaphore,
 }
 
 impl Upstreams {
@@ -175,6 +180,7 @@ impl Upstreams {
             limits,
             fresh: Mutex::default(),
             flights: Flights::default(),
+            fetches: tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES),
         }
     }
 
@@ -286,6 +292,11 @@ impl Upstreams {
                 {
                     return Ok(());
                 }
+                let _slot = self
+                    .fetches
+                    .acquire()
+                    .await
+                    .map_err(|_| Miss::Unavailable(up.url.clone()))?;
                 match store::fetch_version(
                     &self.client,
                     up,
