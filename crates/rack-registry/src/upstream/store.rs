@@ -166,7 +166,18 @@ pub async fn fetch_version(
         }
         let announce = FromUpstream;
         match storage.publish_dir(&tree, &wanted, &announce).await {
-            Ok(()) | Err(StorageError::AlreadyExists(_)) => {}
+            Ok(()) => {}
+            // Another replica holds the version's lease (it is storing the same version), or
+            // stored it: wait for it to be visible, at most a few timeouts.
+            Err(StorageError::AlreadyExists(_)) => {
+                let deadline = tokio::time::Instant::now() + up.timeout * 3;
+                while !is_stored(storage, registry, version).await? {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Failure::Unavailable("being stored by another replica".into()).into());
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
             Err(e) => return Err(StoreError::Storage(e)),
         }
         // A bucket's publish lists the version; on disk it is merged here, so a registry never
