@@ -30,6 +30,8 @@ pub enum ErrorKind {
     NamespaceNotAllowed,
     AnonymousUploadForbidden,
     InsufficientPermissions,
+    /// A verified ID token whose claims match no trusted publisher of the namespace (SPEC §16).
+    Forbidden,
     NotFound,
     NamespaceNotFound,
     MethodNotAllowed,
@@ -49,7 +51,7 @@ impl ErrorKind {
     /// Every kind, for what must list them all (the `Error` schema of docs/openapi.yaml is
     /// checked against it). A new kind stops the test `all_lists_every_kind_once` from
     /// compiling: the reminder to list it here.
-    pub const ALL: [ErrorKind; 31] = {
+    pub const ALL: [ErrorKind; 32] = {
         use ErrorKind::*;
         [
             InvalidPath,
@@ -74,6 +76,7 @@ impl ErrorKind {
             NamespaceNotAllowed,
             AnonymousUploadForbidden,
             InsufficientPermissions,
+            Forbidden,
             NotFound,
             NamespaceNotFound,
             MethodNotAllowed,
@@ -104,9 +107,11 @@ impl ErrorKind {
             | UndeclaredFile
             | InvalidManifest => 400,
             Unauthorized | InvalidToken | TokenExpired => 401,
-            ForbiddenNamespace | NamespaceNotAllowed | AnonymousUploadForbidden | InsufficientPermissions => {
-                403
-            }
+            ForbiddenNamespace
+            | NamespaceNotAllowed
+            | AnonymousUploadForbidden
+            | InsufficientPermissions
+            | Forbidden => 403,
             NotFound | NamespaceNotFound => 404,
             MethodNotAllowed => 405,
             RequestTimeout => 408,
@@ -144,6 +149,7 @@ impl ErrorKind {
             NamespaceNotAllowed => "NAMESPACE_NOT_ALLOWED",
             AnonymousUploadForbidden => "ANONYMOUS_UPLOAD_FORBIDDEN",
             InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
+            Forbidden => "FORBIDDEN",
             NotFound => "NOT_FOUND",
             NamespaceNotFound => "NAMESPACE_NOT_FOUND",
             MethodNotAllowed => "METHOD_NOT_ALLOWED",
@@ -254,6 +260,13 @@ impl ApiError {
         ApiError::new(
             ErrorKind::InsufficientPermissions,
             format!("Token does not have publish permission for namespace {ns}"),
+        )
+    }
+    /// SPEC §16: a verified ID token that no trusted publisher of `ns` matches.
+    pub fn trusted_publisher_forbidden(ns: &str) -> ApiError {
+        ApiError::new(
+            ErrorKind::Forbidden,
+            format!("No trusted publisher of namespace {ns} matches this identity"),
         )
     }
     pub fn invalid_archive(detail: impl fmt::Display) -> ApiError {
@@ -403,6 +416,7 @@ mod tests {
                 | NamespaceNotAllowed
                 | AnonymousUploadForbidden
                 | InsufficientPermissions
+                | Forbidden
                 | NotFound
                 | NamespaceNotFound
                 | MethodNotAllowed
