@@ -219,11 +219,11 @@ impl Oidc {
 /// The verification key of `jwk` for `alg`: RSA for RS256, P-256 for ES256, and the key's own
 /// `alg`, when it names one, must be `alg`.
 fn decoding_key(jwk: &Jwk, alg: Algorithm) -> Result<DecodingKey, Refusal> {
-    let fits = match (&jwk.algorithm, alg) {
-        (AlgorithmParameters::RSA(_), Algorithm::RS256) => true,
-        (AlgorithmParameters::EllipticCurve(_), Algorithm::ES256) => true,
-        _ => false,
-    };
+    let fits = matches!(
+        (&jwk.algorithm, alg),
+        (AlgorithmParameters::RSA(_), Algorithm::RS256)
+            | (AlgorithmParameters::EllipticCurve(_), Algorithm::ES256)
+    );
     let named = match jwk.common.key_algorithm {
         None => true,
         Some(KeyAlgorithm::RS256) => alg == Algorithm::RS256,
