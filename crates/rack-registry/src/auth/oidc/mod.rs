@@ -235,3 +235,44 @@ fn decoding_key(jwk: &Jwk, alg: Algorithm) -> Result<DecodingKey, Refusal> {
     }
     DecodingKey::from_jwk(jwk).map_err(|e| refuse(jwt_reason(&e)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryStorage;
+    use rack_core::publishers::ParseOptions;
+
+    /// A JWT with this `iss` (HMAC-signed: candidates are picked before any verification).
+    fn jwt(iss: Value) -> String {
+        let claims = serde_json::json!({"iss": iss, "aud": "rack-registry"});
+        let key = jsonwebtoken::EncodingKey::from_secret(b"k");
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn only_jwts_of_configured_issuers_are_candidates() {
+        let oidc = Oidc::new("rack-registry".into(), false, Arc::new(MemoryStorage::default())).unwrap();
+        let publishers = Publishers::parse(
+            r#"{"@a": [{"issuer": "https://issuer.example", "repository": "o/r"}]}"#,
+            ParseOptions::default(),
+        )
+        .unwrap();
+        let ok = jwt(serde_json::json!("https://issuer.example"));
+        assert_eq!(
+            oidc.candidate(&ok, &publishers).map(|c| c.issuer),
+            Some("https://issuer.example".to_owned())
+        );
+        for other in [
+            jwt(serde_json::json!("https://issuer.example/")),
+            jwt(serde_json::json!("https://elsewhere.example")),
+            jwt(serde_json::json!(7)),
+            "company-publish-token".to_owned(),
+            "a.b.c".to_owned(),
+            format!("{ok}.extra"),
+            format!("{}{}", ok, "x".repeat(MAX_TOKEN_BYTES)),
+        ] {
+            assert!(oidc.candidate(&other, &publishers).is_none(), "{other:.40}");
+        }
+        assert!(oidc.candidate(&ok, &Publishers::empty()).is_none());
+    }
+}
