@@ -906,6 +906,10 @@ mod tests {
             ("HOST", Box::new(|a| a.host = Some("localhost:1".into()))),
             ("LOG_LEVEL", Box::new(|a| a.log_level = Some("loud".into()))),
             ("LOG_FORMAT", Box::new(|a| a.log_format = Some("xml".into()))),
+            (
+                "OIDC_ALLOW_INSECURE_ISSUERS",
+                Box::new(|a| a.oidc_allow_insecure_issuers = Some("yes".into())),
+            ),
             ("TRUST_PROXY", Box::new(|a| a.trust_proxy = Some("yes".into()))),
             ("TRUST_PROXY", Box::new(|a| a.trust_proxy = Some("0".into()))),
             (

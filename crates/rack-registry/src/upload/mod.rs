@@ -10,7 +10,10 @@
 //! 6. the archive is extracted into staging under the limits of §5.3 ([`extract`]);
 //! 7. to 12. manifest identity (a duplicate key is `INVALID_MANIFEST`), namespace and token,
 //!    schema, declared files, entry kinds (rules from `rack_core::manifest`, shared with
-//!    `rack-registry publish --dry-run`);
+//!    `rack-registry publish --dry-run`). A bearer that is a CI job's ID token (trusted
+//!    publishing, SPEC §16) is verified before the body is read ([`crate::auth::oidc`]), judged
+//!    at check 9 by `rack_core::publishers`, and spent (its `jti` recorded, create-only) once
+//!    check 12 passed, before check 13: of two uploads with one token, one can publish;
 //! 13. no version of the registry equal in SemVer precedence exists (`1.0.0+b` is refused
 //!     next to `1.0.0+a`), judged under the registry's lock, which is held until
 //!     `versions.json` is rewritten, so two racing uploads of such versions have one winner.
