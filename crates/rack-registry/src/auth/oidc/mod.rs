@@ -56,13 +56,74 @@ pub struct Verified {
     pub until_s: i64,
 }
 
-/// Why a token was refused: logged, never sent (the client sees 401 `INVALID_TOKEN`).
+/// Why a token was refused: logged, never sent (the client sees 401 `INVALID_TOKEN`). No
+/// variant carries the token or a claim value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Refusal(pub String);
+pub enum Refusal {
+    #[error("algorithm {0:?} is not accepted (RS256 or ES256)")]
+    Algorithm(Algorithm),
+    #[error("no kid in the header")]
+    NoKid,
+    #[error("{0} too long")]
+    TooLong(&'static str),
+    #[error("{0}")]
+    Key(#[from] jwks::KeyError),
+    #[error("the key with this kid is not for the token's algorithm")]
+    KeyMismatch,
+    /// What `jsonwebtoken` refused ([`Jwt`]).
+    #[error("{0}")]
+    Jwt(Jwt),
+    #[error("no {0} claim")]
+    Missing(&'static str),
+    #[error("issued in the future (iat)")]
+    IssuedInFuture,
+    #[error("already used (jti seen before)")]
+    Replayed,
+}
 
-fn refuse(reason: impl Into<String>) -> Refusal {
-    Refusal(reason.into())
+/// `jsonwebtoken`'s refusals, in words that never quote the token or a claim value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Jwt {
+    #[error("bad signature")]
+    Signature,
+    #[error("expired (exp)")]
+    Expired,
+    #[error("not valid yet (nbf)")]
+    NotYetValid,
+    #[error("audience (aud) is not OIDC_AUDIENCE")]
+    Audience,
+    #[error("issuer (iss) mismatch")]
+    Issuer,
+    #[error("a required claim (exp, iss or aud) is missing")]
+    MissingClaim,
+    #[error("algorithm does not fit the key")]
+    Algorithm,
+    #[error("the issuer's key is unusable")]
+    UnusableKey,
+    #[error("malformed token")]
+    Malformed,
+    #[error("verification failed")]
+    Other,
+}
+
+impl From<jsonwebtoken::errors::Error> for Refusal {
+    fn from(e: jsonwebtoken::errors::Error) -> Refusal {
+        use jsonwebtoken::errors::ErrorKind as K;
+        Refusal::Jwt(match e.kind() {
+            K::InvalidSignature => Jwt::Signature,
+            K::ExpiredSignature => Jwt::Expired,
+            K::ImmatureSignature => Jwt::NotYetValid,
+            K::InvalidAudience => Jwt::Audience,
+            K::InvalidIssuer => Jwt::Issuer,
+            K::MissingRequiredClaim(_) => Jwt::MissingClaim,
+            K::InvalidAlgorithm | K::InvalidAlgorithmName | K::MissingAlgorithm => Jwt::Algorithm,
+            K::InvalidKeyFormat | K::InvalidRsaKey(_) | K::InvalidEcdsaKey => Jwt::UnusableKey,
+            K::Base64(_) | K::Json(_) | K::Utf8(_) | K::InvalidToken | K::InvalidClaimFormat(_) => {
+                Jwt::Malformed
+            }
+            _ => Jwt::Other,
+        })
+    }
 }
 
 /// Only `iss`, read before anything is verified.
@@ -92,29 +153,6 @@ fn text(v: &Option<Value>) -> Option<String> {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
-    }
-}
-
-/// Why `jsonwebtoken` refused, in words that never quote the token or a claim value.
-fn jwt_reason(e: &jsonwebtoken::errors::Error) -> String {
-    use jsonwebtoken::errors::ErrorKind as K;
-    match e.kind() {
-        K::InvalidSignature => "bad signature".into(),
-        K::ExpiredSignature => "expired (exp)".into(),
-        K::ImmatureSignature => "not valid yet (nbf)".into(),
-        K::InvalidAudience => "audience (aud) is not OIDC_AUDIENCE".into(),
-        K::InvalidIssuer => "issuer (iss) mismatch".into(),
-        K::MissingRequiredClaim(c) => format!("no {c} claim"),
-        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::MissingAlgorithm => {
-            "algorithm does not fit the key".into()
-        }
-        K::InvalidKeyFormat | K::InvalidRsaKey(_) | K::InvalidEcdsaKey => {
-            "the issuer's key is unusable".into()
-        }
-        K::Base64(_) | K::Json(_) | K::Utf8(_) | K::InvalidToken | K::InvalidClaimFormat(_) => {
-            "malformed token".into()
-        }
-        _ => "verification failed".into(),
     }
 }
 
@@ -157,22 +195,16 @@ impl Oidc {
 
     /// Verify a candidate (see the module docs). `now_s`: unix seconds.
     pub async fn verify(&self, c: &Candidate<'_>, now_s: i64) -> Result<Verified, Refusal> {
-        let header = jsonwebtoken::decode_header(c.token).map_err(|e| refuse(jwt_reason(&e)))?;
+        let header = jsonwebtoken::decode_header(c.token)?;
         let alg = header.alg;
         if !matches!(alg, Algorithm::RS256 | Algorithm::ES256) {
-            return Err(refuse(format!(
-                "algorithm {alg:?} is not accepted (RS256 or ES256)"
-            )));
+            return Err(Refusal::Algorithm(alg));
         }
-        let kid = header.kid.ok_or_else(|| refuse("no kid in the header"))?;
+        let kid = header.kid.ok_or(Refusal::NoKid)?;
         if kid.len() > MAX_ID_BYTES {
-            return Err(refuse("kid too long"));
+            return Err(Refusal::TooLong("kid"));
         }
-        let jwk = self
-            .keys
-            .key(&c.issuer, &kid)
-            .await
-            .map_err(|e| refuse(e.to_string()))?;
+        let jwk = self.keys.key(&c.issuer, &kid).await?;
         let key = decoding_key(&jwk, alg)?;
         let mut v = Validation::new(alg);
         v.leeway = LEEWAY_S as u64;
@@ -180,23 +212,23 @@ impl Oidc {
         v.set_audience(&[&self.audience]);
         v.set_issuer(&[&c.issuer]);
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
-        let data = jsonwebtoken::decode::<Claims>(c.token, &key, &v).map_err(|e| refuse(jwt_reason(&e)))?;
+        let data = jsonwebtoken::decode::<Claims>(c.token, &key, &v)?;
         let claims = data.claims;
         let number = |v: &Option<Value>| v.as_ref().and_then(Value::as_f64);
-        let iat = number(&claims.iat).ok_or_else(|| refuse("no iat claim"))?;
+        let iat = number(&claims.iat).ok_or(Refusal::Missing("iat"))?;
         if iat > (now_s + LEEWAY_S) as f64 {
-            return Err(refuse("issued in the future (iat)"));
+            return Err(Refusal::IssuedInFuture);
         }
-        let exp = number(&claims.exp).ok_or_else(|| refuse("no exp claim"))?;
-        let jti = text(&claims.jti).ok_or_else(|| refuse("no jti claim"))?;
+        let exp = number(&claims.exp).ok_or(Refusal::Missing("exp"))?;
+        let jti = text(&claims.jti).ok_or(Refusal::Missing("jti"))?;
         if jti.len() > MAX_ID_BYTES {
-            return Err(refuse("jti too long"));
+            return Err(Refusal::TooLong("jti"));
         }
         let until_s = (exp as i64).saturating_add(LEEWAY_S);
         let record = replay::record_key(&claims.iss, &jti, until_s);
         match self.replays.used(&record).await {
             Ok(false) => {}
-            Ok(true) => return Err(refuse("already used (jti seen before)")),
+            Ok(true) => return Err(Refusal::Replayed),
             // The create-only record decides later; storage trouble shows there.
             Err(e) => tracing::warn!(error = %e, "cannot look up an ID-token record"),
         }
@@ -231,9 +263,9 @@ fn decoding_key(jwk: &Jwk, alg: Algorithm) -> Result<DecodingKey, Refusal> {
         Some(_) => false,
     };
     if !fits || !named {
-        return Err(refuse("the key with this kid is not for the token's algorithm"));
+        return Err(Refusal::KeyMismatch);
     }
-    DecodingKey::from_jwk(jwk).map_err(|e| refuse(jwt_reason(&e)))
+    Ok(DecodingKey::from_jwk(jwk)?)
 }
 
 #[cfg(test)]
