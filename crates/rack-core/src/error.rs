@@ -23,6 +23,8 @@ pub enum ErrorKind {
     /// `registry.json` is JSON but ambiguous (a duplicate key): part of check 7.
     InvalidManifest,
     UnsupportedMediaType,
+    /// A management request's JSON body is not what the route takes (SPEC §18).
+    InvalidRequest,
     Unauthorized,
     InvalidToken,
     TokenExpired,
@@ -36,6 +38,8 @@ pub enum ErrorKind {
     NamespaceNotFound,
     MethodNotAllowed,
     VersionExists,
+    /// The version was deleted by an operator (SPEC §18).
+    VersionDeleted,
     PayloadTooLarge,
     /// A request body did not arrive in time: an upload's within `UPLOAD_TIMEOUT_SECONDS`, or
     /// it stopped moving for `UPLOAD_STALL_SECONDS`; a form's within `HEADER_TIMEOUT_SECONDS`.
@@ -51,7 +55,7 @@ impl ErrorKind {
     /// Every kind, for what must list them all (the `Error` schema of docs/openapi.yaml is
     /// checked against it). A new kind stops the test `all_lists_every_kind_once` from
     /// compiling: the reminder to list it here.
-    pub const ALL: [ErrorKind; 32] = {
+    pub const ALL: [ErrorKind; 34] = {
         use ErrorKind::*;
         [
             InvalidPath,
@@ -69,6 +73,7 @@ impl ErrorKind {
             UndeclaredFile,
             InvalidManifest,
             UnsupportedMediaType,
+            InvalidRequest,
             Unauthorized,
             InvalidToken,
             TokenExpired,
@@ -81,6 +86,7 @@ impl ErrorKind {
             NamespaceNotFound,
             MethodNotAllowed,
             VersionExists,
+            VersionDeleted,
             PayloadTooLarge,
             RequestTimeout,
             RateLimitExceeded,
@@ -105,7 +111,8 @@ impl ErrorKind {
             | FileNotFound
             | UnsafeFile
             | UndeclaredFile
-            | InvalidManifest => 400,
+            | InvalidManifest
+            | InvalidRequest => 400,
             Unauthorized | InvalidToken | TokenExpired => 401,
             ForbiddenNamespace
             | NamespaceNotAllowed
@@ -116,6 +123,7 @@ impl ErrorKind {
             MethodNotAllowed => 405,
             RequestTimeout => 408,
             VersionExists => 409,
+            VersionDeleted => 410,
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
             RateLimitExceeded => 429,
@@ -142,6 +150,7 @@ impl ErrorKind {
             UndeclaredFile => "UNDECLARED_FILE",
             InvalidManifest => "INVALID_MANIFEST",
             UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            InvalidRequest => "INVALID_REQUEST",
             Unauthorized => "UNAUTHORIZED",
             InvalidToken => "INVALID_TOKEN",
             TokenExpired => "TOKEN_EXPIRED",
@@ -154,6 +163,7 @@ impl ErrorKind {
             NamespaceNotFound => "NAMESPACE_NOT_FOUND",
             MethodNotAllowed => "METHOD_NOT_ALLOWED",
             VersionExists => "VERSION_EXISTS",
+            VersionDeleted => "VERSION_DELETED",
             PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             RequestTimeout => "REQUEST_TIMEOUT",
             RateLimitExceeded => "RATE_LIMIT_EXCEEDED",
@@ -347,6 +357,17 @@ impl ApiError {
             format!("Request body was not received within {secs}s"),
         )
     }
+    /// A read of a version an operator deleted (SPEC §18), or a change to it.
+    pub fn version_deleted(registry: &str, version: &str) -> ApiError {
+        ApiError::new(
+            ErrorKind::VersionDeleted,
+            format!("Registry {registry}@{version} was deleted"),
+        )
+    }
+    /// A management request body that is not what its route takes (SPEC §18).
+    pub fn invalid_request(detail: impl fmt::Display) -> ApiError {
+        ApiError::new(ErrorKind::InvalidRequest, detail.to_string())
+    }
     pub fn internal() -> ApiError {
         ApiError::new(ErrorKind::Internal, "Internal server error")
     }
@@ -409,6 +430,7 @@ mod tests {
                 | UndeclaredFile
                 | InvalidManifest
                 | UnsupportedMediaType
+                | InvalidRequest
                 | Unauthorized
                 | InvalidToken
                 | TokenExpired
@@ -421,6 +443,7 @@ mod tests {
                 | NamespaceNotFound
                 | MethodNotAllowed
                 | VersionExists
+                | VersionDeleted
                 | PayloadTooLarge
                 | RequestTimeout
                 | RateLimitExceeded

@@ -26,7 +26,86 @@ pub enum Route {
     /// `POST /registries` (exactly that path).
     Upload,
     Registry(Result<RegistryResource, ApiError>),
+    /// A management route of SPEC §18, under `/-/` (no namespace starts with `-`, so the
+    /// grammar of `/registries/` is untouched).
+    Manage(Action, Result<Target, ApiError>),
     NotFound,
+}
+
+/// What a management route does (SPEC §18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `/-/yank/@ns/<segs>/<version>`: `PUT` yanks, `DELETE` unyanks.
+    Yank,
+    /// `/-/deprecate/@ns/<segs>`: `PUT` deprecates, `DELETE` undeprecates.
+    Deprecate,
+    /// `/-/versions/@ns/<segs>/<version>`: `DELETE` deletes the version (admin only).
+    Delete,
+    /// `/-/lifecycle/@ns/<segs>`: `GET` the registry's `lifecycle.json`.
+    Lifecycle,
+}
+
+impl Action {
+    /// The methods the route answers (the `Allow` of a 405).
+    pub const fn methods(self) -> &'static str {
+        match self {
+            Action::Yank | Action::Deprecate => "PUT, DELETE",
+            Action::Delete => "DELETE",
+            Action::Lifecycle => "GET, HEAD",
+        }
+    }
+
+    /// Whether the route names a version (else a registry).
+    pub const fn names_version(self) -> bool {
+        matches!(self, Action::Yank | Action::Delete)
+    }
+}
+
+/// The registry (and version) a management route is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    key: String,
+    namespace_len: usize,
+    /// The version, for [`Action::Yank`] and [`Action::Delete`].
+    pub version: Option<String>,
+}
+
+impl Target {
+    /// `@ns/seg1/seg2`: the registry's key prefix in storage.
+    pub fn registry_key(&self) -> &str {
+        &self.key
+    }
+
+    /// `@ns`.
+    pub fn namespace(&self) -> &str {
+        &self.key[..self.namespace_len]
+    }
+}
+
+/// Parse the part of a management path after `/-/<action>/`: a registry, with a version for the
+/// actions that name one, by the grammar of `/registries/` (percent-escapes, empty segments).
+fn parse_target(action: Action, rest: &str) -> Result<Target, ApiError> {
+    let res = parse_registry_path(rest)?;
+    let RegistryResource {
+        mut key,
+        namespace_len,
+        kind,
+    } = res;
+    let version = match (action.names_version(), kind) {
+        (true, ResourceKind::Version(v)) => Some(v),
+        (false, ResourceKind::Latest) => None,
+        // `@ns/a/versions` is the registry `a/versions` here: there is no version list to name.
+        (false, ResourceKind::Versions) => {
+            key.push_str("/versions");
+            None
+        }
+        _ => return Err(ApiError::invalid_path()),
+    };
+    Ok(Target {
+        key,
+        namespace_len,
+        version,
+    })
 }
 
 /// A resource under `/registries/`. The registry is kept as its storage key (`@ns/seg1/seg2`),
@@ -152,6 +231,7 @@ impl Route {
     pub fn allowed_methods(&self) -> &'static str {
         match self {
             Route::Upload => "POST",
+            Route::Manage(a, _) => a.methods(),
             _ => "GET, HEAD",
         }
     }
@@ -161,6 +241,7 @@ impl Route {
         match self {
             Route::NotFound => true,
             Route::Upload => method == "POST",
+            Route::Manage(a, _) => a.methods().split(", ").any(|m| m == method),
             _ => method == "GET" || method == "HEAD",
         }
     }
@@ -183,6 +264,12 @@ impl Route {
                 ResourceKind::File { .. } => "/registries/:registry/:version/files/*",
             },
             Route::Registry(Err(_)) => "/registries/*",
+            Route::Manage(a, _) => match a {
+                Action::Yank => "/-/yank/:registry/:version",
+                Action::Deprecate => "/-/deprecate/:registry",
+                Action::Delete => "/-/versions/:registry/:version",
+                Action::Lifecycle => "/-/lifecycle/:registry",
+            },
             Route::NotFound => "unmatched",
         }
     }
@@ -196,6 +283,8 @@ impl Route {
             Route::NamespaceRegistries(Ok(ns)) => CacheTier::Short.in_namespace(policy, ns),
             Route::Preset(_) | Route::Schema(_) => CacheTier::Day,
             Route::Registry(Ok(r)) => r.cache_tier(policy),
+            // Like `versions.json`: short, revalidated by ETag.
+            Route::Manage(Action::Lifecycle, Ok(t)) => CacheTier::Short.in_namespace(policy, t.namespace()),
             _ => CacheTier::NoStore,
         }
     }
@@ -223,6 +312,17 @@ pub fn route(raw_path: &str) -> Route {
     }
     if let Some(rest) = raw_path.strip_prefix("/registries/") {
         return Route::Registry(parse_registry_path(rest));
+    }
+    if let Some(rest) = raw_path.strip_prefix("/-/") {
+        let (name, rest) = rest.split_once('/').unwrap_or((rest, ""));
+        let action = match name {
+            "yank" => Action::Yank,
+            "deprecate" => Action::Deprecate,
+            "versions" => Action::Delete,
+            "lifecycle" => Action::Lifecycle,
+            _ => return Route::NotFound,
+        };
+        return Route::Manage(action, parse_target(action, rest));
     }
     let parts: Vec<&str> = raw_path.split('/').filter(|p| !p.is_empty()).collect();
     match parts.as_slice() {
@@ -347,6 +447,51 @@ pub fn parse_registry_path(rest: &str) -> Result<RegistryResource, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn management_routes_name_a_registry_and_maybe_a_version() {
+        let target = |p: &str| match route(p) {
+            Route::Manage(a, t) => (a, t),
+            other => panic!("{p} routed to {other:?}"),
+        };
+        let (a, t) = target("/-/yank/@ns/a/b/1.0.0");
+        let t = t.unwrap();
+        assert_eq!(
+            (a, t.registry_key(), t.namespace()),
+            (Action::Yank, "@ns/a/b", "@ns")
+        );
+        assert_eq!(t.version.as_deref(), Some("1.0.0"));
+        let (a, t) = target("/-/versions/%40ns/a/2.0.0-rc.1");
+        assert_eq!(
+            (a, t.unwrap().version.as_deref()),
+            (Action::Delete, Some("2.0.0-rc.1"))
+        );
+        let (a, t) = target("/-/deprecate/@ns/a/versions");
+        assert_eq!(a, Action::Deprecate);
+        assert_eq!(t.unwrap().registry_key(), "@ns/a/versions");
+        let (a, t) = target("/-/lifecycle/@ns/x");
+        assert_eq!((a, t.unwrap().version), (Action::Lifecycle, None));
+        // A version where a registry is expected, and the other way round, or none at all.
+        for bad in [
+            "/-/yank/@ns/a",
+            "/-/yank/@ns/a/1.0.0/files/x",
+            "/-/deprecate/@ns/a/1.0.0",
+            "/-/lifecycle/@ns",
+            "/-/versions/@ns/a/../1.0.0",
+            "/-/yank",
+            "/-/yank/",
+        ] {
+            assert!(target(bad).1.is_err(), "{bad}");
+        }
+        assert_eq!(route("/-/other/@ns/a"), Route::NotFound);
+        assert_eq!(route("/-"), Route::NotFound);
+        let yank = route("/-/yank/@ns/a/1.0.0");
+        assert!(yank.allows("PUT") && yank.allows("DELETE") && !yank.allows("GET"));
+        assert_eq!(yank.template(), "/-/yank/:registry/:version");
+        let delete = route("/-/versions/@ns/a/1.0.0");
+        assert!(delete.allows("DELETE") && !delete.allows("PUT"));
+        assert!(route("/-/lifecycle/@ns/a").allows("HEAD"));
+    }
 
     fn reg(path: &str) -> Result<RegistryResource, ApiError> {
         match route(path) {

@@ -9,9 +9,22 @@ use async_trait::async_trait;
 pub struct PublishEvent {
     pub namespace: String,
     pub name: String,
+    /// Empty for a change to a whole registry (`registry.deprecated`).
     pub version: String,
-    /// `@ns/<segments>/<version>`, as in the 201 body.
+    /// `@ns/<segments>/<version>`, as in the 201 body (`@ns/<segments>` for a registry).
     pub path: String,
+    /// `None` for a publish (`uploaded`, then `version.created`); a lifecycle change of SPEC §18
+    /// otherwise, delivered as its own event.
+    pub lifecycle: Option<LifecycleChange>,
+}
+
+/// A yank, unyank, deprecation, undeprecation or deletion (SPEC §18).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleChange {
+    /// One of [`crate::webhooks::config::LIFECYCLE_EVENTS`].
+    pub event: &'static str,
+    /// Fields added to the payload after `path` (`reason`, `message`, `successor`, `by`).
+    pub detail: serde_json::Map<String, serde_json::Value>,
 }
 
 #[async_trait]
@@ -37,6 +50,7 @@ impl crate::storage::publish::Announce for Announcer<'_> {
             name,
             version: version.to_owned(),
             path: format!("{registry}/{version}"),
+            lifecycle: None,
         };
         for sink in self.0 {
             sink.accept(&event).await;

@@ -14,6 +14,8 @@
 //!   and trusted publishing's ID-token verification (issuer keys, single use; SPEC §16);
 //! - [`upload`]: the upload pipeline, and its admission (publishing slots, the queue, and the
 //!   separate slots of uploads that cannot publish);
+//! - [`lifecycle`]: yank, deprecate and delete (SPEC §18): the changes, in an order that is safe
+//!   to repeat, and the documents reads consult;
 //! - [`timed_body`]: request bodies under a stall and a total deadline (which routes read a
 //!   body, and under which deadline: `http::body`).
 //!
@@ -31,6 +33,7 @@ pub mod config;
 pub mod events;
 pub mod fuzzing;
 pub mod http;
+pub mod lifecycle;
 pub mod logsink;
 pub mod metrics;
 pub mod ratelimit;

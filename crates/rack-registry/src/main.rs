@@ -36,6 +36,12 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Pack a registry directory and upload it (or check it with --dry-run).
     Publish(rack_registry::cli::publish::PublishArgs),
+    /// Yank a version (it leaves versions.json and latest, stays readable), or --undo it.
+    Yank(rack_registry::cli::manage::YankArgs),
+    /// Deprecate a registry, optionally naming its successor, or --undo it.
+    Deprecate(rack_registry::cli::manage::DeprecateArgs),
+    /// Delete a version for good (admin token; it can never be published again).
+    DeleteVersion(rack_registry::cli::manage::DeleteVersionArgs),
     /// Print a new random token and its auth.json entry (only the hash).
     Token(rack_registry::cli::tokens::TokenArgs),
     /// Operate on auth.json files.
@@ -80,6 +86,9 @@ fn main() -> std::process::ExitCode {
     let args = match cli.command {
         Some(Command::Serve(a)) => *a,
         Some(Command::Publish(a)) => return rack_registry::cli::publish::run(a),
+        Some(Command::Yank(a)) => return rack_registry::cli::manage::run_yank(a),
+        Some(Command::Deprecate(a)) => return rack_registry::cli::manage::run_deprecate(a),
+        Some(Command::DeleteVersion(a)) => return rack_registry::cli::manage::run_delete_version(a),
         Some(Command::Token(a)) => return rack_registry::cli::tokens::run_token(a),
         Some(Command::Auth(c)) => return rack_registry::cli::tokens::run_auth(c),
         Some(Command::Storage(c)) => return rack_registry::cli::storage::run(*c),

@@ -310,6 +310,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         audit,
         staging_root: config.storage_root.join(TMP_DIR),
         registry_locks: RegistryLocks::default(),
+        lifecycles: Default::default(),
         uploads: Admission::new(
             admission::Settings {
                 slots: config.limits.max_concurrent_uploads,

@@ -96,10 +96,15 @@ pub async fn rebuild_locked(
 ) -> Result<VersionsFile, StorageError> {
     let key = layout::versions_key(registry);
     loop {
+        // versions.json first, then the lifecycle (see `storage::lifecycle`): a yank between
+        // the two makes the swap below fail.
         let current = storage.head(&key).await?;
         let mut names = stored_versions(storage, registry).await?;
         names.extend(also.map(str::to_owned));
-        let file = VersionsFile::from_versions(names);
+        names.sort();
+        names.dedup();
+        let (doc, _) = crate::storage::lifecycle::load(storage, registry).await?;
+        let file = VersionsFile::from_versions(doc.listed(names));
         let mode = match current {
             Some(meta) => PutMode::IfVersion(meta.version),
             None => PutMode::Create,

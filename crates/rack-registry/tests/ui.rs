@@ -804,3 +804,160 @@ fn wrong_tokens_are_throttled_per_client_and_audited_in_bounded_lines() {
     assert!(!text.contains("guess-"), "no token in the audit trail");
     assert!(!text.contains("company-read-token"));
 }
+
+/// The version lifecycle on the pages (SPEC §15, §18), from `lifecycle.json` and a
+/// `versions.json` that lists neither yanked nor deleted versions, written here as the server
+/// writes them: yanked versions struck through with their reason, in SemVer order; the
+/// deprecation notice linking the successor; a deleted version nowhere (lists, search, its own
+/// pages 410); the `rack-registry` commands for a viewer who may publish, and only for them.
+#[test]
+fn lifecycle_shows_yanked_versions_struck_through_the_deprecation_and_never_a_deleted_one() {
+    let world = World::new();
+    let dir = world.storage().join("@company/sunset");
+    for v in ["2.0.0", "1.5.0", "1.0.0"] {
+        let m = json!({
+            "name": "sunset", "namespace": "@company", "version": v, "type": "registry:lib",
+            "description": "lifecycle page test", "files": [{"path": "./templates/a.txt", "target": "a.txt", "type": "registry:lib"}],
+        });
+        std::fs::create_dir_all(dir.join(v).join("templates")).unwrap();
+        std::fs::write(dir.join(v).join("registry.json"), m.to_string()).unwrap();
+        std::fs::write(dir.join(v).join("templates/a.txt"), v).unwrap();
+    }
+    // 3.0.0 was deleted (its files are gone), 2.0.0 yanked: versions.json lists neither.
+    std::fs::write(
+        dir.join("versions.json"),
+        "{\"versions\": [\"1.5.0\", \"1.0.0\"]}\n",
+    )
+    .unwrap();
+    let lifecycle = json!({
+        "yanked": {"2.0.0": {"reason": "broke <b>everything</b>", "at": "2026-12-07T09:00:00Z", "by": "CI publish"}},
+        "deprecated": {"message": "Use core instead", "successor": "@company/core", "at": "2026-12-07T10:00:00Z", "by": "admin"},
+        "deleted": {"3.0.0": {"at": "2026-12-07T08:00:00Z", "by": "admin"}},
+    });
+    std::fs::write(dir.join("lifecycle.json"), lifecycle.to_string()).unwrap();
+    let server = Server::start(world.path(), &world.env());
+
+    let reader = sign_in(&server, "company-read-token");
+    let latest = get(&server, "/ui/@company/sunset", Some(&reader));
+    assert_eq!(latest.status, 200, "{}", latest.body);
+    let body = &latest.body;
+    assert!(
+        body.contains("<h1>@company/sunset <code>1.5.0</code></h1>"),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"<del><a href="/ui/@company/sunset/2.0.0">2.0.0</a></del>"#),
+        "yanked: struck through\n{body}"
+    );
+    assert!(
+        body.contains("yanked: broke &lt;b&gt;everything&lt;/b&gt;"),
+        "reason shown, escaped\n{body}"
+    );
+    let at = |v: &str| {
+        body.find(&format!(r#"href="/ui/@company/sunset/{v}""#))
+            .unwrap_or_else(|| panic!("{v} listed\n{body}"))
+    };
+    assert!(
+        at("2.0.0") < at("1.5.0") && at("1.5.0") < at("1.0.0"),
+        "SemVer order"
+    );
+    assert!(
+        !body.contains("3.0.0"),
+        "a deleted version is never shown\n{body}"
+    );
+    assert!(body.contains("Deprecated: </strong>Use core instead"), "{body}");
+    assert!(
+        body.contains(r#"<a href="/ui/@company/core">@company/core</a>"#),
+        "successor linked\n{body}"
+    );
+    assert!(
+        !body.contains("Yank or deprecate"),
+        "a reader sees no yank command\n{body}"
+    );
+    assert!(!body.contains("<script"), "no script added\n{body}");
+
+    let yanked = get(&server, "/ui/@company/sunset/2.0.0", Some(&reader));
+    assert_eq!(yanked.status, 200, "{}", yanked.body);
+    assert!(
+        yanked
+            .body
+            .contains("This version was yanked: </strong>broke &lt;b&gt;everything&lt;/b&gt;"),
+        "{}",
+        yanked.body
+    );
+    assert!(!get(&server, "/ui/@company/sunset/1.0.0", Some(&reader))
+        .body
+        .contains("This version was yanked"));
+
+    for path in [
+        "/ui/@company/sunset/3.0.0",
+        "/ui/@company/sunset/3.0.0/files/templates/a.txt",
+    ] {
+        let gone = get(&server, path, Some(&reader));
+        assert_eq!(gone.status, 410, "{path}: {}", gone.body);
+        assert!(gone.body.contains("VERSION_DELETED"), "{}", gone.body);
+    }
+    let ns = get(&server, "/ui/@company", Some(&reader));
+    assert!(
+        ns.body.contains(r#"href="/ui/@company/sunset""#) && !ns.body.contains("3.0.0"),
+        "{}",
+        ns.body
+    );
+    let found = get(&server, "/ui/search?q=lifecycle+page", Some(&reader));
+    assert!(found.body.contains("<code>1.5.0</code>"), "{}", found.body);
+    assert!(
+        !found.body.contains("3.0.0") && !found.body.contains("2.0.0"),
+        "{}",
+        found.body
+    );
+
+    // A session whose token may publish in @company sees how to yank and deprecate.
+    let publisher = sign_in(&server, "company-publish-token");
+    let page = get(&server, "/ui/@company/sunset/1.5.0", Some(&publisher));
+    assert!(
+        page.body
+            .contains("rack-registry yank @company/sunset@1.5.0 --reason &quot;...&quot;"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains("rack-registry deprecate @company/sunset --undo"),
+        "{}",
+        page.body
+    );
+    let page = get(&server, "/ui/@company/sunset/2.0.0", Some(&publisher));
+    assert!(
+        page.body
+            .contains("rack-registry yank @company/sunset@2.0.0 --undo"),
+        "{}",
+        page.body
+    );
+    let section = &page.body[page.body.find("<h2>Yank or deprecate</h2>").unwrap()..];
+    let section = &section[..section.find("</main>").unwrap()];
+    assert!(
+        !section.contains("<button") && !section.contains("<form"),
+        "a command, not a button\n{section}"
+    );
+    // Admin may publish everywhere declared; a reader of another namespace's page sees nothing.
+    let admin = sign_in(&server, ADMIN_TOKEN);
+    let page = get(&server, "/ui/@anon/patched/1.1.0", Some(&admin));
+    assert!(
+        page.body
+            .contains("rack-registry deprecate @anon/patched --message &quot;...&quot;"),
+        "{}",
+        page.body
+    );
+    let page = get(&server, "/ui/@anon/patched/1.1.0", Some(&publisher));
+    assert!(
+        !page.body.contains("Yank or deprecate"),
+        "publish token of @company in @anon\n{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains(r#"<del><a href="/ui/@anon/patched/1.0.0">1.0.0</a></del>"#),
+        "{}",
+        page.body
+    );
+}

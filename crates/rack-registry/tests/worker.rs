@@ -226,3 +226,55 @@ fn stops_cleanly_on_sigterm() {
     let gone = RawClient::new(&base).request("GET", "/health", &[]);
     assert!(gone.is_err(), "still answering after SIGTERM: {gone:?}");
 }
+
+/// The lifecycle (SPEC §18) beyond what the conformance cases say (`cases/lifecycle.json`): a
+/// 304 keeps the lifecycle headers of its 200, and a `lifecycle.json` that does not parse is a
+/// 500 on every read of its registry (and on `/-/lifecycle`), never a silently live version.
+#[test]
+fn lifecycle_headers_survive_revalidation_and_a_corrupt_document_is_500() {
+    if !worker::available() {
+        return;
+    }
+    let world = World::new();
+    std::fs::write(
+        world.storage().join("@anon/kit/lifecycle.json"),
+        "{\"yanked\": [1]}\n",
+    )
+    .unwrap();
+    let server = worker::start(world.path(), &world.local_env());
+    let client = RawClient::new(&server.base);
+
+    let path = "/registries/@anon/retired/2.0.0";
+    let r = client.request("GET", path, &[]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let etag = r.header("etag").expect("etag");
+    let again = client
+        .request("GET", path, &[("if-none-match".into(), etag.clone())])
+        .unwrap();
+    assert_eq!(again.status, 304, "{}", again.body_text());
+    for name in ["x-rack-yanked", "deprecation", "link", "etag", "cache-control"] {
+        assert_eq!(again.header(name), r.header(name), "{name} on the 304");
+    }
+    assert_eq!(
+        again.header("x-rack-yanked").as_deref(),
+        Some("Broken template: use 1.0.0")
+    );
+
+    for path in [
+        "/registries/@anon/kit",
+        "/registries/@anon/kit/versions",
+        "/registries/@anon/kit/1.0.0",
+        "/registries/@anon/kit/1.0.0/files/templates/kit.js",
+        "/-/lifecycle/@anon/kit",
+    ] {
+        let r = client.request("GET", path, &[]).unwrap();
+        assert_json_error(&r, 500, "INTERNAL_SERVER_ERROR");
+    }
+    assert!(
+        server
+            .output()
+            .contains("corrupt lifecycle file \"@anon/kit/lifecycle.json\""),
+        "the key is logged:\n{}",
+        server.output()
+    );
+}

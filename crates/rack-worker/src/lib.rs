@@ -5,16 +5,31 @@
 //! and decisions, ETags, error bodies, listing and `/health` bodies) comes from `rack-core`, the
 //! crate the server uses, so both answer the same bytes; this crate only moves them between R2
 //! and HTTP. The conformance suite (`conformance/`) runs against it through `serve-local`.
+//!
+//! The version lifecycle (SPEC §18) is applied as the server applies it, from the registry's
+//! `lifecycle.json` ([`rack_core::lifecycle`]), read beside the object of every registry read
+//! (one more bucket read, concurrent with the first, uncached like `versions.json`, so a yank,
+//! a deletion or a deprecation shows on the very next request): an exact version that was
+//! deleted is 410 `VERSION_DELETED`, one that was yanked carries `X-Rack-Yanked: <reason>`, and
+//! every 200 and 304 of a deprecated registry carries `Deprecation` and `Link`.
+//! `GET /-/lifecycle/@ns/<segs>` serves the document under the namespace's read rules. The
+//! management writes (`PUT`/`DELETE` on `/-/yank/...`, `/-/deprecate/...`,
+//! `/-/versions/...`) are not routes at the edge, like `POST /registries`: 404 "Route not
+//! found" whatever the method; they go to the server.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use futures_util::future::join;
 use rack_core::auth::{extract_token, parse_digest, Admin, Credential, Ctx, Policy};
 use rack_core::etag::{etag_of, if_none_match};
 use rack_core::layout::{self, VersionsFile};
+use rack_core::lifecycle::{lifecycle_key, Lifecycle, VersionState};
 use rack_core::listing::{self, Walk};
 use rack_core::mime::content_type;
-use rack_core::route::{route, CacheTier, RegistryResource, ResourceKind, Route, NOSNIFF, SANDBOX_CSP};
+use rack_core::route::{
+    route, Action, CacheTier, RegistryResource, ResourceKind, Route, NOSNIFF, SANDBOX_CSP,
+};
 use rack_core::ApiError;
 use worker::{console_error, console_warn, event, Bucket, Context, Date, Env, Headers, Response};
 
@@ -50,6 +65,8 @@ struct Reply {
     body: Vec<u8>,
     content_type: &'static str,
     cache: CacheTier,
+    /// Headers of the lifecycle (SPEC §18), on the 200 and on its 304.
+    lifecycle: Vec<(&'static str, String)>,
 }
 
 impl Reply {
@@ -59,6 +76,7 @@ impl Reply {
             body: body.into(),
             content_type: "application/json",
             cache,
+            lifecycle: Vec::new(),
         }
     }
 }
@@ -75,10 +93,12 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
     // the sandbox of template files; the `Vary` of `/namespaces`.
     let (sandboxed, vary) = (route.sandboxed(), route.vary());
     let mut res = match route {
-        // No metrics, no uploads and no API document at the edge (SPEC §11.6): not routes here.
+        // No metrics, no uploads, no management writes (SPEC §18) and no API document at the
+        // edge (SPEC §11.6): not routes here, whatever the method.
         Route::NotFound | Route::Metrics | Route::Upload | Route::OpenApi => {
             error(&ApiError::route_not_found(), head)?
         }
+        Route::Manage(action, _) if action != Action::Lifecycle => error(&ApiError::route_not_found(), head)?,
         r if !r.allows(&method) => method_not_allowed(r.allowed_methods(), head)?,
         r => match read(&env, headers, r).await {
             Ok(reply) => respond(reply, headers, head)?,
@@ -130,6 +150,13 @@ async fn read(env: &Env, headers: &Headers, route: Route) -> Result<Reply> {
             let cache = res.cache_tier(&policy);
             registry(&bucket, res, cache).await
         }
+        Route::Manage(Action::Lifecycle, ref target) => {
+            let target = target.clone()?;
+            let (policy, admin, cred) = access(env, &bucket, headers).await?;
+            ctx(&policy, &admin, cred.as_ref()).read(target.namespace())?;
+            let cache = route.cache_tier(&policy);
+            lifecycle_document(&bucket, target.registry_key(), cache).await
+        }
         Route::Namespaces => {
             let (policy, admin, cred) = access(env, &bucket, headers).await?;
             let names = namespaces(&bucket, &ctx(&policy, &admin, cred.as_ref())).await?;
@@ -148,7 +175,7 @@ async fn read(env: &Env, headers: &Headers, route: Route) -> Result<Reply> {
             ))
         }
         // Answered before any storage access in `fetch`.
-        Route::NotFound | Route::Metrics | Route::Upload | Route::OpenApi => {
+        Route::NotFound | Route::Metrics | Route::Upload | Route::OpenApi | Route::Manage(..) => {
             Err(ApiError::route_not_found().into())
         }
     }
@@ -163,35 +190,102 @@ fn ctx<'a>(policy: &'a Policy, admin: &'a Admin, cred: Option<&'a Credential>) -
     }
 }
 
-/// A read under `/registries/`, answered with the `cache` tier the policy gives it.
+/// A read under `/registries/`, answered with the `cache` tier the policy gives it, and with
+/// the registry's lifecycle applied (SPEC §18). `lifecycle.json` is read concurrently with the
+/// first object the read needs: one more bucket read, no extra round trip.
 async fn registry(bucket: &Bucket, res: RegistryResource, cache: CacheTier) -> Result<Reply> {
     let registry = res.registry_key();
-    let (key, content_type) = match &res.kind {
+    match &res.kind {
         ResourceKind::Versions => {
-            let body = versions(bucket, registry)
-                .await?
-                .ok_or_else(ApiError::not_found)?;
-            return Ok(Reply::json(body.0, cache));
+            let (file, lifecycle) = join(versions(bucket, registry), lifecycle(bucket, registry)).await;
+            let (body, _) = file?.ok_or_else(ApiError::not_found)?;
+            let mut reply = Reply::json(body, cache);
+            reply.lifecycle = lifecycle_headers(lifecycle?.as_ref(), None);
+            Ok(reply)
         }
         ResourceKind::Latest => {
-            let (_, file) = versions(bucket, registry)
-                .await?
-                .ok_or_else(ApiError::no_versions)?;
+            // `versions.json` lists no yanked or deleted version: its first is the latest.
+            let (file, lifecycle) = join(versions(bucket, registry), lifecycle(bucket, registry)).await;
+            let (_, file) = file?.ok_or_else(ApiError::no_versions)?;
             let latest = file.latest().ok_or_else(ApiError::no_versions)?;
-            (layout::manifest_key(registry, latest), "application/json")
+            let lifecycle = lifecycle?;
+            let body = get(bucket, &layout::manifest_key(registry, latest))
+                .await?
+                .ok_or_else(ApiError::not_found)?;
+            Ok(Reply {
+                lifecycle: lifecycle_headers(lifecycle.as_ref(), None),
+                ..Reply::json(body, cache)
+            })
         }
-        ResourceKind::Version(v) => (layout::manifest_key(registry, v), "application/json"),
-        ResourceKind::File { version, path } => {
-            (layout::file_key(registry, version, path), content_type(path))
+        ResourceKind::Version(version) | ResourceKind::File { version, .. } => {
+            let (key, content_type) = match &res.kind {
+                ResourceKind::File { path, .. } => {
+                    (layout::file_key(registry, version, path), content_type(path))
+                }
+                _ => (layout::manifest_key(registry, version), "application/json"),
+            };
+            let (body, lifecycle) = join(get(bucket, &key), lifecycle(bucket, registry)).await;
+            let lifecycle = lifecycle?;
+            // A deleted version is 410 whether or not an object of it is still there.
+            if lifecycle
+                .as_ref()
+                .is_some_and(|l| l.state(version) == VersionState::Deleted)
+            {
+                return Err(ApiError::version_deleted(registry, version).into());
+            }
+            let body = body?.ok_or_else(ApiError::not_found)?;
+            Ok(Reply {
+                status: 200,
+                body,
+                content_type,
+                cache,
+                lifecycle: lifecycle_headers(lifecycle.as_ref(), Some(version)),
+            })
         }
+    }
+}
+
+/// What a read adds for the lifecycle: `X-Rack-Yanked` when it is of a yanked `version`, and
+/// the deprecation headers of a deprecated registry.
+fn lifecycle_headers(lifecycle: Option<&Lifecycle>, version: Option<&str>) -> Vec<(&'static str, String)> {
+    let Some(lifecycle) = lifecycle else {
+        return Vec::new();
     };
-    let body = get(bucket, &key).await?.ok_or_else(ApiError::not_found)?;
-    Ok(Reply {
-        status: 200,
-        body,
-        content_type,
-        cache,
-    })
+    let mut out = Vec::new();
+    if let Some(VersionState::Yanked(reason)) = version.map(|v| lifecycle.state(v)) {
+        out.push(("X-Rack-Yanked", reason.to_owned()));
+    }
+    out.extend(lifecycle.deprecation_headers());
+    out
+}
+
+/// `lifecycle.json` of `registry`, parsed; `None` when it has none (nothing yanked, deprecated
+/// or deleted). A corrupt one is a 500 with its key in the log, as for `versions.json`.
+async fn lifecycle(bucket: &Bucket, registry: &str) -> Result<Option<Lifecycle>> {
+    let key = lifecycle_key(registry);
+    let Some(body) = get(bucket, &key).await? else {
+        return Ok(None);
+    };
+    match Lifecycle::parse(&body) {
+        Some(l) => Ok(Some(l)),
+        None => Err(Fail::Internal(format!("corrupt lifecycle file {key:?}"))),
+    }
+}
+
+/// `GET /-/lifecycle/@ns/<segs>` (SPEC §18): the stored document, byte for byte; the empty
+/// document for a registry that has none; 404 when there is no such registry.
+async fn lifecycle_document(bucket: &Bucket, registry: &str, cache: CacheTier) -> Result<Reply> {
+    let key = lifecycle_key(registry);
+    if let Some(body) = get(bucket, &key).await? {
+        if Lifecycle::parse(&body).is_none() {
+            return Err(Fail::Internal(format!("corrupt lifecycle file {key:?}")));
+        }
+        return Ok(Reply::json(body, cache));
+    }
+    match get(bucket, &layout::versions_key(registry)).await? {
+        Some(_) => Ok(Reply::json(Lifecycle::default().render(), cache)),
+        None => Err(ApiError::not_found().into()),
+    }
 }
 
 /// `versions.json` of `registry`, raw and parsed; a corrupt file is a 500 (SPEC §12).
@@ -418,6 +512,11 @@ fn auth_cache_seconds(env: &Env) -> Result<u64> {
 fn respond(reply: Reply, headers: &Headers, head: bool) -> worker::Result<Response> {
     let out = Headers::new();
     out.set("cache-control", reply.cache.header())?;
+    // A yank reason may hold any character but a control one: workerd sends a header value's
+    // UTF-8 bytes, as the server does (the conformance case `lifecycle-yanked-reason-is-utf8`).
+    for (name, value) in &reply.lifecycle {
+        out.set(name, value)?;
+    }
     if reply.status != 200 || reply.cache == CacheTier::NoStore {
         out.set("content-type", reply.content_type)?;
         return Ok(body_response(reply.status, out, reply.body, head));

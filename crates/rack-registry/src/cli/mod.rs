@@ -3,10 +3,16 @@
 //! server's internals.
 //!
 //! - [`publish`]: pack a registry directory, check it as the server would, upload it;
+//! - [`manage`]: `yank`, `deprecate` and `delete-version` (SPEC §18), through the server's
+//!   management routes;
+//! - [`client`]: what the commands that call a server share (URL and token flags, one request,
+//!   retries of 503 and 429, exit statuses);
 //! - [`tokens`]: `token` (a fresh token and its `auth.json` entry), `auth check` and `auth push`;
 //! - [`storage`]: `storage push`, `pull` and `check [--repair]` (a storage root to a bucket and
 //!   back, and the invariants of SPEC §3).
 
+pub mod client;
+pub mod manage;
 pub mod publish;
 pub mod storage;
 pub mod tokens;

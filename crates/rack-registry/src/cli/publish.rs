@@ -44,7 +44,8 @@
 //! A `503` (the server's upload queue is full, or storage is briefly unavailable) or `429`
 //! (rate limit) means "not now": the upload is sent again after the answer's `Retry-After`
 //! (at most [`MAX_RETRY_WAIT`]; without one, a doubling delay), at most `--retries` times
-//! ([`upload_with_retries`]).
+//! ([`upload_with_retries`], over [`super::client::with_retries`], which the lifecycle commands
+//! share with it, as they share the URL and token flags, [`ServerArgs`]).
 //!
 //! With `--oidc` (trusted publishing, SPEC §16) there is no token to store: inside GitHub
 //! Actions the command asks the runner for the job's OpenID Connect ID token
@@ -59,7 +60,6 @@
 //! 429 after the last retry): retrying later may help.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -71,16 +71,13 @@ use rack_core::ApiError;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::client::{check_url, refusal, unexpected};
+pub use super::client::{retry_wait, retryable, Failure, Rejection, ServerArgs, MAX_RETRY_WAIT};
+
 #[derive(Debug, Clone, Args)]
 pub struct PublishArgs {
     /// Directory holding registry.json and the files it declares
     pub dir: PathBuf,
-    /// Registry server URL
-    #[arg(long, env = "RACK_REGISTRY_URL", default_value = "http://localhost:8080")]
-    pub url: String,
-    /// Token with publish rights (or the admin token)
-    #[arg(long, env = "RACK_REGISTRY_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
     /// Inside GitHub Actions: publish with the job's OpenID Connect ID token (trusted
     /// publishing; the job needs `permissions: id-token: write`). Wins over --token
     #[arg(long)]
@@ -91,10 +88,8 @@ pub struct PublishArgs {
     /// Run the server's checks locally and upload nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Times to send the upload again after a 503 or 429 answer (each after the answer's
-    /// Retry-After, at most 60 s)
-    #[arg(long, env = "RACK_REGISTRY_RETRIES", default_value_t = 5)]
-    pub retries: u32,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// The server's default upload limits (SPEC §5.1 check 2, §5.3, §10).
@@ -116,63 +111,6 @@ pub const DEFAULT_LIMITS: Limits = Limits {
     manifest_bytes: rack_core::limits::MAX_MANIFEST_BYTES,
     entries: rack_core::limits::MAX_ARCHIVE_ENTRIES,
 };
-
-/// Why a publish failed, and so the exit status.
-#[derive(Debug)]
-pub enum Failure {
-    /// A check of the upload pipeline refused the package, locally or on the server.
-    Rejected(Rejection),
-    /// A local file could not be read (permissions, I/O error...).
-    Local(String),
-    /// No token and not a dry run.
-    Usage(String),
-    /// The upload could not be completed, or the answer was not the registry's.
-    Transport(String),
-}
-
-impl Failure {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Failure::Rejected(_) | Failure::Local(_) => 1,
-            Failure::Usage(_) => 2,
-            Failure::Transport(_) => 3,
-        }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::Rejected(r) => r.fmt(f),
-            Failure::Local(m) | Failure::Usage(m) | Failure::Transport(m) => f.write_str(m),
-        }
-    }
-}
-
-impl From<ApiError> for Failure {
-    fn from(e: ApiError) -> Failure {
-        Failure::Rejected(Rejection {
-            status: e.status(),
-            code: e.code().to_owned(),
-            message: e.message,
-        })
-    }
-}
-
-/// An error answer of the upload pipeline: status, `code` and `message` (SPEC §12). Kept as
-/// strings so that a code this client does not know is still shown verbatim.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub status: u16,
-    pub code: String,
-    pub message: String,
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status, self.code, self.message)
-    }
-}
 
 /// `registry.json` as read from the directory.
 #[derive(Debug, Clone)]
@@ -400,87 +338,28 @@ pub fn dry_run(dir: &Path) -> Result<Package, Failure> {
 
 /// `<url>/registries`, tolerating a trailing `/` on the base URL.
 pub fn endpoint(url: &str) -> String {
-    format!("{}/registries", url.trim_end_matches('/'))
+    super::client::endpoint(url, "/registries")
 }
 
-/// The base URL must be an absolute `http://` or `https://` URL.
-fn check_url(url: &str) -> Result<(), Failure> {
-    match reqwest::Url::parse(&endpoint(url)) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
-        Ok(_) => Err(Failure::Usage(format!(
-            "invalid --url {url:?}: expected http://host[:port] or https://host[:port]"
-        ))),
-        Err(e) => Err(Failure::Usage(format!("invalid --url {url:?}: {e}"))),
-    }
-}
-
-/// The longest wait before a retry, whatever `Retry-After` says.
-pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
-
-/// Whether an answer means "not now, try again" (503: the upload queue is full or storage is
-/// briefly unavailable; 429: the rate limit).
-pub fn retryable(status: u16) -> bool {
-    matches!(status, 429 | 503)
-}
-
-/// How long to wait before retry number `retry` (1-based): the answer's `Retry-After` in
-/// seconds (an HTTP date is not used), else 1, 2, 4... seconds; at least 1 s, at most
-/// [`MAX_RETRY_WAIT`].
-pub fn retry_wait(retry_after: Option<&str>, retry: u32) -> Duration {
-    let secs = retry_after
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or_else(|| 1u64 << retry.saturating_sub(1).min(6));
-    Duration::from_secs(secs).clamp(Duration::from_secs(1), MAX_RETRY_WAIT)
-}
-
-/// Step 6 with retries: [`upload`], sent again after a retryable answer ([`retryable`]) at most
-/// `retries` times, waiting [`retry_wait`] before each. `on_retry` hears about each wait. Still
-/// refused after the last: [`Failure::Transport`] (exit 3: later may work).
+/// Step 6 with retries: [`upload`], sent again after a 503 or 429 at most `retries` times
+/// ([`super::client::with_retries`]). `on_retry` hears about each wait.
 pub async fn upload_with_retries(
     url: &str,
     bearer: &Bearer,
     package: &Package,
     retries: u32,
-    mut on_retry: impl FnMut(&Rejection, Duration, u32),
+    on_retry: impl FnMut(&Rejection, Duration, u32),
 ) -> Result<String, Failure> {
-    let mut retry = 0;
-    loop {
+    // A fresh bearer for every attempt: an ID token is accepted once.
+    let attempt = || async {
         let token = bearer.get().await?;
-        let (status, retry_after, body) = upload(url, &token, package).await?;
-        let answer = interpret(status, &body);
-        if !retryable(status) {
-            return answer;
-        }
-        let rejection = match answer {
-            Err(Failure::Rejected(r)) => r,
-            // Not the registry's JSON (a proxy's 503 page): shown as such.
-            Err(other) => Rejection {
-                status,
-                code: "SERVICE_UNAVAILABLE".into(),
-                message: other.to_string(),
-            },
-            Ok(path) => return Ok(path),
-        };
-        if retry == retries {
-            return Err(Failure::Transport(format!(
-                "gave up after {} attempts: {rejection}",
-                retries + 1
-            )));
-        }
-        retry += 1;
-        let wait = retry_wait(retry_after.as_deref(), retry);
-        on_retry(&rejection, wait, retry);
-        tokio::time::sleep(wait).await;
-    }
+        upload(url, &token, package).await
+    };
+    super::client::with_retries(retries, attempt, interpret, on_retry).await
 }
 
-/// Step 6: upload `package` once: the answer's status, `Retry-After` and body ([`interpret`]
-/// reads it).
-pub async fn upload(
-    url: &str,
-    token: &str,
-    package: &Package,
-) -> Result<(u16, Option<String>, bytes::Bytes), Failure> {
+/// Step 6: upload `package` once ([`interpret`] reads the answer).
+pub async fn upload(url: &str, token: &str, package: &Package) -> Result<super::client::Answer, Failure> {
     use reqwest::multipart::{Form, Part};
     let part = Part::bytes(package.bytes.clone())
         .file_name(package.file_name())
@@ -489,66 +368,23 @@ pub async fn upload(
     let form = Form::new()
         .part("package", part)
         .text("checksum", package.checksum.clone());
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(30))
-        .user_agent(concat!("rack-registry-publish/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Failure::Transport(format!("cannot create the HTTP client: {e}")))?;
     let target = endpoint(url);
-    let transport =
-        |e: reqwest::Error| Failure::Transport(format!("upload to {target} failed: {}", chain(&e)));
-    let res = client
+    let request = super::client::http_client("publish")?
         .post(&target)
-        .bearer_auth(token)
-        .multipart(form)
-        .send()
-        .await
-        .map_err(transport)?;
-    let status = res.status().as_u16();
-    let retry_after = res
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = res.bytes().await.map_err(transport)?;
-    Ok((status, retry_after, body))
-}
-
-/// An error and its sources, `: `-separated (reqwest's own message alone says too little).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
+        .multipart(form);
+    super::client::send(request, token, &format!("upload to {target}")).await
 }
 
 /// The server's answer: the 201 body's `path`, or its `code` and `message`.
 pub fn interpret(status: u16, body: &[u8]) -> Result<String, Failure> {
-    let doc: Option<Value> = serde_json::from_slice(body).ok();
-    let field = |k: &str| doc.as_ref().and_then(|d| d.get(k)).and_then(Value::as_str);
-    if (200..300).contains(&status) {
-        if let Some(path) = field("path") {
-            return Ok(path.to_owned());
-        }
-    } else if let (Some(code), Some(message)) = (field("code"), field("message")) {
-        return Err(Failure::Rejected(Rejection {
-            status,
-            code: code.to_owned(),
-            message: message.to_owned(),
-        }));
+    if !(200..300).contains(&status) {
+        return Err(refusal(status, body));
     }
-    let text = String::from_utf8_lossy(body);
-    let excerpt: String = text.chars().take(200).collect();
-    Err(Failure::Transport(format!(
-        "unexpected answer from the server (HTTP {status}): {excerpt}"
-    )))
+    let doc: Option<Value> = serde_json::from_slice(body).ok();
+    match doc.as_ref().and_then(|d| d.get("path")).and_then(Value::as_str) {
+        Some(path) => Ok(path.to_owned()),
+        None => Err(unexpected(status, body)),
+    }
 }
 
 /// Where the bearer of an upload comes from.
@@ -597,7 +433,10 @@ pub async fn github_id_token(
         .map_err(|e| Failure::Transport(format!("cannot create the HTTP client: {e}")))?;
     let transport = |e: reqwest::Error| {
         // reqwest's message names the URL, which carries no secret (the token is a header).
-        Failure::Transport(format!("requesting the ID token failed: {}", chain(&e)))
+        Failure::Transport(format!(
+            "requesting the ID token failed: {}",
+            super::client::chain(&e)
+        ))
     };
     let mut res = client
         .get(url)
@@ -658,22 +497,11 @@ fn bearer(args: &PublishArgs) -> Result<Bearer, Failure> {
             )),
         };
     }
-    token(args).map(Bearer::Token).ok_or_else(|| {
-        Failure::Usage(
-            "no token: pass --token or set RACK_REGISTRY_TOKEN (the admin token or a namespace \
-             token with \"publish\": true), or use --oidc in GitHub Actions"
-                .to_owned(),
+    args.server
+        .require_token(
+            "the admin token or a namespace token with \"publish\": true; or --oidc in GitHub Actions",
         )
-    })
-}
-
-/// The token to send: `--token` or `RACK_REGISTRY_TOKEN`, trimmed; blank counts as absent.
-fn token(args: &PublishArgs) -> Option<String> {
-    args.token
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned)
+        .map(Bearer::Token)
 }
 
 fn describe(package: &Package) -> String {
@@ -688,16 +516,17 @@ fn describe(package: &Package) -> String {
 
 fn publish(args: &PublishArgs) -> Result<(), Failure> {
     let bearer = bearer(args)?;
-    check_url(&args.url)?;
+    check_url(&args.server.url)?;
     let package = prepare(&args.dir, &DEFAULT_LIMITS, false)?;
-    eprintln!("uploading {} to {}", describe(&package), endpoint(&args.url));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Local(format!("cannot start the runtime: {e}")))?;
-    let retries = args.retries;
+    eprintln!(
+        "uploading {} to {}",
+        describe(&package),
+        endpoint(&args.server.url)
+    );
+    let runtime = super::client::runtime()?;
+    let retries = args.server.retries;
     let path = runtime.block_on(upload_with_retries(
-        &args.url,
+        &args.server.url,
         &bearer,
         &package,
         retries,
@@ -709,7 +538,7 @@ fn publish(args: &PublishArgs) -> Result<(), Failure> {
         },
     ))?;
     println!("published {path}");
-    println!("{}/{path}", endpoint(&args.url));
+    println!("{}/{path}", endpoint(&args.server.url));
     Ok(())
 }
 
@@ -971,20 +800,6 @@ mod tests {
         write(dir.path(), "registry.json", &manifest(&["registry.json", "./z"]));
         write(dir.path(), "z", "z");
         assert_eq!(dry_run(dir.path()).unwrap().files, ["registry.json", "z"]);
-    }
-
-    #[test]
-    fn retry_waits_follow_retry_after_within_bounds() {
-        let s = Duration::from_secs;
-        assert_eq!(retry_wait(Some("5"), 1), s(5));
-        assert_eq!(retry_wait(Some(" 7 "), 3), s(7));
-        assert_eq!(retry_wait(Some("0"), 1), s(1), "at least a second");
-        assert_eq!(retry_wait(Some("86400"), 1), MAX_RETRY_WAIT, "at most a minute");
-        // No usable Retry-After (absent, an HTTP date): 1, 2, 4... s, capped.
-        assert_eq!(retry_wait(None, 1), s(1));
-        assert_eq!(retry_wait(None, 3), s(4));
-        assert_eq!(retry_wait(Some("Wed, 21 Oct 2015 07:28:00 GMT"), 2), s(2));
-        assert_eq!(retry_wait(None, 30), MAX_RETRY_WAIT);
     }
 
     #[test]

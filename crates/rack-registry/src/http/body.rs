@@ -34,7 +34,8 @@ pub enum BodyKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyRoute {
     pub method: &'static str,
-    /// The exact request path.
+    /// The exact request path, or a prefix ending in `/` (the management routes: the rest of
+    /// the path names a registry).
     pub path: &'static str,
     pub kind: BodyKind,
     /// Served only with the web pages on (`UI=true`).
@@ -47,6 +48,18 @@ pub const ROUTES: &[BodyRoute] = &[
         method: "POST",
         path: "/registries",
         kind: BodyKind::Upload,
+        ui: false,
+    },
+    BodyRoute {
+        method: "PUT",
+        path: "/-/yank/",
+        kind: BodyKind::Form,
+        ui: false,
+    },
+    BodyRoute {
+        method: "PUT",
+        path: "/-/deprecate/",
+        kind: BodyKind::Form,
         ui: false,
     },
     BodyRoute {
@@ -65,9 +78,13 @@ pub const ROUTES: &[BodyRoute] = &[
 
 /// The body route of a request, if it is one (`ui`: the web pages are served).
 pub fn route(method: &Method, path: &str, ui: bool) -> Option<&'static BodyRoute> {
-    ROUTES
-        .iter()
-        .find(|r| r.path == path && method.as_str() == r.method && (ui || !r.ui))
+    ROUTES.iter().find(|r| {
+        let matches = match r.path.strip_suffix('/') {
+            Some(_) => path.starts_with(r.path),
+            None => r.path == path,
+        };
+        matches && method.as_str() == r.method && (ui || !r.ui)
+    })
 }
 
 /// The deadline of each kind of body.
@@ -119,5 +136,11 @@ mod tests {
         assert_eq!(route(&Method::GET, "/registries", true), None);
         assert_eq!(route(&Method::POST, "/registries/", true), None);
         assert_eq!(route(&Method::POST, "/ui/search", true), None);
+        assert_eq!(
+            route(&Method::PUT, "/-/yank/@a/b/1.0.0", false).map(|r| r.kind),
+            Some(BodyKind::Form)
+        );
+        assert_eq!(route(&Method::DELETE, "/-/yank/@a/b/1.0.0", false), None);
+        assert_eq!(route(&Method::PUT, "/-/yankx", false), None);
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod logging;
+pub mod manage;
 pub mod openapi;
 pub mod pages;
 pub mod reads;
@@ -87,7 +88,7 @@ async fn entry(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -
         _ if route == Route::Upload && parts.method == Method::POST => {
             crate::upload::handle(&state, &parts.headers, client, body).await
         }
-        _ => handle(&state, &parts.method, route, &parts.headers, client).await,
+        _ => handle(&state, &parts.method, route, &parts.headers, client, body).await,
     };
     logging::finish(&state, &parts.method, template, client, decision, start, &mut res);
     res
@@ -98,6 +99,7 @@ fn route_namespace(route: &Route) -> Option<&str> {
     match route {
         Route::Registry(Ok(r)) => Some(r.namespace()),
         Route::NamespaceRegistries(Ok(ns)) => Some(ns),
+        Route::Manage(_, Ok(t)) => Some(t.namespace()),
         _ => None,
     }
 }
@@ -113,10 +115,11 @@ async fn handle(
     route: Route,
     headers: &HeaderMap,
     client: IpAddr,
+    body: axum::body::Body,
 ) -> Response {
     let sandboxed = route.sandboxed();
     let vary = route.vary();
-    let mut res = answer(state, method, route, headers, client).await;
+    let mut res = answer(state, method, route, headers, client, body).await;
     if sandboxed {
         let h = res.headers_mut();
         h.insert(header::CONTENT_SECURITY_POLICY, SANDBOX_CSP);
@@ -141,6 +144,7 @@ async fn answer(
     route: Route,
     headers: &HeaderMap,
     client: IpAddr,
+    body: axum::body::Body,
 ) -> Response {
     if route == Route::NotFound {
         return ErrorReply(ApiError::route_not_found()).into_response();
@@ -160,6 +164,9 @@ async fn answer(
         now_ms: now_ms(),
     };
     let namespace = route_namespace(&route).map(str::to_owned);
+    // Headers of SPEC §18 on a registry read (`X-Rack-Yanked`, `Deprecation`, `Link`), sent
+    // with its 200 or 304.
+    let mut lifecycle = reads::Annotations::new();
     let result = match route {
         Route::Health => Ok(reads::health(state).await),
         Route::Metrics => Ok(response::Reply::ok(
@@ -169,7 +176,7 @@ async fn answer(
         )),
         Route::OpenApi => Ok(openapi::reply()),
         Route::Registry(res) => match res {
-            Ok(res) => reads::registry(state, &ctx, res).await,
+            Ok(res) => reads::registry(state, &ctx, res, &mut lifecycle).await,
             Err(e) => Err(e.into()),
         },
         Route::Preset(name) => match name {
@@ -183,6 +190,10 @@ async fn answer(
         Route::Namespaces => reads::namespaces(state, &ctx).await,
         Route::NamespaceRegistries(ns) => match ns {
             Ok(ns) => reads::namespace_registries(state, &ctx, &ns).await,
+            Err(e) => Err(e.into()),
+        },
+        Route::Manage(action, target) => match target {
+            Ok(target) => manage::handle(state, &ctx, method, action, target, body).await,
             Err(e) => Err(e.into()),
         },
         // Uploads are dispatched before; NotFound was answered above.
@@ -201,7 +212,28 @@ async fn answer(
         }
     }
     match result {
-        Ok(reply) => reply.respond(headers, method == Method::HEAD).finish().await,
-        Err(e) => e.into_response(),
+        Ok(reply) => {
+            let mut res = reply.respond(headers, method == Method::HEAD).finish().await;
+            if matches!(res.status(), StatusCode::OK | StatusCode::NOT_MODIFIED) {
+                res.headers_mut().extend(lifecycle);
+            }
+            res
+        }
+        Err(e) => {
+            use rack_core::ErrorKind::{PayloadTooLarge, RequestTimeout, ServiceUnavailable};
+            let kind = e.0.kind;
+            let mut res = e.into_response();
+            if kind == ServiceUnavailable {
+                // A publish lease in the way, storage coming back: waiting helps.
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            if matches!(kind, PayloadTooLarge | RequestTimeout) {
+                // A management body left unread: the connection cannot be reused.
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            res
+        }
     }
 }

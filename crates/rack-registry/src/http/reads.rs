@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rack_core::auth::Ctx;
 use rack_core::layout::{self, VersionsFile};
+use rack_core::lifecycle::VersionState;
 use rack_core::listing::{
     health_body, health_marker_missing, namespace_of_prefix, namespaces_body, registries_body,
     HEALTH_MARKER_UNREADABLE,
@@ -99,8 +100,70 @@ pub(crate) async fn versions_file(
     }
 }
 
-pub async fn registry(state: &AppState, ctx: &Ctx<'_>, res: RegistryResource) -> ApiResult {
+/// Response headers a read adds beyond its reply's own.
+pub type Annotations = Vec<(http::HeaderName, http::HeaderValue)>;
+
+/// `X-Rack-Yanked` (SPEC §18).
+pub const X_RACK_YANKED: http::HeaderName = http::HeaderName::from_static("x-rack-yanked");
+
+/// The lifecycle of a registry read (SPEC §18): a deleted version is 410 before anything is
+/// looked up; a yanked one is served with `X-Rack-Yanked`; a deprecated registry's reads carry
+/// `Deprecation` and `Link`. Latest and the version list need nothing more: `versions.json`
+/// already leaves out yanked and deleted versions.
+async fn lifecycle_of(
+    state: &AppState,
+    res: &RegistryResource,
+    out: &mut Annotations,
+) -> Result<(), ErrorReply> {
+    let registry = res.registry_key();
+    let Some(doc) = state
+        .lifecycles
+        .get(state.storage.as_ref(), registry)
+        .await
+        .map_err(internal)?
+    else {
+        return Ok(());
+    };
+    let version = match &res.kind {
+        ResourceKind::Version(v) | ResourceKind::File { version: v, .. } => Some(v),
+        ResourceKind::Versions | ResourceKind::Latest => None,
+    };
+    if let Some(v) = version {
+        match doc.state(v) {
+            VersionState::Deleted => return Err(ApiError::version_deleted(registry, v).into()),
+            VersionState::Yanked(reason) => {
+                // Plain text without control characters (checked when yanked); a hand-edited
+                // file may hold anything, which is then left out rather than failing the read.
+                if let Ok(value) = http::HeaderValue::from_bytes(reason.as_bytes()) {
+                    out.push((X_RACK_YANKED, value));
+                }
+            }
+            VersionState::Live => {}
+        }
+    }
+    for (name, value) in doc.deprecation_headers() {
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            out.push((http::HeaderName::from_static(name_lower(name)), value));
+        }
+    }
+    Ok(())
+}
+
+fn name_lower(name: &'static str) -> &'static str {
+    match name {
+        "Deprecation" => "deprecation",
+        _ => "link",
+    }
+}
+
+pub async fn registry(
+    state: &AppState,
+    ctx: &Ctx<'_>,
+    res: RegistryResource,
+    annotations: &mut Annotations,
+) -> ApiResult {
     ctx.read(res.namespace())?;
+    lifecycle_of(state, &res, annotations).await?;
     let registry = res.registry_key();
     let cache = res.cache_tier(ctx.policy);
     match &res.kind {

@@ -3,7 +3,9 @@
 //! bucket, and a repair that is safe while servers keep publishing.
 //!
 //! Invariants: each registry (a directory holding `versions.json` or a version directory) has a
-//! `versions.json` listing exactly its versions that have a `registry.json`, SemVer descending
+//! `versions.json` listing exactly its versions that have a `registry.json` and are neither
+//! yanked nor deleted (its `lifecycle.json`, SPEC §18, parses; a deleted version has no files
+//! left), SemVer descending
 //! (its formatting is not judged: the reference server's is accepted); no version directory lacks
 //! its `registry.json` (unless its publish is in flight); no publish lease has expired
 //! unfinished; every listed version matches its integrity record; on a bucket each namespace
@@ -18,6 +20,7 @@
 
 use bytes::Bytes;
 use rack_core::layout::{self, VersionsFile};
+use rack_core::lifecycle::Lifecycle;
 use rack_core::names::{is_namespace, is_segment, is_version};
 
 use super::integrity::{self, Finding};
@@ -46,6 +49,8 @@ enum Fix {
     Index(String),
     /// Record the current bytes of a version without an integrity record.
     Record(String, String),
+    /// Finish removing the files of a deleted version (SPEC §18): registry, version.
+    Deleted(String, String),
     /// Nothing can be fixed from here.
     None,
 }
@@ -91,9 +96,28 @@ pub async fn check(s: &dyn Storage, bucket: bool, deep: bool) -> Result<Vec<Prob
         let mut regs = Vec::new();
         registries(s, ns, &mut regs).await?;
         for (registry, dirs, has_file) in regs {
+            let doc = match super::lifecycle::load(s, &registry).await {
+                Ok((doc, _)) => doc,
+                Err(StorageError::Backend(what)) => {
+                    problems.push(Problem {
+                        key: rack_core::lifecycle::lifecycle_key(&registry),
+                        what,
+                        fix: Fix::None,
+                    });
+                    Lifecycle::default()
+                }
+                Err(e) => return Err(e),
+            };
             let mut published = Vec::new();
             for v in &dirs {
-                if s.head(&layout::manifest_key(&registry, v)).await?.is_some() {
+                if doc.deleted.contains_key(v) {
+                    // An interrupted deletion (SPEC §18): reads answer 410 already.
+                    problems.push(Problem {
+                        key: format!("{registry}/{v}/"),
+                        what: format!("{registry}@{v} was deleted but files remain"),
+                        fix: Fix::Deleted(registry.clone(), v.clone()),
+                    });
+                } else if s.head(&layout::manifest_key(&registry, v)).await?.is_some() {
                     published.push(v.clone());
                 } else if lease::read(s, &lease::lease_key(&registry, v))
                     .await?
@@ -108,7 +132,8 @@ pub async fn check(s: &dyn Storage, bucket: bool, deep: bool) -> Result<Vec<Prob
                     });
                 }
             }
-            let want = VersionsFile::from_versions(&published);
+            // Yanked versions are stored, not listed (SPEC §18).
+            let want = VersionsFile::from_versions(doc.listed(&published));
             let key = layout::versions_key(&registry);
             let listed = if has_file {
                 s.get(&key).await?.map(|o| VersionsFile::parse(&o.body))
@@ -205,6 +230,13 @@ pub async fn repair(
                 Fix::Abandoned(registry, version) => abandon(s, registry, version, t).await?,
                 Fix::Versions(registry) => reconcile_versions(s, registry, t).await?,
                 Fix::Record(registry, version) => integrity::record_stored(s, registry, version).await?,
+                // Under its lease; a publish of that class in flight leaves it for next time.
+                Fix::Deleted(registry, version) => {
+                    match super::lifecycle::remove_version(s, registry, version, Some(t)).await {
+                        Ok(()) | Err(StorageError::Fenced(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
                 Fix::Index(ns) => reconcile_index(s, ns).await?,
                 Fix::Leases | Fix::None => {}
             }
@@ -213,37 +245,10 @@ pub async fn repair(
     check(s, bucket, deep).await
 }
 
-/// Run `f` under the publish lease of `version` of `registry`, if it can be had now (`None`: a
-/// publish of that precedence class is in flight).
-async fn under_lease<T>(
-    s: &dyn Storage,
-    registry: &str,
-    version: &str,
-    t: Timing,
-    f: impl AsyncFnOnce(&lease::Lease) -> Result<T>,
-) -> Result<Option<T>> {
-    let key = lease::lease_key(registry, version);
-    // Any lease there, live or expired, is a publish in flight or a dead one for the sweep to
-    // settle (announcing it): not the repair's.
-    if lease::read(s, &key).await?.is_some() {
-        return Ok(None);
-    }
-    let held = match lease::acquire(s, &key, version, t).await? {
-        lease::Acquired::Busy => return Ok(None),
-        // Taken over after all (it appeared and expired meanwhile): its record hands the dead
-        // holder's version on; left to expire for the sweep, never released unsettled.
-        lease::Acquired::Held { taken_over: true, .. } => return Ok(None),
-        lease::Acquired::Held { lease, .. } => lease,
-    };
-    let out = f(&held).await;
-    held.release(s).await?;
-    out.map(Some)
-}
-
 /// Remove a version directory without `registry.json`, under its lease, after confirming
 /// under the lease that it is still not visible.
 async fn abandon(s: &dyn Storage, registry: &str, version: &str, t: Timing) -> Result<()> {
-    under_lease(s, registry, version, t, async |held: &lease::Lease| {
+    lease::with_lease(s, registry, version, t, async |held: &lease::Lease| {
         if s.head(&layout::manifest_key(registry, version)).await?.is_none() {
             held.ensure(s, false).await?;
             s.delete_prefix(&format!("{registry}/{version}/")).await?;
@@ -272,7 +277,7 @@ async fn reconcile_versions(s: &dyn Storage, registry: &str, t: Timing) -> Resul
         let mut keep: Vec<String> = stored.clone();
         for v in listed.iter().filter(|v| !stored.contains(v)) {
             // Listed, not stored: unlisted only when confirmed under the lease; kept otherwise.
-            let gone = under_lease(s, registry, v, t, async |_: &lease::Lease| {
+            let gone = lease::with_lease(s, registry, v, t, async |_: &lease::Lease| {
                 Ok(s.head(&layout::manifest_key(registry, v)).await?.is_none())
             })
             .await?;
@@ -280,6 +285,9 @@ async fn reconcile_versions(s: &dyn Storage, registry: &str, t: Timing) -> Resul
                 keep.push(v.clone());
             }
         }
+        // Never a yanked or deleted version (read after versions.json, as every listing does).
+        let (doc, _) = super::lifecycle::load(s, registry).await?;
+        let keep = doc.listed(&keep);
         if keep.is_empty() && current.is_none() {
             // Only leftovers (removed by the same repair): no registry to create.
             return Ok(());

@@ -274,6 +274,10 @@ impl Storage for MemoryStorage {
         true
     }
 
+    fn publish_timing(&self) -> Option<publish::Timing> {
+        Some(self.timing())
+    }
+
     async fn store_now_ms(&self) -> Result<i64> {
         Ok(self.now())
     }

@@ -12,7 +12,8 @@
 //! memory, with a hook on every call: the storage contract's third backend and the world of the
 //! publish protocol's simulation). Over any of them: [`publish`], the bucket publish protocol of
 //! SPEC §11.2 (fenced leases on the store's clock); [`integrity`], the per-version records of
-//! every file's size and hash; [`index`], the namespace index; [`check`], `storage check` and its
+//! every file's size and hash; [`lifecycle`], the yanked, deprecated and deleted state of a
+//! registry (SPEC §18) and the listing rules it imposes; [`index`], the namespace index; [`check`], `storage check` and its
 //! repair that is safe while servers publish; [`contract`], the behaviour every backend shares.
 
 pub mod check;
@@ -20,6 +21,7 @@ pub mod check;
 pub mod contract;
 pub mod index;
 pub mod integrity;
+pub mod lifecycle;
 pub mod local;
 pub mod mapped;
 pub mod memory;
@@ -349,6 +351,12 @@ pub trait Storage: Send + Sync + 'static {
     /// (the bucket's lease protocol, SPEC §11.2), so the caller need not rebuild it.
     fn publish_lists_version(&self) -> bool {
         false
+    }
+
+    /// The publish protocol's timings, on a backend that runs it ([`publish`]): what a deletion
+    /// needs to take a version's lease (SPEC §18). `None` on the local disk.
+    fn publish_timing(&self) -> Option<publish::Timing> {
+        None
     }
 
     /// `Ok` when writes can be accepted now; [`StorageError::Unavailable`] when the storage is

@@ -754,6 +754,10 @@ impl Storage for S3Storage {
         true
     }
 
+    fn publish_timing(&self) -> Option<super::publish::Timing> {
+        Some(self.timing())
+    }
+
     fn revalidate_after(&self, key: &str) -> Option<Duration> {
         if under_version_dir(key) {
             Some(IMMUTABLE_REVALIDATE)

@@ -580,6 +580,14 @@ async fn pipeline(
         if let Some(stored) = rack_core::version::equal_in_precedence(&identity.version, &known) {
             return Err(exists(stored).into());
         }
+        // Yanked versions are stored (seen above); deleted ones are not, but never come back
+        // (SPEC §18). Read after the versions, as every lifecycle rule wants.
+        let (doc, _) = crate::storage::lifecycle::load(state.storage.as_ref(), &registry)
+            .await
+            .map_err(|e| Failure::Internal(e.to_string()))?;
+        if let Some(stored) = doc.blocks_publish_of(&identity.version) {
+            return Err(exists(stored).into());
+        }
     }
     let journal_entry = JournalEntry {
         registry: registry.clone(),
@@ -636,6 +644,7 @@ async fn pipeline(
             name: identity.name.clone(),
             version: identity.version.clone(),
             path: dest,
+            lifecycle: None,
         };
         for sink in &state.sinks {
             sink.accept(&event).await;

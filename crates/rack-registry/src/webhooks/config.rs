@@ -26,6 +26,15 @@ use crate::reload::FileContent;
 /// The events this server emits, in the order it emits them after each upload.
 pub const EVENTS: [&str; 2] = ["uploaded", "version.created"];
 
+/// The events of the version lifecycle (SPEC §18), one per change.
+pub const LIFECYCLE_EVENTS: [&str; 5] = [
+    "version.yanked",
+    "version.unyanked",
+    "registry.deprecated",
+    "registry.undeprecated",
+    "version.deleted",
+];
+
 /// One configured webhook.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Webhook {

@@ -18,10 +18,15 @@ pub const USER_AGENT: &str = "Rack-Registry-Webhook/1.0";
 struct Payload<'a> {
     event: &'a str,
     name: &'a str,
+    /// Absent from a registry's lifecycle event (`registry.deprecated`).
+    #[serde(skip_serializing_if = "str::is_empty")]
     version: &'a str,
     namespace: &'a str,
     timestamp: &'a str,
     path: &'a str,
+    /// A lifecycle event's own fields (SPEC §18), after the common ones.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 pub use crate::clock::{epoch_ms, format_timestamp, now_ms};
@@ -52,6 +57,7 @@ pub fn build(
         namespace: &event.namespace,
         timestamp: &timestamp,
         path: &event.path,
+        detail: event.lifecycle.as_ref().map(|l| &l.detail),
     })
     .expect("serializing strings");
     Delivery {
@@ -181,6 +187,7 @@ mod tests {
             name: "vite".into(),
             version: "1.2.3".into(),
             path: "@rack/build/vite/1.2.3".into(),
+            lifecycle: None,
         };
         let d = build(&hook(), "uploaded", &ev, at, 7, None);
         assert_eq!(
@@ -236,6 +243,7 @@ mod tests {
                 name: "b".into(),
                 version: "1.0.0".into(),
                 path: "@a/b/1.0.0".into(),
+                lifecycle: None,
             },
             time::OffsetDateTime::now_utc(),
             0,

@@ -267,6 +267,19 @@ impl Webhooks {
         let mut batch: Vec<Delivery> = Vec::new();
         let mut ids = HashSet::new();
         for hook in cfg.webhooks.iter().filter(|h| h.enabled) {
+            // A lifecycle change is one event of its own (SPEC §18).
+            if let Some(change) = &event.lifecycle {
+                if hook.wants(change.event) {
+                    let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                    let mut d = delivery::build(hook, change.event, event, at, seq, None);
+                    while ids.contains(&d.id) || self.outbox.exists(&d.id) {
+                        d.id = outbox::delivery_id(d.created_ms);
+                    }
+                    ids.insert(d.id.clone());
+                    batch.push(d);
+                }
+                continue;
+            }
             let mut uploaded = None;
             for name in EVENTS {
                 if !hook.wants(name) {
@@ -633,6 +646,7 @@ mod tests {
             name: "x".into(),
             version: "1.0.0".into(),
             path: "@a/x/1.0.0".into(),
+            lifecycle: None,
         })
         .await;
         let (all, _) = Outbox::open(&outbox_dir).unwrap().load().unwrap();

@@ -34,6 +34,7 @@ pre{padding:.5rem;overflow-x:auto}
 .lines td{border:0;padding:0 .5rem;white-space:pre}
 .lines td.n{color:var(--muted);text-align:right;user-select:none}
 .error{border-left:4px solid #c62828;padding-left:1rem}
+.notice{border-left:4px solid #b26a00;padding-left:1rem}
 .pager{display:flex;gap:1rem}
 @media (max-width:600px){table.list thead{display:none}table.list td{display:block;border:0;padding:.1rem 0}table.list tr{display:block;border-bottom:1px solid var(--line);padding:.4rem 0}}
 "#;

@@ -35,6 +35,7 @@ use http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode};
 use maud::Markup;
 use rack_core::auth::{Credential, Ctx};
 use rack_core::layout::{manifest_key, VersionsFile};
+use rack_core::lifecycle::{lifecycle_key, Lifecycle};
 use rack_core::{ApiError, ErrorKind};
 use serde_json::Value;
 
@@ -450,6 +451,16 @@ pub async fn versions(state: &AppState, registry: &str) -> Result<Option<Arc<Cac
 pub fn versions_of(obj: &Cached) -> &VersionsFile {
     obj.versions_file()
         .expect("reads::versions_file checked it parses")
+}
+
+/// A registry's `lifecycle.json` (SPEC §18) through the same hot cache as `versions.json`: the
+/// empty document when it has none; a corrupt one is a 500 (logged with its key), as on the API.
+pub async fn lifecycle(state: &AppState, registry: &str) -> Result<Lifecycle, ErrorReply> {
+    let key = lifecycle_key(registry);
+    let Some(obj) = reads::get(state, &key).await? else {
+        return Ok(Lifecycle::default());
+    };
+    Lifecycle::parse(&obj.body).ok_or_else(|| reads::internal(format!("corrupt lifecycle file {key:?}")))
 }
 
 /// A version's manifest as JSON (through the hot cache); `None` if absent. An unparsable

@@ -1,19 +1,33 @@
 //! `/ui/@ns/<segs>` (latest) and `/ui/@ns/<segs>/<version>`: one version of a registry, with
 //! everything a person needs before `rk add`. Parsed by the API's own path grammar
 //! ([`rack_core::route::parse_registry_path`]); access and reads as `/registries/...`.
+//!
+//! The lifecycle (SPEC §18) comes from `lifecycle.json`, read through the hot cache like
+//! `versions.json`: `versions.json` lists neither yanked nor deleted versions, so the version
+//! list is `versions.json` plus the yanked versions (struck through, with the reason), in
+//! SemVer order; a deleted version is never listed and its pages are 410 `VERSION_DELETED`, as
+//! its API reads are. A deprecated registry carries the notice and a link to its successor. A
+//! viewer whose token may publish in the namespace sees the `rack-registry` commands that yank
+//! and deprecate (text to copy, not a button: the pages never write).
 
 use maud::{html, Markup};
+use rack_core::lifecycle::{Lifecycle, VersionState};
 use rack_core::names::{is_namespace, is_segment};
 use rack_core::route::{RegistryResource, ResourceKind};
 use rack_core::ApiError;
 use serde_json::Value;
 
 use super::layout::page as shell_page;
-use super::{manifest, ok, str_field, tags, versions, versions_of, PageResult, Req};
+use super::{lifecycle, manifest, ok, str_field, tags, versions, versions_of, PageResult, Req};
 
 pub async fn dispatch(req: &Req<'_>, res: RegistryResource) -> PageResult {
     req.ctx.read(res.namespace())?;
     let registry = res.registry_key();
+    if let ResourceKind::Version(v) | ResourceKind::File { version: v, .. } = &res.kind {
+        if lifecycle(req.state, registry).await?.state(v) == VersionState::Deleted {
+            return Err(ApiError::version_deleted(registry, v).into());
+        }
+    }
     match &res.kind {
         ResourceKind::File { version, path } => super::file::page(req, &res, version, path).await,
         ResourceKind::Latest | ResourceKind::Versions => {
@@ -36,10 +50,13 @@ async fn page(req: &Req<'_>, res: &RegistryResource, version: &str) -> PageResul
     let m = manifest(req.state, registry, version)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    let all: Vec<String> = match versions(req.state, registry).await? {
+    let listed: Vec<String> = match versions(req.state, registry).await? {
         Some(v) => versions_of(&v).versions.clone(),
         None => Vec::new(),
     };
+    let lifecycle = lifecycle(req.state, registry).await?;
+    let all = shown_versions(listed, &lifecycle);
+    let publisher = req.ctx.publish(ns).is_ok();
     let base = format!("/ui/{registry}");
     let ui_root = format!("/ui/{ns}");
     let link = |url: Option<&str>| -> Markup {
@@ -64,6 +81,15 @@ async fn page(req: &Req<'_>, res: &RegistryResource, version: &str) -> PageResul
         html! {
             p.muted { a href=(ui_root) { (ns) } }
             h1 { (registry) " " code { (version) } }
+            (deprecation_notice(&lifecycle, ns))
+            @if let VersionState::Yanked(reason) = lifecycle.state(version) {
+                div.notice {
+                    p {
+                        strong { "This version was yanked: " } (reason)
+                    }
+                    p.muted { "It stays readable at its exact version; " code { "rk add " (registry) } " never picks it." }
+                }
+            }
             @if let Some(d) = str_field(&m, "description") { p { (d) } }
             p { @for t in tags(&m) { span.tag { (t) } } }
             table {
@@ -109,14 +135,66 @@ async fn page(req: &Req<'_>, res: &RegistryResource, version: &str) -> PageResul
             ol {
                 @for v in &all {
                     li {
-                        a href={ (base) "/" (v) } { (v) }
+                        @match lifecycle.state(v) {
+                            VersionState::Yanked(reason) => {
+                                del { a href={ (base) "/" (v) } { (v) } }
+                                " " span.muted { "yanked: " (reason) }
+                            }
+                            _ => { a href={ (base) "/" (v) } { (v) } }
+                        }
                         @if v == version { " " span.muted { "(shown)" } }
                     }
                 }
             }
             p { a href={ "/registries/" (registry) "/" (version) } { "registry.json (API)" } }
+            @if publisher { (manage(registry, version, &lifecycle)) }
         },
     ))
+}
+
+/// The versions a registry page lists: `versions.json`'s (neither yanked nor deleted) and the
+/// yanked ones, newest first; never a deleted one.
+fn shown_versions(listed: Vec<String>, lifecycle: &Lifecycle) -> Vec<String> {
+    let mut all = listed;
+    all.extend(lifecycle.yanked.keys().cloned());
+    all.sort_unstable();
+    all.dedup();
+    all.retain(|v| !lifecycle.deleted.contains_key(v));
+    rack_core::version::sort_descending(all)
+}
+
+/// The notice of a deprecated registry, with a link to its successor's page.
+fn deprecation_notice(lifecycle: &Lifecycle, ns: &str) -> Markup {
+    html! {
+        @if let Some(d) = &lifecycle.deprecated {
+            div.notice role="note" {
+                p { strong { "Deprecated: " } (d.message) }
+                @if let Some(s) = &d.successor {
+                    p { "Successor: " (registry_link(s, ns)) }
+                }
+            }
+        }
+    }
+}
+
+/// For a viewer whose token may publish here: the commands that yank this version (or undo
+/// it) and deprecate the registry (or undo it), to copy into a terminal.
+fn manage(registry: &str, version: &str, lifecycle: &Lifecycle) -> Markup {
+    let yanked = matches!(lifecycle.state(version), VersionState::Yanked(_));
+    html! {
+        h2 { "Yank or deprecate" }
+        p.muted { "With a token that may publish in this namespace (see docs/publishing.md):" }
+        @if yanked {
+            pre { code { "rack-registry yank " (registry) "@" (version) " --undo" } }
+        } @else {
+            pre { code { "rack-registry yank " (registry) "@" (version) " --reason \"...\"" } }
+        }
+        @if lifecycle.deprecated.is_some() {
+            pre { code { "rack-registry deprecate " (registry) " --undo" } }
+        } @else {
+            pre { code { "rack-registry deprecate " (registry) " --message \"...\" [--successor @ns/other]" } }
+        }
+    }
 }
 
 /// `registryDependencies`, each linked to its page (a bare `seg/seg` is in this namespace).

@@ -385,6 +385,33 @@ impl Lease {
     }
 }
 
+/// Run `f` under the publish lease of `version` of `registry`, if it can be had now (`None`: a
+/// publish of that precedence class is in flight).
+pub async fn with_lease<T>(
+    s: &dyn Storage,
+    registry: &str,
+    version: &str,
+    t: Timing,
+    f: impl AsyncFnOnce(&Lease) -> Result<T>,
+) -> Result<Option<T>> {
+    let key = lease_key(registry, version);
+    // Any lease there, live or expired, is a publish in flight or a dead one for the sweep to
+    // settle (announcing it): not the repair's.
+    if read(s, &key).await?.is_some() {
+        return Ok(None);
+    }
+    let held = match acquire(s, &key, version, t).await? {
+        Acquired::Busy => return Ok(None),
+        // Taken over after all (it appeared and expired meanwhile): its record hands the dead
+        // holder's version on; left to expire for the sweep, never released unsettled.
+        Acquired::Held { taken_over: true, .. } => return Ok(None),
+        Acquired::Held { lease, .. } => lease,
+    };
+    let out = f(&held).await;
+    held.release(s).await?;
+    out.map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

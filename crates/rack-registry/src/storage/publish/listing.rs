@@ -3,40 +3,20 @@
 //! lost and no publish lists every version. Anyone may merge (a publisher, a sweep, a repair):
 //! a merge adds what is stored and visible, so it needs no lease.
 
-use bytes::Bytes;
-use rack_core::layout::{self, VersionsFile};
+use rack_core::layout;
 use rack_core::names::is_version;
 
-use crate::storage::{index, list_all, PutMode, Result, Storage, StorageError};
+use crate::storage::{index, list_all, Result, Storage};
 
-/// Merge `version` into the registry's `versions.json` by compare-and-swap, then make sure the
-/// registry is in its namespace's index (one GET when it is: a publisher killed between the
-/// two left it out, and whoever lists next puts it in). A corrupt `versions.json` is rebuilt
-/// from the stored versions.
+/// Merge `version` into the registry's `versions.json` by compare-and-swap
+/// ([`lifecycle::relist`](crate::storage::lifecycle::relist)), then make sure the registry is in
+/// its namespace's index (one GET when it is: a publisher killed between the two left it out,
+/// and whoever lists next puts it in). A corrupt `versions.json` is rebuilt from the stored
+/// versions.
 pub async fn add_version(s: &dyn Storage, registry: &str, version: &str) -> Result<()> {
-    let key = layout::versions_key(registry);
-    loop {
-        let (mut versions, mode) = match s.get(&key).await? {
-            Some(obj) => {
-                let listed = match VersionsFile::parse(&obj.body) {
-                    Some(f) => f.versions,
-                    None => stored_versions(s, registry).await?,
-                };
-                (listed, PutMode::IfVersion(obj.meta.version))
-            }
-            None => (Vec::new(), PutMode::Create),
-        };
-        if versions.iter().any(|v| v == version) {
-            break;
-        }
-        versions.push(version.to_owned());
-        let body = Bytes::from(VersionsFile::from_versions(versions).render());
-        match s.put(&key, body, mode).await {
-            Ok(_) => break,
-            Err(StorageError::PreconditionFailed(_) | StorageError::AlreadyExists(_)) => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    // Unless it was yanked or deleted meanwhile (SPEC §18): `relist` reads the lifecycle after
+    // versions.json, so a yank that races this merge is never undone by it.
+    super::super::lifecycle::relist(s, registry, Some(version)).await?;
     index::add_registry(s, registry).await
 }
 

@@ -231,7 +231,7 @@ impl Publish<'_> {
         Ok(())
     }
 
-    /// Step 3: 409 when a version of equal precedence is stored or listed.
+    /// Step 3: 409 when a version of equal precedence is stored, listed, yanked or deleted.
     async fn not_published(&self) -> Result<()> {
         let s = self.s;
         if s.head(&layout::manifest_key(self.registry, self.version))
@@ -247,6 +247,12 @@ impl Publish<'_> {
             if let Some(v) = rack_core::version::equal_in_precedence(self.version, &listed) {
                 return Err(exists(self.registry, v));
             }
+        }
+        // Read after versions.json, under the lease (SPEC §18): a yanked version is unlisted
+        // but stays, and a deleted one never comes back under other bytes.
+        let (doc, _) = super::lifecycle::load(s, self.registry).await?;
+        if let Some(v) = doc.blocks_publish_of(self.version) {
+            return Err(exists(self.registry, v));
         }
         Ok(())
     }
