@@ -48,6 +48,8 @@ pub enum ErrorKind {
     /// The upload queue is full or waited too long (`MAX_CONCURRENT_UPLOADS`,
     /// `UPLOAD_QUEUE_MAX`, `UPLOAD_QUEUE_WAIT_SECONDS`), or storage is unavailable.
     ServiceUnavailable,
+    /// An upstream namespace's object is not stored and its upstream cannot give it (SPEC §17).
+    UpstreamUnavailable,
     Internal,
 }
 
@@ -55,7 +57,7 @@ impl ErrorKind {
     /// Every kind, for what must list them all (the `Error` schema of docs/openapi.yaml is
     /// checked against it). A new kind stops the test `all_lists_every_kind_once` from
     /// compiling: the reminder to list it here.
-    pub const ALL: [ErrorKind; 34] = {
+    pub const ALL: [ErrorKind; 35] = {
         use ErrorKind::*;
         [
             InvalidPath,
@@ -91,6 +93,7 @@ impl ErrorKind {
             RequestTimeout,
             RateLimitExceeded,
             ServiceUnavailable,
+            UpstreamUnavailable,
             Internal,
         ]
     };
@@ -128,6 +131,7 @@ impl ErrorKind {
             UnsupportedMediaType => 415,
             RateLimitExceeded => 429,
             Internal => 500,
+            UpstreamUnavailable => 502,
             ServiceUnavailable => 503,
         }
     }
@@ -168,6 +172,7 @@ impl ErrorKind {
             RequestTimeout => "REQUEST_TIMEOUT",
             RateLimitExceeded => "RATE_LIMIT_EXCEEDED",
             ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Internal => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -368,6 +373,14 @@ impl ApiError {
     pub fn invalid_request(detail: impl fmt::Display) -> ApiError {
         ApiError::new(ErrorKind::InvalidRequest, detail.to_string())
     }
+    /// A read of an upstream namespace with nothing stored while its upstream is unreachable
+    /// (SPEC §17). `url` is the upstream's base URL (never with credentials).
+    pub fn upstream_unavailable(url: &str) -> ApiError {
+        ApiError::new(
+            ErrorKind::UpstreamUnavailable,
+            format!("Upstream {url} is unavailable and no copy is stored"),
+        )
+    }
     pub fn internal() -> ApiError {
         ApiError::new(ErrorKind::Internal, "Internal server error")
     }
@@ -448,6 +461,7 @@ mod tests {
                 | RequestTimeout
                 | RateLimitExceeded
                 | ServiceUnavailable
+                | UpstreamUnavailable
                 | Internal => true,
             }
         }

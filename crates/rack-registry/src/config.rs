@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// Path of webhooks.json [default: ./config/webhooks.json]
     #[arg(long, env = "WEBHOOK_CONFIG_PATH")]
     pub webhook_config_path: Option<String>,
+    /// Path of upstreams.json: namespaces served from other registries [default: ./config/upstreams.json]
+    #[arg(long, env = "UPSTREAMS_CONFIG_PATH")]
+    pub upstreams_config_path: Option<String>,
     /// Durable webhook outbox directory [default: <STORAGE_ROOT>/.webhooks]
     #[arg(long, env = "WEBHOOK_OUTBOX_DIR")]
     pub webhook_outbox_dir: Option<String>,
@@ -359,6 +362,8 @@ pub struct Config {
     /// `OIDC_ALLOW_INSECURE_ISSUERS`: loopback `http` issuers are accepted.
     pub oidc_allow_insecure_issuers: bool,
     pub webhook_config_path: PathBuf,
+    /// `upstreams.json` (SPEC §17); missing: no upstream.
+    pub upstreams_config_path: PathBuf,
     pub webhook_outbox_dir: PathBuf,
     /// A bucket backend without `WEBHOOK_OUTBOX_DIR`: the outbox is in the bucket (SPEC §11.4).
     pub webhook_outbox_in_bucket: bool,
@@ -842,6 +847,9 @@ impl Config {
             oidc_allow_insecure_issuers,
             webhook_config_path: PathBuf::from(
                 given(&a.webhook_config_path).unwrap_or("./config/webhooks.json"),
+            ),
+            upstreams_config_path: PathBuf::from(
+                given(&a.upstreams_config_path).unwrap_or("./config/upstreams.json"),
             ),
             webhook_outbox_dir,
             webhook_outbox_in_bucket,

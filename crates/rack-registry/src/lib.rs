@@ -16,6 +16,8 @@
 //!   separate slots of uploads that cannot publish);
 //! - [`lifecycle`]: yank, deprecate and delete (SPEC §18): the changes, in an order that is safe
 //!   to repeat, and the documents reads consult;
+//! - [`upstream`]: namespaces served from another Rack registry (SPEC §17): fetched on first
+//!   use, stored under the publish rules, served from storage when the upstream is down;
 //! - [`timed_body`]: request bodies under a stall and a total deadline (which routes read a
 //!   body, and under which deadline: `http::body`).
 //!
@@ -44,6 +46,7 @@ pub mod state;
 pub mod storage;
 pub mod timed_body;
 pub mod upload;
+pub mod upstream;
 pub mod validate;
 pub mod versions;
 pub mod webhooks;

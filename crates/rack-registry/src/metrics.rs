@@ -59,6 +59,9 @@ pub struct Metrics {
     pub uploads_in_progress: IntGaugeVec,
     /// Publishing uploads waiting for a slot (`UPLOAD_QUEUE_MAX`).
     pub uploads_queued: IntGauge,
+    /// Requests to upstream registries (SPEC §17), their stale serves and breakers, by upstream
+    /// URL (one series per configured upstream: `upstreams.json` holds at most 64).
+    pub upstream: crate::upstream::fetch::Counters,
 }
 
 impl Metrics {
@@ -114,6 +117,32 @@ impl Metrics {
         .expect("valid gauge");
         let uploads_queued = IntGauge::new("registry_uploads_queued", "Uploads waiting for a publish slot")
             .expect("valid gauge");
+        let upstream = crate::upstream::fetch::Counters {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "registry_upstream_requests_total",
+                    "Requests to upstream registries by outcome (ok, not_modified, not_found, error, timeout, refused, skipped)",
+                ),
+                &["upstream", "outcome"],
+            )
+            .expect("valid counter"),
+            stale: IntCounterVec::new(
+                Opts::new(
+                    "registry_upstream_stale_total",
+                    "Reads of upstream namespaces answered from the stored copy because the upstream could not be asked",
+                ),
+                &["upstream"],
+            )
+            .expect("valid counter"),
+            breaker: IntGaugeVec::new(
+                Opts::new(
+                    "registry_upstream_breaker_open",
+                    "1 while an upstream is skipped after repeated failures",
+                ),
+                &["upstream"],
+            )
+            .expect("valid gauge"),
+        };
         for c in [
             Box::new(http_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(uploads_in_progress.clone()),
@@ -123,6 +152,9 @@ impl Metrics {
             Box::new(rate_limited.clone()),
             Box::new(auth_failures.clone()),
             Box::new(config_reloads.clone()),
+            Box::new(upstream.requests.clone()),
+            Box::new(upstream.stale.clone()),
+            Box::new(upstream.breaker.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -160,6 +192,7 @@ impl Metrics {
             config_reloads,
             uploads_in_progress,
             uploads_queued,
+            upstream,
         }
     }
 

@@ -213,6 +213,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let (publishers, publishers_content) =
         crate::auth::publishers::load(&config.publishers_config_path, publisher_opts)?;
     let (webhook_config, webhook_content) = webhooks::load_config(&config.webhook_config_path)?;
+    let (upstream_config, upstream_content) = crate::upstream::load_config(&config.upstreams_config_path)?;
     log_loaded(&policy, config.admin.is_configured(), &webhook_config);
     let audit = Arc::new(match &config.audit_log_path {
         Some(p) => Audit::file(p).map_err(|e| format!("AUDIT_LOG_PATH {}: {e}", p.display()))?,
@@ -252,6 +253,16 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         webhooks::watch(&config.webhook_config_path, RELOAD_INTERVAL),
         webhook_config.clone(),
         &webhook_content,
+        metrics.clone(),
+        audit.clone(),
+        shutdown_rx.clone(),
+    );
+    let upstream_counters = metrics.upstream.clone();
+    let upstream_config = Arc::new(Live::new(upstream_config));
+    reload::spawn(
+        crate::upstream::watch(&config.upstreams_config_path, RELOAD_INTERVAL),
+        upstream_config.clone(),
+        &upstream_content,
         metrics.clone(),
         audit.clone(),
         shutdown_rx.clone(),
@@ -310,6 +321,17 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         audit,
         staging_root: config.storage_root.join(TMP_DIR),
         registry_locks: RegistryLocks::default(),
+        upstreams: crate::upstream::Upstreams::new(
+            upstream_config,
+            Some(upstream_counters),
+            storage.clone(),
+            config.storage_root.join(TMP_DIR),
+            crate::upstream::store::Limits {
+                max_manifest_bytes: config.limits.max_manifest_bytes,
+                max_files: config.limits.max_archive_entries,
+                max_total_bytes: config.limits.max_extracted_bytes,
+            },
+        ),
         lifecycles: Default::default(),
         uploads: Admission::new(
             admission::Settings {

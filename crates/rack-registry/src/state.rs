@@ -40,6 +40,8 @@ pub struct AppState {
     /// `<STORAGE_ROOT>/.tmp`: upload staging (same filesystem as the root, for atomic renames).
     pub staging_root: PathBuf,
     pub registry_locks: RegistryLocks,
+    /// Namespaces served from upstream registries (SPEC §17).
+    pub upstreams: crate::upstream::Upstreams,
     /// The lifecycle documents reads consult (SPEC §18), absence included.
     pub lifecycles: crate::lifecycle::cache::Lifecycles,
     /// Upload slots, the upload queue and the slots of uploads that cannot publish.

@@ -31,10 +31,17 @@ pub async fn handle(
     let ns = target.namespace();
     if action == Action::Lifecycle {
         ctx.read(ns)?;
+        if let Some(up) = state.upstreams.of(ns) {
+            crate::http::reads::from_upstream_registry(state, &up, target.registry_key()).await?;
+        }
         return lifecycle_document(state, ctx, &target).await;
     }
     // Check 8 and 9 of §5.1, as for an upload; a deletion is for the operator alone.
     let principal = ctx.publish(ns)?;
+    // An upstream namespace's lifecycle is the upstream's (SPEC §17).
+    if state.upstreams.of(ns).is_some() {
+        return Err(ApiError::forbidden_namespace().into());
+    }
     if action == Action::Delete && principal != Principal::Admin {
         return Err(ApiError::insufficient_permissions(ns).into());
     }

@@ -156,6 +156,76 @@ fn name_lower(name: &'static str) -> &'static str {
     }
 }
 
+/// Refresh an upstream registry's `versions.json` and `lifecycle.json` (SPEC §17), dropping
+/// what this replica cached of them when they changed.
+pub(crate) async fn from_upstream_registry(
+    state: &AppState,
+    up: &crate::upstream::Upstream,
+    registry: &str,
+) -> Result<(), ErrorReply> {
+    let changed = state
+        .upstreams
+        .refresh_registry(up, registry)
+        .await
+        .map_err(|m| ErrorReply(m.to_api(registry, None)))?;
+    if changed {
+        state.cache.invalidate(&layout::versions_key(registry));
+        state
+            .cache
+            .invalidate(&rack_core::lifecycle::lifecycle_key(registry));
+        state.lifecycles.invalidate(registry);
+    }
+    Ok(())
+}
+
+/// Make storage hold what a read of `res` in an upstream namespace needs (SPEC §17): the
+/// registry's documents, refreshed when stale, and the version read (the latest for
+/// `/registries/@ns/<segs>`), fetched once.
+async fn from_upstream(
+    state: &AppState,
+    up: &crate::upstream::Upstream,
+    res: &RegistryResource,
+) -> Result<(), ErrorReply> {
+    use crate::upstream::Miss;
+    let registry = res.registry_key();
+    let version = match &res.kind {
+        ResourceKind::Versions => return from_upstream_registry(state, up, registry).await,
+        ResourceKind::Latest => {
+            from_upstream_registry(state, up, registry).await?;
+            match state.upstreams.stored_latest(registry).await {
+                Ok(Some(v)) => v,
+                // No version: the read answers "No versions available".
+                Ok(None) => return Ok(()),
+                Err(m) => return Err(ErrorReply(m.to_api(registry, None))),
+            }
+        }
+        ResourceKind::Version(v) | ResourceKind::File { version: v, .. } => {
+            // The lifecycle (a yank upstream shows here too); the version itself may be
+            // stored even when the list cannot be had.
+            match from_upstream_registry(state, up, registry).await {
+                Err(ErrorReply(e)) if e.kind == rack_core::ErrorKind::Internal => return Err(ErrorReply(e)),
+                _ => {}
+            }
+            let deleted = state
+                .lifecycles
+                .get(state.storage.as_ref(), registry)
+                .await
+                .map_err(internal)?
+                .is_some_and(|doc| doc.deleted.contains_key(v.as_str()));
+            if deleted {
+                return Ok(());
+            }
+            v.clone()
+        }
+    };
+    match state.upstreams.ensure_version(up, registry, &version).await {
+        Ok(()) => Ok(()),
+        Err(m @ (Miss::Gone(_) | Miss::Unavailable(_) | Miss::Storage(_))) => {
+            Err(ErrorReply(m.to_api(registry, Some(&version))))
+        }
+    }
+}
+
 pub async fn registry(
     state: &AppState,
     ctx: &Ctx<'_>,
@@ -163,6 +233,9 @@ pub async fn registry(
     annotations: &mut Annotations,
 ) -> ApiResult {
     ctx.read(res.namespace())?;
+    if let Some(up) = state.upstreams.of(res.namespace()) {
+        from_upstream(state, &up, &res).await?;
+    }
     lifecycle_of(state, &res, annotations).await?;
     let registry = res.registry_key();
     let cache = res.cache_tier(ctx.policy);
@@ -240,6 +313,10 @@ pub async fn namespaces(state: &AppState, ctx: &Ctx<'_>) -> ApiResult {
 /// The namespaces `ctx` may list (SPEC §4 `/namespaces`), sorted. Shared with the web pages.
 pub(crate) async fn namespace_names(state: &AppState, ctx: &Ctx<'_>) -> Result<Vec<String>, ErrorReply> {
     let mut names = stored_namespaces(state).await?;
+    // An upstream namespace is listed before anything of it is stored here (SPEC §17).
+    names.extend(state.upstreams.namespaces());
+    names.sort();
+    names.dedup();
     names.retain(|ns| ctx.lists(ns));
     Ok(names)
 }
@@ -280,6 +357,18 @@ pub(crate) async fn registry_names(
     ns: &str,
 ) -> Result<Arc<[String]>, ErrorReply> {
     ctx.read(ns)?;
+    if let Some(up) = state.upstreams.of(ns) {
+        // The upstream's listing, refreshed when stale (SPEC §17).
+        let body = state.upstreams.listing(&up, ns).await.map_err(|m| match m {
+            crate::upstream::Miss::Gone(_) => ErrorReply(ApiError::namespace_not_found(ns)),
+            m => ErrorReply(m.to_api(ns, None)),
+        })?;
+        let list = body
+            .as_deref()
+            .and_then(rack_core::listing::parse_index)
+            .ok_or_else(|| internal(format!("corrupt upstream listing of {ns}")))?;
+        return Ok(Arc::from(list));
+    }
     // Registries are found only through directories named like registry segments: version
     // directories and anything else that could never be addressed are not descended.
     let found = state

@@ -516,6 +516,10 @@ async fn pipeline(
         id_token: auth.id_token,
     };
     let principal = now.publish(&identity.namespace)?;
+    // A namespace served from an upstream is published there (SPEC §17).
+    if state.upstreams.of(&identity.namespace).is_some() {
+        return Err(ApiError::forbidden_namespace().into());
+    }
 
     // Check 10.
     let schema = state

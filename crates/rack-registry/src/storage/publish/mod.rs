@@ -63,6 +63,14 @@ pub trait Announce: Send + Sync {
     fn enabled(&self) -> bool {
         true
     }
+
+    /// Whether a version that `versions.json` lists counts as published in step 3. `false` when
+    /// storing a version fetched from an upstream registry (SPEC §17): that list is the
+    /// upstream's, stored before the versions it names are fetched; the version's own
+    /// `registry.json` (and the lifecycle) still decide.
+    fn listing_decides(&self) -> bool {
+        true
+    }
 }
 
 /// An [`Announce`] for callers that cannot announce (see [`Announce::enabled`]).
@@ -168,7 +176,7 @@ impl Publish<'_> {
         sweep::settle(s, lease, self.registry, announce).await?;
         self.settled = true;
         // Step 3.
-        self.not_published().await?;
+        self.not_published(announce.listing_decides()).await?;
         if !s.list(&self.prefix(), false, None, 1).await?.objects.is_empty() {
             lease.ensure(s, false).await?;
             s.delete_prefix(&self.prefix()).await?;
@@ -232,7 +240,7 @@ impl Publish<'_> {
     }
 
     /// Step 3: 409 when a version of equal precedence is stored, listed, yanked or deleted.
-    async fn not_published(&self) -> Result<()> {
+    async fn not_published(&self, listing_decides: bool) -> Result<()> {
         let s = self.s;
         if s.head(&layout::manifest_key(self.registry, self.version))
             .await?
@@ -240,7 +248,11 @@ impl Publish<'_> {
         {
             return Err(exists(self.registry, self.version));
         }
-        if let Some(obj) = s.get(&layout::versions_key(self.registry)).await? {
+        let listed = match listing_decides {
+            true => s.get(&layout::versions_key(self.registry)).await?,
+            false => None,
+        };
+        if let Some(obj) = listed {
             let listed = VersionsFile::parse(&obj.body)
                 .map(|f| f.versions)
                 .unwrap_or_default();
