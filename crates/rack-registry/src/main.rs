@@ -42,6 +42,11 @@ enum Command {
     Deprecate(rack_registry::cli::manage::DeprecateArgs),
     /// Delete a version for good (admin token; it can never be published again).
     DeleteVersion(rack_registry::cli::manage::DeleteVersionArgs),
+    /// Copy a namespace from another registry into storage (for offline networks).
+    Mirror(Box<rack_registry::cli::mirror::MirrorArgs>),
+    /// Operate on upstreams.json files.
+    #[command(subcommand)]
+    Upstreams(rack_registry::cli::upstreams::UpstreamsCommand),
     /// Print a new random token and its auth.json entry (only the hash).
     Token(rack_registry::cli::tokens::TokenArgs),
     /// Operate on auth.json files.
@@ -89,6 +94,8 @@ fn main() -> std::process::ExitCode {
         Some(Command::Yank(a)) => return rack_registry::cli::manage::run_yank(a),
         Some(Command::Deprecate(a)) => return rack_registry::cli::manage::run_deprecate(a),
         Some(Command::DeleteVersion(a)) => return rack_registry::cli::manage::run_delete_version(a),
+        Some(Command::Mirror(a)) => return rack_registry::cli::mirror::run(*a),
+        Some(Command::Upstreams(c)) => return rack_registry::cli::upstreams::run(c),
         Some(Command::Token(a)) => return rack_registry::cli::tokens::run_token(a),
         Some(Command::Auth(c)) => return rack_registry::cli::tokens::run_auth(c),
         Some(Command::Storage(c)) => return rack_registry::cli::storage::run(*c),

@@ -22,14 +22,22 @@ use serde_json::{json, Value};
 /// B's world: an empty storage (with its marker) and A's auth.json (`@rack` anonymous), plus
 /// `upstreams.json` naming `url` for `@rack`.
 fn b_world(url: &str, max_age: u64, timeout: u64) -> World {
+    b_world_with(url, max_age, timeout, None)
+}
+
+/// [`b_world`] with a token for the upstream.
+fn b_world_with(url: &str, max_age: u64, timeout: u64, token: Option<&str>) -> World {
     let world = World::empty();
     std::fs::create_dir_all(world.storage()).unwrap();
     std::fs::write(world.storage().join(".healthcheck"), "OK\n").unwrap();
     std::fs::create_dir_all(world.path().join("config")).unwrap();
     std::fs::copy(common::world_dir().join("auth.json"), world.auth_path()).unwrap();
-    let config = json!({"upstreams": [{
+    let mut config = json!({"upstreams": [{
         "url": url, "namespaces": ["@rack"], "maxAgeSeconds": max_age, "timeoutSeconds": timeout
     }]});
+    if let Some(t) = token {
+        config["upstreams"][0]["token"] = json!(t);
+    }
     std::fs::write(world.path().join("config/upstreams.json"), config.to_string()).unwrap();
     world
 }
@@ -214,7 +222,9 @@ fn a_slow_upstream_never_holds_a_read_past_its_timeout_and_a_failing_one_is_skip
     let world_a = World::new();
     let a = Server::world(&world_a);
     let proxy = FaultProxy::start(&a.base);
-    let world_b = b_world(&proxy.url, 0, 1);
+    // A's admin token as the upstream token: it may read anything there, and must never be
+    // logged here.
+    let world_b = b_world_with(&proxy.url, 0, 1, Some(ADMIN_TOKEN));
     let b = start_b(&world_b);
     let path = "/registries/@rack/build/rollup/versions";
     let stored = get(&b.base, path);
@@ -250,6 +260,9 @@ fn a_slow_upstream_never_holds_a_read_past_its_timeout_and_a_failing_one_is_skip
             &["outcome=\"timeout\""]
         ) >= 3.0
     );
+    let logs = b.output();
+    assert!(logs.contains(&proxy.url), "the logs name the upstream");
+    assert!(!logs.contains(ADMIN_TOKEN), "never its token");
 }
 
 #[test]
@@ -417,4 +430,228 @@ fn a_hostile_upstream_stores_nothing() {
             "no staging left behind"
         );
     }
+}
+
+fn mirror(
+    cwd: &std::path::Path,
+    env: &[(String, String)],
+    url: &str,
+    extra: &[&str],
+) -> (Option<i32>, String) {
+    let mut args = vec!["mirror", url, "--namespace", "@rack"];
+    args.extend_from_slice(extra);
+    common::run_cli(cwd, env, &args)
+}
+
+/// Every `@rack` read of A, compared with the same read of `other`.
+fn assert_same_rack(a: &str, other: &str) {
+    let (_, _, _, listing) = get(a, "/namespaces/@rack/registries");
+    let regs: Vec<String> =
+        serde_json::from_value(serde_json::from_slice::<Value>(&listing).unwrap()["registries"].clone())
+            .unwrap();
+    assert_eq!(regs.len(), 10);
+    for r in regs {
+        let (_, _, _, body) = get(a, &format!("/registries/@rack/{r}/1.0.0"));
+        let m: Value = serde_json::from_slice(&body).unwrap();
+        let files: Vec<String> = m["files"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["path"].as_str())
+            .map(|p| format!("/registries/@rack/{r}/1.0.0/files/{}", p.trim_start_matches("./")))
+            .collect();
+        let reads = [
+            format!("/registries/@rack/{r}"),
+            format!("/registries/@rack/{r}/versions"),
+        ];
+        for p in reads.into_iter().chain(files) {
+            assert_eq!(get(other, &p), get(a, &p), "{p}");
+        }
+    }
+}
+
+#[test]
+fn mirror_copies_a_namespace_skips_what_is_stored_and_resumes_after_a_failure() {
+    let world_a = World::new();
+    let a = Server::world(&world_a);
+    let proxy = FaultProxy::start(&a.base);
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("offline");
+    let dir_arg = dir.to_str().unwrap().to_owned();
+    let env: Vec<(String, String)> = vec![(
+        "STORAGE_ROOT".into(),
+        scratch.path().join("unused").display().to_string(),
+    )];
+    // An interrupted run: two registries' files fail; what was copied is kept, whole.
+    proxy.inject(Rule::new(
+        "GET",
+        "/build/typescript/1.0.0/files/",
+        Fault::Status(500),
+    ));
+    proxy.inject(Rule::new(
+        "GET",
+        "/testing/vitest/1.0.0/files/",
+        Fault::Status(500),
+    ));
+    let (code, out) = mirror(scratch.path(), &env, &proxy.url, &["--dir", &dir_arg]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("8 versions copied, 0 already there, 2 failed"),
+        "{out}"
+    );
+    assert!(
+        !dir.join("@rack/build/typescript/1.0.0").exists(),
+        "no partial version"
+    );
+    proxy.clear();
+    let (code, out) = mirror(scratch.path(), &env, &proxy.url, &["--dir", &dir_arg, "--all"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("2 versions copied, 8 already there, 0 failed"),
+        "{out}"
+    );
+    let (code, out) = mirror(scratch.path(), &env, &proxy.url, &["--dir", &dir_arg]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("0 versions copied, 10 already there"), "{out}");
+    assert!(
+        dir.join("schema/registry-item.json").is_file(),
+        "--all copies the schemas"
+    );
+    // The copy is a storage root: check finds nothing wrong, and a server on it serves what A does.
+    let check_env = vec![("STORAGE_ROOT".to_owned(), dir_arg.clone())];
+    let (code, out) = common::run_cli(scratch.path(), &check_env, &["storage", "check", "--deep"]);
+    assert_eq!(code, Some(0), "{out}");
+    std::fs::create_dir_all(scratch.path().join("config")).unwrap();
+    std::fs::copy(
+        common::world_dir().join("auth.json"),
+        scratch.path().join("config/auth.json"),
+    )
+    .unwrap();
+    let offline = Server::start(
+        scratch.path(),
+        &[
+            ("STORAGE_ROOT".to_owned(), dir_arg.clone()),
+            (
+                "AUTH_CONFIG_PATH".to_owned(),
+                scratch.path().join("config/auth.json").display().to_string(),
+            ),
+        ],
+    );
+    assert_same_rack(&a.base, &offline.base);
+}
+
+#[test]
+fn mirror_into_a_bucket() {
+    let Some(bucket) = common::s3::Bucket::new() else {
+        return;
+    };
+    let world_a = World::new();
+    let a = Server::world(&world_a);
+    let scratch = tempfile::tempdir().unwrap();
+    let mut env = bucket.env();
+    env.push((
+        "STORAGE_ROOT".into(),
+        scratch.path().join("staging").display().to_string(),
+    ));
+    let (code, out) = mirror(scratch.path(), &env, &a.base, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("10 versions copied"), "{out}");
+    let (code, out) = mirror(scratch.path(), &env, &a.base, &[]);
+    assert!(
+        code == Some(0) && out.contains("0 versions copied, 10 already there"),
+        "{out}"
+    );
+    let (code, out) = common::run_cli(scratch.path(), &env, &["storage", "check", "--deep"]);
+    assert_eq!(code, Some(0), "{out}");
+    std::fs::create_dir_all(scratch.path().join("config")).unwrap();
+    std::fs::copy(
+        common::world_dir().join("auth.json"),
+        scratch.path().join("config/auth.json"),
+    )
+    .unwrap();
+    env.push((
+        "AUTH_CONFIG_PATH".into(),
+        scratch.path().join("config/auth.json").display().to_string(),
+    ));
+    let served = Server::start(scratch.path(), &env);
+    assert_same_rack(&a.base, &served.base);
+}
+
+#[test]
+fn upstreams_check_gives_the_servers_verdict_and_a_broken_file_stops_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.json");
+    std::fs::write(
+        &good,
+        r#"{"upstreams": [{"url": "https://registry.rackjs.com", "namespaces": ["@rack"], "token": "sekrit-token"}]}"#,
+    )
+    .unwrap();
+    let (code, out) = common::run_cli(dir.path(), &[], &["upstreams", "check", good.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("https://registry.rackjs.com: @rack") && !out.contains("sekrit-token"),
+        "{out}"
+    );
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"upstreams": [{"url": "https://u:p@x", "namespaces": ["@rack"]}]}"#,
+    )
+    .unwrap();
+    let (code, out) = common::run_cli(dir.path(), &[], &["upstreams", "check", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("credentials in the URL are refused"), "{out}");
+    // The server refuses to start on it (fail-closed), saying why.
+    let world = World::new();
+    let env = world.env_with(&[("UPSTREAMS_CONFIG_PATH", bad.to_str().unwrap())]);
+    let Err(failure) = Server::try_start(world.path(), &env) else {
+        panic!("started with a malformed upstreams.json");
+    };
+    assert!(
+        failure.output.contains("UPSTREAMS_CONFIG_PATH"),
+        "{}",
+        failure.output
+    );
+}
+
+/// Two replicas on one bucket fetching the same version at once store it once: both serve the
+/// upstream's bytes, and the bucket holds one whole version with its integrity record.
+#[test]
+fn two_replicas_fetching_one_version_at_once_store_it_once() {
+    let Some(bucket) = common::s3::Bucket::new() else {
+        return;
+    };
+    let world_a = World::new();
+    let a = Server::world(&world_a);
+    let world_b = b_world(&a.base, 300, 10);
+    let path = world_b.path().join("config/upstreams.json");
+    let mut env = world_b.env_on_bucket(&bucket);
+    env.push(("UPSTREAMS_CONFIG_PATH".into(), path.display().to_string()));
+    let b1 = Server::start(world_b.path(), &env);
+    let b2 = Server::start(world_b.path(), &env);
+    let file = format!(
+        "/registries/@rack/build/rollup/1.0.0/files/{}",
+        first_file(&a.base, "@rack/build/rollup")
+    );
+    let barrier = Arc::new(Barrier::new(8));
+    let readers: Vec<_> = (0..8)
+        .map(|i| {
+            let base = if i % 2 == 0 {
+                b1.base.clone()
+            } else {
+                b2.base.clone()
+            };
+            let (barrier, file) = (barrier.clone(), file.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                get(&base, &file)
+            })
+        })
+        .collect();
+    let want = get(&a.base, &file);
+    for r in readers {
+        assert_eq!(r.join().unwrap(), want);
+    }
+    let (code, out) = common::run_cli(world_b.path(), &env, &["storage", "check", "--deep"]);
+    assert_eq!(code, Some(0), "{out}");
 }

@@ -7,12 +7,17 @@
 //!   management routes;
 //! - [`client`]: what the commands that call a server share (URL and token flags, one request,
 //!   retries of 503 and 429, exit statuses);
+//! - [`mirror`]: copy a namespace from another registry into storage (SPEC §17), for offline
+//!   networks;
+//! - [`upstreams`]: `upstreams check`, the server's verdict on an `upstreams.json`;
 //! - [`tokens`]: `token` (a fresh token and its `auth.json` entry), `auth check` and `auth push`;
 //! - [`storage`]: `storage push`, `pull` and `check [--repair]` (a storage root to a bucket and
 //!   back, and the invariants of SPEC §3).
 
 pub mod client;
 pub mod manage;
+pub mod mirror;
 pub mod publish;
 pub mod storage;
 pub mod tokens;
+pub mod upstreams;

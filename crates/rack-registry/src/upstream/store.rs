@@ -55,6 +55,15 @@ pub enum StoreError {
     Storage(StorageError),
 }
 
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Upstream(failure) => write!(f, "upstream {failure}"),
+            StoreError::Storage(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 impl From<Failure> for StoreError {
     fn from(f: Failure) -> StoreError {
         StoreError::Upstream(f)
