@@ -384,7 +384,11 @@ pub struct Ctx<'a> {
 pub enum Principal {
     Anonymous,
     Admin,
-    Token { mark: Option<String> },
+    Token {
+        mark: Option<String>,
+    },
+    /// A CI job with a verified ID token matching a trusted publisher (SPEC §16).
+    Publisher(Box<crate::publishers::PublisherIdentity>),
 }
 
 impl Ctx<'_> {

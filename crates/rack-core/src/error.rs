@@ -32,6 +32,8 @@ pub enum ErrorKind {
     NamespaceNotAllowed,
     AnonymousUploadForbidden,
     InsufficientPermissions,
+    /// A verified ID token whose claims match no trusted publisher of the namespace (SPEC §16).
+    Forbidden,
     NotFound,
     NamespaceNotFound,
     MethodNotAllowed,
@@ -55,7 +57,7 @@ impl ErrorKind {
     /// Every kind, for what must list them all (the `Error` schema of docs/openapi.yaml is
     /// checked against it). A new kind stops the test `all_lists_every_kind_once` from
     /// compiling: the reminder to list it here.
-    pub const ALL: [ErrorKind; 34] = {
+    pub const ALL: [ErrorKind; 35] = {
         use ErrorKind::*;
         [
             InvalidPath,
@@ -81,6 +83,7 @@ impl ErrorKind {
             NamespaceNotAllowed,
             AnonymousUploadForbidden,
             InsufficientPermissions,
+            Forbidden,
             NotFound,
             NamespaceNotFound,
             MethodNotAllowed,
@@ -114,9 +117,11 @@ impl ErrorKind {
             | InvalidManifest
             | InvalidRequest => 400,
             Unauthorized | InvalidToken | TokenExpired => 401,
-            ForbiddenNamespace | NamespaceNotAllowed | AnonymousUploadForbidden | InsufficientPermissions => {
-                403
-            }
+            ForbiddenNamespace
+            | NamespaceNotAllowed
+            | AnonymousUploadForbidden
+            | InsufficientPermissions
+            | Forbidden => 403,
             NotFound | NamespaceNotFound => 404,
             MethodNotAllowed => 405,
             RequestTimeout => 408,
@@ -157,6 +162,7 @@ impl ErrorKind {
             NamespaceNotAllowed => "NAMESPACE_NOT_ALLOWED",
             AnonymousUploadForbidden => "ANONYMOUS_UPLOAD_FORBIDDEN",
             InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
+            Forbidden => "FORBIDDEN",
             NotFound => "NOT_FOUND",
             NamespaceNotFound => "NAMESPACE_NOT_FOUND",
             MethodNotAllowed => "METHOD_NOT_ALLOWED",
@@ -269,6 +275,13 @@ impl ApiError {
         ApiError::new(
             ErrorKind::InsufficientPermissions,
             format!("Token does not have publish permission for namespace {ns}"),
+        )
+    }
+    /// SPEC §16: a verified ID token that no trusted publisher of `ns` matches.
+    pub fn trusted_publisher_forbidden(ns: &str) -> ApiError {
+        ApiError::new(
+            ErrorKind::Forbidden,
+            format!("No trusted publisher of namespace {ns} matches this identity"),
         )
     }
     pub fn invalid_archive(detail: impl fmt::Display) -> ApiError {
@@ -438,6 +451,7 @@ mod tests {
                 | NamespaceNotAllowed
                 | AnonymousUploadForbidden
                 | InsufficientPermissions
+                | Forbidden
                 | NotFound
                 | NamespaceNotFound
                 | MethodNotAllowed

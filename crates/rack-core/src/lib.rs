@@ -10,6 +10,7 @@
 //! - [`layout`]: storage keys and registry segment derivation (SPEC §3, §5.4);
 //! - [`lifecycle`]: yanked, deprecated and deleted state and its rules (SPEC §18);
 //! - [`auth`]: `auth.json` parsing (fail closed) and every access decision (SPEC §6);
+//! - [`publishers`]: `publishers.json` (fail closed) and the trusted-publishing decision (SPEC §16);
 //! - [`limits`]: the default upload and extraction limits (SPEC §5, §10);
 //! - [`listing`]: the namespace index, the registry walk, listing and `/health` bodies (SPEC §3, §4, §8);
 //! - [`etag`]: content-derived strong ETags and `If-None-Match` matching (SPEC §9);
@@ -28,6 +29,7 @@ pub mod listing;
 pub mod manifest;
 pub mod mime;
 pub mod names;
+pub mod publishers;
 pub mod route;
 pub mod version;
 

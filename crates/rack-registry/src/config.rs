@@ -43,6 +43,17 @@ pub struct ServeArgs {
     /// Path of auth.json [default: ./config/auth.json]
     #[arg(long, env = "AUTH_CONFIG_PATH")]
     pub auth_config_path: Option<String>,
+    /// Path of publishers.json, the trusted publishers of CI (SPEC §16)
+    /// [default: ./config/publishers.json]
+    #[arg(long, env = "PUBLISHERS_CONFIG_PATH")]
+    pub publishers_config_path: Option<String>,
+    /// The audience (`aud`) an ID token must be issued for [default: rack-registry]
+    #[arg(long, env = "OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
+    /// true: accept http:// issuers on loopback hosts in publishers.json (tests only)
+    /// [default: false]
+    #[arg(long, env = "OIDC_ALLOW_INSECURE_ISSUERS")]
+    pub oidc_allow_insecure_issuers: Option<String>,
     /// Path of webhooks.json [default: ./config/webhooks.json]
     #[arg(long, env = "WEBHOOK_CONFIG_PATH")]
     pub webhook_config_path: Option<String>,
@@ -344,6 +355,12 @@ pub struct Config {
     pub storage_root: PathBuf,
     pub schema_dir: PathBuf,
     pub auth_config_path: PathBuf,
+    /// `publishers.json` (SPEC §16).
+    pub publishers_config_path: PathBuf,
+    /// `OIDC_AUDIENCE`: the `aud` an ID token must carry.
+    pub oidc_audience: String,
+    /// `OIDC_ALLOW_INSECURE_ISSUERS`: loopback `http` issuers are accepted.
+    pub oidc_allow_insecure_issuers: bool,
     pub webhook_config_path: PathBuf,
     /// `upstreams.json` (SPEC §17); missing: no upstream.
     pub upstreams_config_path: PathBuf,
@@ -761,6 +778,19 @@ impl Config {
             }
             Some(s) => return Err(err("AUTH_SOURCE", format!("{s:?} is not one of file, bucket"))),
         };
+        let oidc_allow_insecure_issuers = match given(&a.oidc_allow_insecure_issuers)
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(s) => {
+                return Err(err(
+                    "OIDC_ALLOW_INSECURE_ISSUERS",
+                    format!("{s:?} is not one of true, false"),
+                ))
+            }
+        };
         let ui = match given(&a.ui).map(str::to_ascii_lowercase).as_deref() {
             None | Some("true") => true,
             Some("false") => false,
@@ -810,6 +840,11 @@ impl Config {
             storage_root,
             schema_dir,
             auth_config_path: PathBuf::from(given(&a.auth_config_path).unwrap_or("./config/auth.json")),
+            publishers_config_path: PathBuf::from(
+                given(&a.publishers_config_path).unwrap_or("./config/publishers.json"),
+            ),
+            oidc_audience: given(&a.oidc_audience).unwrap_or("rack-registry").to_owned(),
+            oidc_allow_insecure_issuers,
             webhook_config_path: PathBuf::from(
                 given(&a.webhook_config_path).unwrap_or("./config/webhooks.json"),
             ),
@@ -854,6 +889,12 @@ mod tests {
         assert_eq!(c.schema_dir, PathBuf::from("./data/schema"));
         assert_eq!(c.auth_config_path, PathBuf::from("./config/auth.json"));
         assert_eq!(c.webhook_config_path, PathBuf::from("./config/webhooks.json"));
+        assert_eq!(
+            c.publishers_config_path,
+            PathBuf::from("./config/publishers.json")
+        );
+        assert_eq!(c.oidc_audience, "rack-registry");
+        assert!(!c.oidc_allow_insecure_issuers);
         assert_eq!(c.trust_proxy, TrustProxy::No);
         assert_eq!(c.backend, Backend::Local);
         assert_eq!(c.limits.rate_limit_max, 1200);
@@ -873,6 +914,10 @@ mod tests {
             ("HOST", Box::new(|a| a.host = Some("localhost:1".into()))),
             ("LOG_LEVEL", Box::new(|a| a.log_level = Some("loud".into()))),
             ("LOG_FORMAT", Box::new(|a| a.log_format = Some("xml".into()))),
+            (
+                "OIDC_ALLOW_INSECURE_ISSUERS",
+                Box::new(|a| a.oidc_allow_insecure_issuers = Some("yes".into())),
+            ),
             ("TRUST_PROXY", Box::new(|a| a.trust_proxy = Some("yes".into()))),
             ("TRUST_PROXY", Box::new(|a| a.trust_proxy = Some("0".into()))),
             (

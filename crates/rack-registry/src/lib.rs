@@ -10,6 +10,8 @@
 //! - [`logsink`]: log lines batched in memory and written by one thread;
 //! - [`server`]: startup (storage root preparation, policy loading) and graceful shutdown;
 //! - [`schemas`]: the JSON Schemas bundled in the binary;
+//! - [`auth`]: the presented token, `auth.json` and `publishers.json` loading and live reload,
+//!   and trusted publishing's ID-token verification (issuer keys, single use; SPEC §16);
 //! - [`upload`]: the upload pipeline, and its admission (publishing slots, the queue, and the
 //!   separate slots of uploads that cannot publish);
 //! - [`lifecycle`]: yank, deprecate and delete (SPEC §18): the changes, in an order that is safe

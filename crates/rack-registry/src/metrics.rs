@@ -33,7 +33,7 @@ pub fn method_label(method: &Method) -> &'static str {
 pub const DURATION_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 
 /// The errors counted by `registry_auth_failures_total{code}`.
-const AUTH_FAILURES: [ErrorKind; 7] = [
+const AUTH_FAILURES: [ErrorKind; 8] = [
     ErrorKind::Unauthorized,
     ErrorKind::InvalidToken,
     ErrorKind::TokenExpired,
@@ -41,6 +41,7 @@ const AUTH_FAILURES: [ErrorKind; 7] = [
     ErrorKind::NamespaceNotAllowed,
     ErrorKind::AnonymousUploadForbidden,
     ErrorKind::InsufficientPermissions,
+    ErrorKind::Forbidden,
 ];
 
 pub struct Metrics {

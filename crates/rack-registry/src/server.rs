@@ -207,6 +207,11 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     } else {
         auth_file::load(&config.auth_config_path)?
     };
+    let publisher_opts = rack_core::publishers::ParseOptions {
+        allow_insecure_issuers: config.oidc_allow_insecure_issuers,
+    };
+    let (publishers, publishers_content) =
+        crate::auth::publishers::load(&config.publishers_config_path, publisher_opts)?;
     let (webhook_config, webhook_content) = webhooks::load_config(&config.webhook_config_path)?;
     let (upstream_config, upstream_content) = crate::upstream::load_config(&config.upstreams_config_path)?;
     log_loaded(&policy, config.admin.is_configured(), &webhook_config);
@@ -229,6 +234,20 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         audit.clone(),
         shutdown_rx.clone(),
     );
+    let publishers = Arc::new(Live::new(publishers));
+    reload::spawn(
+        crate::auth::publishers::watch(&config.publishers_config_path, RELOAD_INTERVAL, publisher_opts),
+        publishers.clone(),
+        &publishers_content,
+        metrics.clone(),
+        audit.clone(),
+        shutdown_rx.clone(),
+    );
+    let oidc = Arc::new(crate::auth::oidc::Oidc::new(
+        config.oidc_audience.clone(),
+        config.oidc_allow_insecure_issuers,
+        storage.clone(),
+    )?);
     let webhook_config = Arc::new(Live::new(webhook_config));
     reload::spawn(
         webhooks::watch(&config.webhook_config_path, RELOAD_INTERVAL),
@@ -281,6 +300,8 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let state = Arc::new(AppState {
         storage: storage.clone(),
         policy,
+        publishers,
+        oidc,
         admin: config.admin.clone(),
         schemas: schemas::SchemaStore::new(
             matches!(config.backend, Backend::Local).then_some(config.storage_root.as_path()),

@@ -20,6 +20,10 @@ use crate::versions::RegistryLocks;
 pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub policy: Arc<Live<Policy>>,
+    /// `publishers.json` (SPEC §16), live-reloaded like the policy.
+    pub publishers: Arc<Live<rack_core::publishers::Publishers>>,
+    /// ID-token verification, the issuers' keys and the single-use records.
+    pub oidc: Arc<crate::auth::oidc::Oidc>,
     pub admin: Admin,
     /// Where `/schemas/<file>` is read from (the storage, or a store rooted at `SCHEMA_DIR`),
     /// and so the registry-item schema uploads validate against.

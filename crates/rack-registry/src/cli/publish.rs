@@ -47,6 +47,13 @@
 //! ([`upload_with_retries`], over [`super::client::with_retries`], which the lifecycle commands
 //! share with it, as they share the URL and token flags, [`ServerArgs`]).
 //!
+//! With `--oidc` (trusted publishing, SPEC §16) there is no token to store: inside GitHub
+//! Actions the command asks the runner for the job's OpenID Connect ID token
+//! (`GET $ACTIONS_ID_TOKEN_REQUEST_URL&audience=<OIDC_AUDIENCE>` with
+//! `Authorization: bearer $ACTIONS_ID_TOKEN_REQUEST_TOKEN`, [`github_id_token`]) and publishes
+//! with it as the bearer. An ID token is accepted once, so every attempt (retries included)
+//! asks for a fresh one. Neither token is ever printed.
+//!
 //! Exit status: 0 success, 1 the package was rejected (locally or by the server) or could not
 //! be read, 2 usage error (no token), 3 the upload could not be completed (network error,
 //! timeout, an answer that is not the registry's JSON, such as a proxy's 502, or still 503 or
@@ -71,6 +78,13 @@ pub use super::client::{retry_wait, retryable, Failure, Rejection, ServerArgs, M
 pub struct PublishArgs {
     /// Directory holding registry.json and the files it declares
     pub dir: PathBuf,
+    /// Inside GitHub Actions: publish with the job's OpenID Connect ID token (trusted
+    /// publishing; the job needs `permissions: id-token: write`). Wins over --token
+    #[arg(long)]
+    pub oidc: bool,
+    /// With --oidc: the audience to ask the ID token for (the server's OIDC_AUDIENCE)
+    #[arg(long, env = "OIDC_AUDIENCE", default_value = "rack-registry")]
+    pub audience: String,
     /// Run the server's checks locally and upload nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -331,12 +345,17 @@ pub fn endpoint(url: &str) -> String {
 /// ([`super::client::with_retries`]). `on_retry` hears about each wait.
 pub async fn upload_with_retries(
     url: &str,
-    token: &str,
+    bearer: &Bearer,
     package: &Package,
     retries: u32,
     on_retry: impl FnMut(&Rejection, Duration, u32),
 ) -> Result<String, Failure> {
-    super::client::with_retries(retries, || upload(url, token, package), interpret, on_retry).await
+    // A fresh bearer for every attempt: an ID token is accepted once.
+    let attempt = || async {
+        let token = bearer.get().await?;
+        upload(url, &token, package).await
+    };
+    super::client::with_retries(retries, attempt, interpret, on_retry).await
 }
 
 /// Step 6: upload `package` once ([`interpret`] reads the answer).
@@ -368,6 +387,123 @@ pub fn interpret(status: u16, body: &[u8]) -> Result<String, Failure> {
     }
 }
 
+/// Where the bearer of an upload comes from.
+pub enum Bearer {
+    /// `--token` or `RACK_REGISTRY_TOKEN`.
+    Token(String),
+    /// `--oidc`: a fresh GitHub Actions ID token for every attempt ([`github_id_token`]).
+    GitHubOidc {
+        request_url: String,
+        request_token: String,
+        audience: String,
+    },
+}
+
+impl Bearer {
+    pub async fn get(&self) -> Result<String, Failure> {
+        match self {
+            Bearer::Token(t) => Ok(t.clone()),
+            Bearer::GitHubOidc {
+                request_url,
+                request_token,
+                audience,
+            } => github_id_token(request_url, request_token, audience).await,
+        }
+    }
+}
+
+/// The largest ID-token answer read from the runner.
+const MAX_ID_TOKEN_ANSWER: usize = 64 * 1024;
+
+/// Ask the GitHub Actions runner for an ID token for `audience`: `GET <request_url>` with
+/// `audience` added to its query and `Authorization: bearer <request_token>`; the token is the
+/// answer's `value`. Errors never quote either token.
+pub async fn github_id_token(
+    request_url: &str,
+    request_token: &str,
+    audience: &str,
+) -> Result<String, Failure> {
+    let mut url = reqwest::Url::parse(request_url)
+        .map_err(|e| Failure::Usage(format!("ACTIONS_ID_TOKEN_REQUEST_URL is not a URL: {e}")))?;
+    url.query_pairs_mut().append_pair("audience", audience);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("rack-registry-publish/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Failure::Transport(format!("cannot create the HTTP client: {e}")))?;
+    let transport = |e: reqwest::Error| {
+        // reqwest's message names the URL, which carries no secret (the token is a header).
+        Failure::Transport(format!(
+            "requesting the ID token failed: {}",
+            super::client::chain(&e)
+        ))
+    };
+    let mut res = client
+        .get(url)
+        .header(reqwest::header::AUTHORIZATION, format!("bearer {request_token}"))
+        .header(reqwest::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(transport)?;
+    let status = res.status().as_u16();
+    if !(200..300).contains(&status) {
+        return Err(Failure::Transport(format!(
+            "the ID token request was answered HTTP {status} (does the job have `permissions: id-token: write`?)"
+        )));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = res.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_ID_TOKEN_ANSWER {
+            return Err(Failure::Transport(format!(
+                "the ID token answer is larger than {MAX_ID_TOKEN_ANSWER} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.get("value")
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .map(str::to_owned)
+        })
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Failure::Transport("the ID token answer has no \"value\"".into()))
+}
+
+/// The bearer of a publish: `--oidc` (the runner's variables must be set), else the token.
+fn bearer(args: &PublishArgs) -> Result<Bearer, Failure> {
+    if args.oidc {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        return match (
+            var("ACTIONS_ID_TOKEN_REQUEST_URL"),
+            var("ACTIONS_ID_TOKEN_REQUEST_TOKEN"),
+        ) {
+            (Some(request_url), Some(request_token)) => Ok(Bearer::GitHubOidc {
+                request_url,
+                request_token,
+                audience: args.audience.trim().to_owned(),
+            }),
+            _ => Err(Failure::Usage(
+                "--oidc needs ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN: run it in \
+                 GitHub Actions, in a job with `permissions: id-token: write`"
+                    .to_owned(),
+            )),
+        };
+    }
+    args.server
+        .require_token(
+            "the admin token or a namespace token with \"publish\": true; or --oidc in GitHub Actions",
+        )
+        .map(Bearer::Token)
+}
+
 fn describe(package: &Package) -> String {
     format!(
         "{}: {} files, {} bytes, sha256 {}",
@@ -379,9 +515,7 @@ fn describe(package: &Package) -> String {
 }
 
 fn publish(args: &PublishArgs) -> Result<(), Failure> {
-    let token = args
-        .server
-        .require_token("the admin token or a namespace token with \"publish\": true")?;
+    let bearer = bearer(args)?;
     check_url(&args.server.url)?;
     let package = prepare(&args.dir, &DEFAULT_LIMITS, false)?;
     eprintln!(
@@ -393,7 +527,7 @@ fn publish(args: &PublishArgs) -> Result<(), Failure> {
     let retries = args.server.retries;
     let path = runtime.block_on(upload_with_retries(
         &args.server.url,
-        &token,
+        &bearer,
         &package,
         retries,
         |why, wait, retry| {

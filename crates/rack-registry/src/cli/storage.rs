@@ -111,10 +111,11 @@ pub struct Transfer {
 
 /// The server's working state, never data. Integrity records (`.rack/integrity/`) are data:
 /// they travel with their versions.
-const WORKING_STATE: [&str; 7] = [
+const WORKING_STATE: [&str; 8] = [
     ".tmp/",
     ".webhooks/",
     ".rack/leases/",
+    ".rack/oidc/",
     ".rack/outbox/",
     ".rack/probe/",
     ".rack/sessions/",

@@ -3,7 +3,9 @@
 //! - `rack-registry token`: a fresh random token, printed once, with the `auth.json` entry that
 //!   holds only its SHA-256 (so the file can be committed without secrets);
 //! - `rack-registry auth check <file>`: what a policy file grants, without ever printing a token,
-//!   and a non-zero exit if any namespace is rejected (what a CI job runs before pushing it).
+//!   and a non-zero exit if any namespace is rejected (what a CI job runs before pushing it);
+//! - `rack-registry auth check-publishers <file>`: the same for `publishers.json` (SPEC §16):
+//!   which CI identities may publish where, and a non-zero exit on any rejected namespace.
 //!
 //! The parsing is the server's own (`rack_core::auth::Policy`), so `auth check` can never disagree
 //! with what the server will do with the file.
@@ -13,6 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use rack_core::auth::{digest, parse_timestamp_ms, Policy};
+use rack_core::publishers::{ParseOptions, Publishers};
 use rand::TryRngCore;
 use serde_json::{json, Map, Value};
 
@@ -48,6 +51,16 @@ pub enum AuthCommand {
     /// Check an auth.json like `check` (refused on any rejected namespace), then write it to the
     /// configured storage as `.auth/auth.json` (the policy a bucket's replicas and Worker share)
     Push(Box<crate::cli::storage::AuthPush>),
+    /// Check a publishers.json (trusted publishing): list who may publish where, and every
+    /// rejected namespace (exit 1)
+    CheckPublishers {
+        /// The publishers.json file
+        file: PathBuf,
+        /// Accept http:// issuers on loopback hosts, as a server with
+        /// OIDC_ALLOW_INSECURE_ISSUERS=true does
+        #[arg(long)]
+        allow_insecure_issuers: bool,
+    },
 }
 
 /// 256 bits from the operating system's generator, hex-encoded, with a recognizable prefix
@@ -208,9 +221,71 @@ pub fn check_report(text: &str, now_ms: i64) -> (String, bool) {
     (out, ok)
 }
 
+/// The report of `auth check-publishers`, and whether the file passes (no namespace rejected).
+pub fn publishers_report(text: &str, opts: ParseOptions) -> (String, bool) {
+    let publishers = match Publishers::parse(text, opts) {
+        Ok(p) => p,
+        Err(e) => {
+            return (
+                format!("INVALID: {e} (the server refuses to start on this file)\n"),
+                false,
+            )
+        }
+    };
+    let mut out = String::new();
+    let mut warnings = Vec::new();
+    for (ns, entries) in publishers.namespaces() {
+        out.push_str(&format!("{ns}: {} trusted publisher(s)\n", entries.len()));
+        for (i, p) in entries.iter().enumerate() {
+            let or_any = |v: &Option<String>, any: &str| v.clone().unwrap_or_else(|| any.to_owned());
+            out.push_str(&format!(
+                "  - {} {}: owner id {}, workflow {}, environment {}\n",
+                p.issuer,
+                p.repository,
+                or_any(&p.repository_owner_id, "any"),
+                or_any(&p.workflow, "any"),
+                or_any(&p.environment, "any"),
+            ));
+            if p.repository_owner_id.is_none() {
+                warnings.push(format!(
+                    "WARNING {ns}: entry #{} names no repositoryOwnerId (whoever registers the owner name {:?} after it is freed would match)",
+                    i + 1,
+                    p.repository.split('/').next().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    for w in &warnings {
+        out.push_str(w);
+        out.push('\n');
+    }
+    for r in publishers.rejected() {
+        out.push_str(&format!(
+            "REJECTED {}: {} (no CI identity publishes to it)\n",
+            r.namespace, r.reason
+        ));
+    }
+    let ok = publishers.rejected().is_empty();
+    out.push_str(if ok {
+        "OK\n"
+    } else {
+        "FAILED: some namespaces are rejected\n"
+    });
+    (out, ok)
+}
+
 pub fn run_auth(cmd: AuthCommand) -> ExitCode {
-    let file = match cmd {
-        AuthCommand::Check { file } => file,
+    let (file, publishers) = match cmd {
+        AuthCommand::Check { file } => (file, None),
+        AuthCommand::CheckPublishers {
+            file,
+            allow_insecure_issuers,
+        } => (
+            file,
+            Some(ParseOptions {
+                allow_insecure_issuers,
+            }),
+        ),
         AuthCommand::Push(a) => return crate::cli::storage::run_auth_push(*a),
     };
     let text = match std::fs::read_to_string(&file) {
@@ -220,7 +295,10 @@ pub fn run_auth(cmd: AuthCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (report, ok) = check_report(&text, crate::state::now_ms());
+    let (report, ok) = match publishers {
+        None => check_report(&text, crate::state::now_ms()),
+        Some(opts) => publishers_report(&text, opts),
+    };
     print!("{report}");
     if ok {
         ExitCode::SUCCESS
@@ -279,6 +357,33 @@ mod tests {
         assert_eq!(expiry("2027-03-01", now).unwrap(), "2027-03-01T00:00:00Z");
         assert!(expiry("soon", now).is_err());
         assert!(expiry("0d", now).is_err());
+    }
+
+    #[test]
+    fn check_publishers_lists_and_rejects() {
+        let text = r#"{"@ok": [{"issuer": "https://token.actions.githubusercontent.com", "repository": "acme/t", "workflow": "publish.yml"}],
+                       "@bad": [{"issuer": "http://127.0.0.1:1", "repository": "acme/t"}]}"#;
+        let (report, ok) = publishers_report(text, ParseOptions::default());
+        assert!(!ok, "{report}");
+        assert!(report.contains("@ok: 1 trusted publisher(s)"), "{report}");
+        assert!(
+            report.contains("workflow publish.yml, environment any"),
+            "{report}"
+        );
+        assert!(
+            report.contains("WARNING @ok: entry #1 names no repositoryOwnerId"),
+            "{report}"
+        );
+        assert!(report.contains("REJECTED @bad: entry #1: issuer"), "{report}");
+        let (report, ok) = publishers_report(
+            text,
+            ParseOptions {
+                allow_insecure_issuers: true,
+            },
+        );
+        assert!(ok, "{report}");
+        let (report, ok) = publishers_report("[]", ParseOptions::default());
+        assert!(!ok && report.starts_with("INVALID:"), "{report}");
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub async fn handle(
         Principal::Admin => "admin".to_owned(),
         Principal::Token { mark: Some(mark) } => mark,
         Principal::Token { mark: None } | Principal::Anonymous => "token".to_owned(),
+        // `Ctx::publish` never answers this: ID tokens only publish (SPEC §16), they never
+        // yank, deprecate or delete.
+        Principal::Publisher(who) => format!("trusted publisher ({})", who.repository),
     };
     let change = match (action, method == Method::PUT) {
         (Action::Yank, true) => {

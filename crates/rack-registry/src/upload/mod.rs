@@ -10,7 +10,10 @@
 //! 6. the archive is extracted into staging under the limits of §5.3 ([`extract`]);
 //! 7. to 12. manifest identity (a duplicate key is `INVALID_MANIFEST`), namespace and token,
 //!    schema, declared files, entry kinds (rules from `rack_core::manifest`, shared with
-//!    `rack-registry publish --dry-run`);
+//!    `rack-registry publish --dry-run`). A bearer that is a CI job's ID token (trusted
+//!    publishing, SPEC §16) is verified before the body is read ([`crate::auth::oidc`]), judged
+//!    at check 9 by `rack_core::publishers`, and spent (its `jti` recorded, create-only) once
+//!    check 12 passed, before check 13: of two uploads with one token, one can publish;
 //! 13. no version of the registry equal in SemVer precedence exists (`1.0.0+b` is refused
 //!     next to `1.0.0+a`), judged under the registry's lock, which is held until
 //!     `versions.json` is rewritten, so two racing uploads of such versions have one winner.
@@ -44,13 +47,16 @@ use std::net::IpAddr;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use rack_core::auth::{Credential, Ctx, Principal};
+use rack_core::auth::{Ctx, Principal};
 use rack_core::manifest::{self, clip, EntryKind, Identity, CLIP};
 use rack_core::names::{is_segment, is_version};
+use rack_core::publishers::{IdToken, Publishers};
 use rack_core::{ApiError, ErrorKind};
 use serde_json::json;
 
 use crate::api_error::ErrorReply;
+use crate::auth::oidc::replay::Recorded;
+use crate::auth::oidc::Verified;
 use crate::events::PublishEvent;
 use crate::state::{now_ms, AppState};
 use crate::storage::StorageError;
@@ -185,6 +191,22 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
         return refuse_early(e, body);
     }
 
+    // Trusted publishing (SPEC §16): a bearer that is an ID token of a configured issuer is
+    // verified now, before the body is read; its verdict is given at check 9.
+    let publishers = state.publishers.get();
+    let id_token = match crate::auth::bearer(headers).and_then(|b| state.oidc.candidate(b, &publishers)) {
+        None => None,
+        Some(candidate) => Some(
+            match state.oidc.verify(&candidate, now_ms().div_euclid(1000)).await {
+                Ok(v) => Bearer::Verified(v),
+                Err(reason) => {
+                    tracing::warn!(%client, issuer = %clip(&candidate.issuer, CLIP), %reason, "ID token refused");
+                    Bearer::Refused
+                }
+            },
+        ),
+    };
+
     // Not SPEC checks: admission, before the body is read. A credential that can publish
     // nowhere (judged by the policy in force now, which also decides checks 8 and 9 for it)
     // takes a judge slot, never a publishing one; a publishing upload may wait for its slot.
@@ -195,7 +217,12 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
         credential: Some(&cred),
         now_ms: now_ms(),
     };
-    let hopeless = !ctx.may_publish_somewhere();
+    let auth = Auth {
+        ctx,
+        publishers: &publishers,
+        id_token: id_token.as_ref(),
+    };
+    let hopeless = !auth.may_publish_somewhere();
     let admitted = if hopeless {
         state.uploads.judging()
     } else {
@@ -226,7 +253,7 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
     // A token that can publish nowhere: judged as the package streams, nothing written.
     if hopeless {
         let mut identity = None;
-        let failure = judge(state, &ctx, body, boundary, &mut identity).await;
+        let failure = judge(state, &auth, body, boundary, &mut identity).await;
         return refuse(state, client, identity.as_ref(), failure);
     }
 
@@ -240,7 +267,7 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
         }
     };
     let mut identity = None;
-    let result = pipeline(state, &cred, body, boundary, &staging, &mut identity).await;
+    let result = pipeline(state, &auth, body, boundary, &staging, &mut identity).await;
     staging.remove().await;
     match result {
         Ok((identity, principal)) => {
@@ -252,17 +279,26 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
                 by = principal_label(&principal),
                 "published"
             );
-            state.audit.record(
-                "publish",
-                &[
-                    ("outcome", json!("success")),
-                    ("namespace", json!(clip(&identity.namespace, CLIP))),
-                    ("name", json!(clip(&identity.name, CLIP))),
-                    ("version", json!(clip(&identity.version, CLIP))),
-                    ("by", json!(principal_label(&principal))),
-                    ("client", json!(client.to_string())),
-                ],
-            );
+            let mut fields = vec![
+                ("outcome", json!("success")),
+                ("namespace", json!(clip(&identity.namespace, CLIP))),
+                ("name", json!(clip(&identity.name, CLIP))),
+                ("version", json!(clip(&identity.version, CLIP))),
+                ("by", json!(principal_label(&principal))),
+                ("client", json!(client.to_string())),
+            ];
+            if let Principal::Publisher(who) = &principal {
+                // SPEC §16: who in CI published (claims, bounded; never the token or its jti).
+                let opt = |v: &Option<String>| json!(v.as_deref().map(|s| clip(s, CLIP)));
+                fields.extend([
+                    ("issuer", json!(clip(&who.issuer, CLIP))),
+                    ("repository", json!(clip(&who.repository, CLIP))),
+                    ("workflow", opt(&who.workflow)),
+                    ("run_id", opt(&who.run_id)),
+                    ("sha", opt(&who.sha)),
+                ]);
+            }
+            state.audit.record("publish", &fields);
             let body = json!({
                 "name": identity.name,
                 "version": identity.version,
@@ -285,7 +321,7 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
 /// [`pipeline`] would give, without a byte written. It always ends in a failure.
 async fn judge(
     state: &AppState,
-    ctx: &Ctx<'_>,
+    auth: &Auth<'_>,
     body: Body,
     boundary: String,
     known: &mut Option<Identity>,
@@ -312,7 +348,7 @@ async fn judge(
         let (_, identity) = manifest::identity(&bytes)?;
         *known = Some(identity.clone());
         // Checks 8 and 9: refused by construction.
-        match ctx.publish(&identity.namespace) {
+        match auth.publish(&identity.namespace) {
             Err(e) => Err(e.into()),
             Ok(_) => Ok(()),
         }
@@ -343,6 +379,79 @@ fn principal_label(p: &Principal) -> String {
         Principal::Admin => "admin".into(),
         Principal::Token { mark: Some(m) } => format!("token ({m})"),
         Principal::Token { mark: None } => "token".into(),
+        Principal::Publisher(who) => format!("trusted publisher ({})", clip(&who.repository, CLIP)),
+    }
+}
+
+/// What an upload's bearer is, when it is an ID token of a configured issuer (SPEC §16).
+enum Bearer {
+    /// Unverifiable or used before (the reason was logged): 401 at check 9.
+    Refused,
+    Verified(Verified),
+}
+
+/// Everything checks 8 and 9 need: the token's context, and the ID-token verdict if the bearer
+/// is one.
+struct Auth<'a> {
+    ctx: Ctx<'a>,
+    publishers: &'a Publishers,
+    id_token: Option<&'a Bearer>,
+}
+
+impl Auth<'_> {
+    fn claims(&self) -> IdToken {
+        match self.id_token {
+            Some(Bearer::Verified(v)) => IdToken::Verified(v.claims.clone()),
+            _ => IdToken::Refused,
+        }
+    }
+
+    /// Checks 8 and 9: an ID token by `rack_core::publishers`, any other token by its policy.
+    fn publish(&self, ns: &str) -> Result<Principal, ApiError> {
+        match self.id_token {
+            None => self.ctx.publish(ns),
+            Some(_) => {
+                rack_core::publishers::authorize_publish(self.ctx.policy, self.publishers, ns, &self.claims())
+            }
+        }
+    }
+
+    /// Whether checks 8 and 9 could pass for some namespace ([`Ctx::may_publish_somewhere`]).
+    fn may_publish_somewhere(&self) -> bool {
+        match self.id_token {
+            None => self.ctx.may_publish_somewhere(),
+            Some(Bearer::Refused) => false,
+            Some(Bearer::Verified(v)) => self.publishers.matches_somewhere(&v.claims),
+        }
+    }
+
+    /// Spend the ID token, if the bearer is one (create-only, SPEC §16): after checks 9 to 12
+    /// passed, before check 13 and the publish. A token used meanwhile (a replay racing this
+    /// upload, on any replica) is 401 `INVALID_TOKEN`. Whatever happens after this, the token
+    /// stays spent: a publish that then fails (409, storage) needs a fresh token, which a CI
+    /// job can always ask for; the alternative, forgetting the record, would reopen the token
+    /// to a replay.
+    async fn spend(&self, state: &AppState) -> Result<(), Failure> {
+        let Some(Bearer::Verified(v)) = self.id_token else {
+            return Ok(());
+        };
+        match state
+            .oidc
+            .replays
+            .record(&v.record, v.until_s, now_ms().div_euclid(1000))
+            .await
+        {
+            Ok(Recorded::First) => Ok(()),
+            Ok(Recorded::Replay) => {
+                tracing::warn!(issuer = %clip(&v.claims.issuer, CLIP), "ID token refused: already used (jti seen before)");
+                Err(ApiError::invalid_token().into())
+            }
+            Err(e @ StorageError::Unavailable(_)) => {
+                tracing::error!(error = %e, "publish refused: storage unavailable");
+                Err(ApiError::storage_unavailable().into())
+            }
+            Err(e) => Err(Failure::Internal(format!("recording an ID token's use: {e}"))),
+        }
     }
 }
 
@@ -355,7 +464,7 @@ fn internal(state: &AppState, client: IpAddr, identity: Option<&Identity>, msg: 
 
 async fn pipeline(
     state: &AppState,
-    cred: &Credential,
+    auth: &Auth<'_>,
     body: Body,
     boundary: String,
     staging: &Staging,
@@ -392,15 +501,21 @@ async fn pipeline(
     let (doc, identity) = manifest::identity(&manifest_bytes)?;
     *known = Some(identity.clone());
 
-    // Checks 8 and 9.
+    // Checks 8 and 9, by the policy in force now (an ID token's verdict was reached before
+    // the body was read; a changed publishers.json counts too).
     let policy = state.policy();
-    let ctx = Ctx {
-        policy: &policy,
-        admin: &state.admin,
-        credential: Some(cred),
-        now_ms: now_ms(),
+    let publishers = state.publishers.get();
+    let now = Auth {
+        ctx: Ctx {
+            policy: &policy,
+            admin: &state.admin,
+            credential: auth.ctx.credential,
+            now_ms: now_ms(),
+        },
+        publishers: &publishers,
+        id_token: auth.id_token,
     };
-    let principal = ctx.publish(&identity.namespace)?;
+    let principal = now.publish(&identity.namespace)?;
     // A namespace served from an upstream is published there (SPEC §17).
     if state.upstreams.of(&identity.namespace).is_some() {
         return Err(ApiError::forbidden_namespace().into());
@@ -435,6 +550,9 @@ async fn pipeline(
 
     // Checks 11 and 12.
     manifest::check_entries(&entries, &manifest::declared_files(&doc))?;
+
+    // An ID token is spent now, or never (SPEC §16).
+    now.spend(state).await?;
 
     // Check 13 and the publish, under the registry's lock: the check sees every version
     // published before, and the publish (create-only, so of two racing uploads of one version
