@@ -500,7 +500,7 @@ pub async fn upload(
 }
 
 /// An error and its sources, `: `-separated (reqwest's own message alone says too little).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
