@@ -67,23 +67,20 @@ fn git_commit(manifest_dir: &Path) -> Option<String> {
     if manifest_dir.join("../..").canonicalize().ok()? != top {
         return None;
     }
-    // `HEAD` and the branch it names (in a worktree, HEAD is the worktree's own). A packed ref
-    // has no file of its own: its directory then, where the next commit writes it.
-    let mut watched = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
-    watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
-    for name in watched {
-        let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", &name]) else {
-            continue;
-        };
-        let path = PathBuf::from(path);
-        let existing = if path.exists() {
-            Some(path.as_path())
-        } else {
-            path.parent().filter(|p| p.exists())
-        };
-        if let Some(p) = existing {
-            println!("cargo:rerun-if-changed={}", p.display());
+    // `HEAD`, `packed-refs` and the branch HEAD names (in a worktree, HEAD is the worktree's
+    // own). A packed branch has no file of its own: its directory then, where the next commit
+    // writes it. Nothing else: another branch moving rebuilds nothing.
+    let path_of =
+        |name: &str| git(&["rev-parse", "--path-format=absolute", "--git-path", name]).map(PathBuf::from);
+    let mut watched: Vec<PathBuf> = ["HEAD", "packed-refs"].into_iter().filter_map(path_of).collect();
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]).and_then(|b| path_of(&b)) {
+        match branch.parent() {
+            Some(dir) if !branch.exists() => watched.push(dir.to_owned()),
+            _ => watched.push(branch),
         }
+    }
+    for path in watched.iter().filter(|p| p.exists()) {
+        println!("cargo:rerun-if-changed={}", path.display());
     }
     let commit = git(&["rev-parse", "HEAD"])?;
     Some(commit.chars().take(12).collect())
