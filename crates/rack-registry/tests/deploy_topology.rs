@@ -230,7 +230,7 @@ fn two_replicas_on_one_bucket_behind_a_balancer_serve_what_either_published() {
         &["auth", "push", policy.to_str().unwrap()],
     );
     assert_eq!(code, Some(0), "{out}");
-    let mut replicas = vec![
+    let mut replicas = [
         common::Server::start(world.path(), &replica_env(&world, &bucket, "a")),
         common::Server::start(world.path(), &replica_env(&world, &bucket, "b")),
     ];
