@@ -172,12 +172,7 @@ fn the_kubernetes_deployment_runs_two_probed_read_only_non_root_replicas_on_a_bu
     assert_eq!(config["AUTH_SOURCE"], "bucket");
     assert!(config["S3_BUCKET"].is_string() && config["S3_ENDPOINT"].is_string());
     let secret = &k["Secret/rack-registry"]["stringData"];
-    for key in [
-        "ADMIN_TOKEN_SHA256",
-        "S3_ACCESS_KEY_ID",
-        "S3_SECRET_ACCESS_KEY",
-        "UI_SESSION_KEY",
-    ] {
+    for key in ["ADMIN_TOKEN_SHA256", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"] {
         assert!(secret[key].is_string(), "Secret/rack-registry has {key}");
     }
     assert!(
