@@ -37,12 +37,21 @@ fn main() {
 /// `RACK_BUILD_COMMIT` and `RACK_BUILD_TARGET` for `--version`.
 fn build_info(manifest_dir: &Path) {
     println!("cargo:rerun-if-env-changed=RACK_BUILD_COMMIT");
+    // A full commit id given in the variable is cut to 12 digits, as git's is below.
     let commit = std::env::var("RACK_BUILD_COMMIT")
         .ok()
-        .filter(|c| !c.trim().is_empty())
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            if c.chars().all(|ch| ch.is_ascii_hexdigit()) {
+                c.chars().take(12).collect()
+            } else {
+                c
+            }
+        })
         .or_else(|| git_commit(manifest_dir))
         .unwrap_or_else(|| "unknown".to_owned());
-    println!("cargo:rustc-env=RACK_BUILD_COMMIT={}", commit.trim());
+    println!("cargo:rustc-env=RACK_BUILD_COMMIT={commit}");
     let target = std::env::var("TARGET").expect("set by cargo");
     println!("cargo:rustc-env=RACK_BUILD_TARGET={target}");
 }
