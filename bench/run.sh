@@ -17,6 +17,8 @@
 #   BENCH_LIST_N=10000    registries in the generated namespace for the listing timing
 #   BENCH_KEEP=0          1: keep the work directory (configs, logs) for inspection
 #   RACK_FIXTURES         the fixture storage root (default: ../shared/fixtures/rack-storage)
+#   BENCH_BIN             our binary to measure (default: build target/release/rack-registry),
+#                         e.g. the static musl build target/x86_64-unknown-linux-musl/release/...
 #
 # Prints a Markdown table (requests/s, p50/p99 latency, ratio us/nginx per row), our idle RSS
 # before and after the runs, and the p50 listing time of a namespace of BENCH_LIST_N registries.
@@ -44,9 +46,13 @@ need_tools
 fixtures
 
 # --- build -------------------------------------------------------------------------------------
-say "== building the release binary"
-(cd "$ROOT" && cargo build --release -p rack-registry -q)
-BIN="$ROOT/target/release/rack-registry"
+if [ -n "${BENCH_BIN:-}" ]; then
+  BIN="$(realpath "$BENCH_BIN")"
+else
+  say "== building the release binary"
+  (cd "$ROOT" && cargo build --release -p rack-registry -q)
+  BIN="$ROOT/target/release/rack-registry"
+fi
 [ -x "$BIN" ] || die "no $BIN"
 
 # --- work directory ----------------------------------------------------------------------------
@@ -325,6 +331,7 @@ echo
 echo "## Results $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
 echo "- machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r)"
+echo "- ours: $("$BIN" --version)"
 echo "- nginx $("$NGINX" -v 2>&1 | sed 's/.*\///'), $(wrk --version 2>&1 | head -1 | awk '{print $1, $2}')"
 echo "- settings: median of $ROUNDS interleaved runs of ${DURATION}s per server and row, nginx access log buffered: $NGINX_LOG_BUFFER, wrk -t$THREADS -c$CONNS --latency, pin=$PIN (nginx worker_processes $NGINX_WORKERS, our HTTP_WORKERS ${HTTP_THREADS:-default = CPUs})"
 echo

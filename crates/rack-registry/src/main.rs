@@ -16,10 +16,21 @@ use rack_registry::{logsink, server};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `--version`: the crate version, the commit and the target triple it was built from (build.rs;
+/// the commit is `unknown` in a build from a source tarball).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RACK_BUILD_COMMIT"),
+    ", target ",
+    env!("RACK_BUILD_TARGET"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "rack-registry",
-    version,
+    version = VERSION,
     about = "Rack registry server",
     args_conflicts_with_subcommands = true
 )]
@@ -55,6 +66,8 @@ enum Command {
     /// Copy a storage root to the configured storage (a bucket) and back.
     #[command(subcommand)]
     Storage(Box<rack_registry::cli::storage::StorageCommand>),
+    /// Exit 0 when the server's /health answers 200 (a container health check without a shell).
+    Healthcheck(rack_registry::cli::healthcheck::HealthcheckArgs),
 }
 
 /// Logs go to stdout through a batching writer thread ([`logsink`]), so a request never waits
@@ -99,6 +112,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::Token(a)) => return rack_registry::cli::tokens::run_token(a),
         Some(Command::Auth(c)) => return rack_registry::cli::tokens::run_auth(c),
         Some(Command::Storage(c)) => return rack_registry::cli::storage::run(*c),
+        Some(Command::Healthcheck(a)) => return rack_registry::cli::healthcheck::run(a),
         None => cli.serve,
     };
     let config = match Config::from_args(&args) {

@@ -12,9 +12,12 @@
 //! - [`upstreams`]: `upstreams check`, the server's verdict on an `upstreams.json`;
 //! - [`tokens`]: `token` (a fresh token and its `auth.json` entry), `auth check` and `auth push`;
 //! - [`storage`]: `storage push`, `pull` and `check [--repair]` (a storage root to a bucket and
-//!   back, and the invariants of SPEC §3).
+//!   back, and the invariants of SPEC §3);
+//! - [`healthcheck`]: `GET /health` with a short timeout, the exit status saying whether it
+//!   answered 200 (the container image has no shell and no curl).
 
 pub mod client;
+pub mod healthcheck;
 pub mod manage;
 pub mod mirror;
 pub mod publish;
