@@ -99,7 +99,7 @@ impl Client {
 
     fn count(&self, up: &Upstream, outcome: &str) {
         if let Some(c) = &self.counters {
-            c.requests.with_label_values(&[&up.url, outcome]).inc();
+            c.requests.with_label_values(&[up.url.as_str(), outcome]).inc();
         }
     }
 
