@@ -440,6 +440,16 @@ fn parse_u64(var: &'static str, v: &Option<String>, default: u64, min: u64) -> R
     }
 }
 
+/// `true` or `false` (any case), `default` when unset.
+fn parse_bool(var: &'static str, v: &Option<String>, default: bool) -> Result<bool, ConfigError> {
+    match given(v).map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(s) => Err(err(var, format!("{s:?} is not one of true, false"))),
+    }
+}
+
 fn required(var: &'static str, v: &Option<String>, backend: &str) -> Result<String, ConfigError> {
     given(v)
         .map(str::to_owned)
@@ -469,19 +479,7 @@ fn bucket_settings(a: &ServeArgs) -> Result<BucketConfig, ConfigError> {
             p
         }
     };
-    let single_writer = match given(&a.storage_single_writer)
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(s) => {
-            return Err(err(
-                "STORAGE_SINGLE_WRITER",
-                format!("{s:?} is not one of true, false"),
-            ))
-        }
-    };
+    let single_writer = parse_bool("STORAGE_SINGLE_WRITER", &a.storage_single_writer, false)?;
     BucketConfig {
         endpoint: None,
         region: String::new(),
@@ -778,24 +776,12 @@ impl Config {
             }
             Some(s) => return Err(err("AUTH_SOURCE", format!("{s:?} is not one of file, bucket"))),
         };
-        let oidc_allow_insecure_issuers = match given(&a.oidc_allow_insecure_issuers)
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(s) => {
-                return Err(err(
-                    "OIDC_ALLOW_INSECURE_ISSUERS",
-                    format!("{s:?} is not one of true, false"),
-                ))
-            }
-        };
-        let ui = match given(&a.ui).map(str::to_ascii_lowercase).as_deref() {
-            None | Some("true") => true,
-            Some("false") => false,
-            Some(s) => return Err(err("UI", format!("{s:?} is not one of true, false"))),
-        };
+        let oidc_allow_insecure_issuers = parse_bool(
+            "OIDC_ALLOW_INSECURE_ISSUERS",
+            &a.oidc_allow_insecure_issuers,
+            false,
+        )?;
+        let ui = parse_bool("UI", &a.ui, true)?;
         let session_key = match given(&a.ui_session_key) {
             None => None,
             Some(k) if k.len() < 32 => {
