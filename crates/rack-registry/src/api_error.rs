@@ -31,3 +31,27 @@ impl IntoResponse for ErrorReply {
         res
     }
 }
+
+/// How long a client refused with 503 is asked to wait (`Retry-After`): a full upload queue, a
+/// publish lease in the way, storage coming back.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+impl ErrorReply {
+    /// The answer of a route that reads a body: on a 503, `Retry-After` (waiting helps); on a
+    /// 413 or 408, `Connection: close` (the rest of the body is never read, so the connection
+    /// cannot be reused).
+    pub fn after_body(self) -> Response {
+        use rack_core::ErrorKind::{PayloadTooLarge, RequestTimeout, ServiceUnavailable};
+        let kind = self.0.kind;
+        let mut res = self.into_response();
+        if kind == ServiceUnavailable {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        if matches!(kind, PayloadTooLarge | RequestTimeout) {
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        res
+    }
+}

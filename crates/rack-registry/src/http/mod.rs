@@ -219,21 +219,7 @@ async fn answer(
             }
             res
         }
-        Err(e) => {
-            use rack_core::ErrorKind::{PayloadTooLarge, RequestTimeout, ServiceUnavailable};
-            let kind = e.0.kind;
-            let mut res = e.into_response();
-            if kind == ServiceUnavailable {
-                // A publish lease in the way, storage coming back: waiting helps.
-                res.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            }
-            if matches!(kind, PayloadTooLarge | RequestTimeout) {
-                // A management body left unread: the connection cannot be reused.
-                res.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            res
-        }
+        // A management body may be left unread, a publish lease may be in the way.
+        Err(e) => e.after_body(),
     }
 }

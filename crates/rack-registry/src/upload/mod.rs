@@ -118,10 +118,6 @@ fn failed(state: &AppState, client: IpAddr, code: &str, identity: Option<&Identi
     );
 }
 
-/// How long a client refused for lack of an upload slot (a full queue, a long wait) is asked to
-/// wait (`Retry-After`).
-const BUSY_RETRY_AFTER_SECS: u64 = 5;
-
 /// The extraction limits of the configuration.
 fn extract_limits(state: &AppState) -> ExtractLimits {
     ExtractLimits {
@@ -136,20 +132,7 @@ fn refuse(state: &AppState, client: IpAddr, identity: Option<&Identity>, failure
     match failure {
         Failure::Api(e) => {
             failed(state, client, e.code(), identity);
-            let close = matches!(e.kind, ErrorKind::PayloadTooLarge | ErrorKind::RequestTimeout);
-            let unavailable = e.kind == ErrorKind::ServiceUnavailable;
-            let mut res = ErrorReply(e).into_response();
-            if unavailable {
-                // Waiting helps (a lost publish lease, storage coming back).
-                res.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(BUSY_RETRY_AFTER_SECS));
-            }
-            if close {
-                // The rest of the body is not read: the connection cannot be reused.
-                res.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            res
+            ErrorReply(e).after_body()
         }
         Failure::Internal(msg) => internal(state, client, identity, msg),
     }
@@ -231,12 +214,14 @@ pub async fn handle(state: &AppState, headers: &HeaderMap, client: IpAddr, body:
     let _slot = match admitted {
         Ok(slot) => slot,
         Err(refusal) => {
-            let e = ApiError::uploads_busy(BUSY_RETRY_AFTER_SECS);
+            let e = ApiError::uploads_busy(crate::api_error::RETRY_AFTER_SECS);
             tracing::info!(%client, reason = refusal.reason(), "upload refused: no slot");
             failed(state, client, e.code(), None);
             let mut res = refuse_early(e, body);
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(BUSY_RETRY_AFTER_SECS));
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::api_error::RETRY_AFTER_SECS),
+            );
             return res;
         }
     };
