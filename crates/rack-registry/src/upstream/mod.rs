@@ -37,6 +37,7 @@ use rack_core::ApiError;
 use crate::reload::Live;
 use crate::storage::{PutMode, Storage, StorageError};
 pub use config::{Upstream, UpstreamConfig};
+use fetch::Got;
 
 /// A document refreshed from upstream is at most this large (`versions.json`, `lifecycle.json`,
 /// a registry listing).
@@ -159,7 +160,8 @@ pub struct Upstreams {
     staging_root: PathBuf,
     limits: store::Limits,
     fresh: Mutex<HashMap<String, Fresh>>,
-    flights: Flights<Result<(), Miss>>,
+    /// Runs shared by concurrent callers: `Ok(true)` when the run changed what is stored.
+    flights: Flights<Result<bool, Miss>>,
     /// [`MAX_CONCURRENT_FETCHES`].
     fetches: tokio::sync::Semaphore,
 }
@@ -226,12 +228,10 @@ impl Upstreams {
         if self.is_fresh(key, up) {
             return Ok(false);
         }
-        let changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = changed.clone();
         self.flights
             .run(&format!("doc:{key}"), || async move {
                 if self.is_fresh(key, up) {
-                    return Ok(());
+                    return Ok(false);
                 }
                 let s = self.storage.as_ref();
                 let stored = s.get(key).await.map_err(|e| Miss::Storage(e.to_string()))?;
@@ -248,30 +248,29 @@ impl Upstreams {
                 };
                 match answer {
                     Ok(Got::Body { bytes, .. }) => {
-                        if stored.as_ref().is_none_or(|o| o.body != bytes) {
+                        let changed = stored.as_ref().is_none_or(|o| o.body != bytes);
+                        if changed {
                             s.put(key, bytes, PutMode::Overwrite)
                                 .await
                                 .map_err(|e| Miss::Storage(e.to_string()))?;
-                            flag.store(true, std::sync::atomic::Ordering::SeqCst);
                         }
                         self.mark_fresh(key);
-                        Ok(())
+                        Ok(changed)
                     }
                     Ok(Got::NotModified) => {
                         self.mark_fresh(key);
-                        Ok(())
+                        Ok(false)
                     }
                     Ok(Got::Gone(code)) => Err(Miss::Gone(code)),
                     Err(failure) if stored.is_some() => {
                         tracing::debug!(upstream = %up.url, key, %failure, "serving the stored copy");
                         self.client.count_stale(up);
-                        Ok(())
+                        Ok(false)
                     }
                     Err(_) => Err(Miss::Unavailable(up.url.clone())),
                 }
             })
-            .await?;
-        Ok(changed.load(std::sync::atomic::Ordering::SeqCst))
+            .await
     }
 
     /// Make sure `registry@version` is stored, fetching it once if not.
@@ -290,7 +289,7 @@ impl Upstreams {
                     .await
                     .map_err(storage_err)?
                 {
-                    return Ok(());
+                    return Ok(false);
                 }
                 let _slot = self
                     .fetches
@@ -308,13 +307,14 @@ impl Upstreams {
                 )
                 .await
                 {
-                    Ok(store::Fetched::Stored) => Ok(()),
+                    Ok(store::Fetched::Stored) => Ok(true),
                     Ok(store::Fetched::Gone(code)) => Err(Miss::Gone(code)),
                     Err(store::StoreError::Upstream(_)) => Err(Miss::Unavailable(up.url.clone())),
                     Err(store::StoreError::Storage(e)) => Err(Miss::Storage(e.to_string())),
                 }
             })
             .await
+            .map(drop)
     }
 
     /// Refresh `versions.json` and `lifecycle.json` of `registry`; the stored copy of the
@@ -378,5 +378,3 @@ impl Upstreams {
             .map(|o| o.body))
     }
 }
-
-use fetch::Got;
