@@ -142,18 +142,15 @@ async fn lifecycle_of(
         }
     }
     for (name, value) in doc.deprecation_headers() {
-        if let Ok(value) = http::HeaderValue::from_str(&value) {
-            out.push((http::HeaderName::from_static(name_lower(name)), value));
+        // The core names them as RFC 9745 spells them; `from_bytes` takes any case.
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            out.push((name, value));
         }
     }
     Ok(())
-}
-
-fn name_lower(name: &'static str) -> &'static str {
-    match name {
-        "Deprecation" => "deprecation",
-        _ => "link",
-    }
 }
 
 /// Refresh an upstream registry's `versions.json` and `lifecycle.json` (SPEC §17), dropping
