@@ -128,23 +128,24 @@ pub async fn apply(
     let _guard = lock.lock().await;
 
     // The thing changed must exist (a deleted version stays addressable: its 410, or a repeated
-    // deletion that finishes an interrupted one).
-    let (current, _) = storage::lifecycle::load(s, registry)
-        .await
-        .map_err(storage_reply)?;
+    // deletion that finishes an interrupted one). The document is read only for a version that
+    // has no registry.json: `edit` judges a deleted version again under the swap anyway.
     match version {
-        Some(v) if current.deleted.contains_key(v) => {
-            if change != Change::Delete {
-                return Err(ApiError::version_deleted(registry, v).into());
-            }
-        }
         Some(v) => {
             let stored = s
                 .head(&layout::manifest_key(registry, v))
                 .await
                 .map_err(storage_reply)?;
             if stored.is_none() {
-                return Err(ApiError::not_found().into());
+                let (current, _) = storage::lifecycle::load(s, registry)
+                    .await
+                    .map_err(storage_reply)?;
+                if !current.deleted.contains_key(v) {
+                    return Err(ApiError::not_found().into());
+                }
+                if change != Change::Delete {
+                    return Err(ApiError::version_deleted(registry, v).into());
+                }
             }
         }
         None => {
